@@ -1,0 +1,123 @@
+"""DLRM, the network of facebookresearch/dlrm for Criteo, as a plain ``nn.Module``.
+
+No Lightning here: this file is the model and nothing else, importable and testable alone.
+
+    dense (B, 13) --bot_l--> x (B, d) ----------------------------.
+    sparse (B, 26) --emb_l--> 26 x (B, d)  --interact--> z (B, d + 351) --top_l--> logit (B,)
+                                   x ----'
+
+With the Kaggle defaults (``d = 16``): bottom MLP 13-512-256-64-16, ReLU after every layer (the last
+bottom layer too); 26 ``EmbeddingBag(sum)`` tables; ``dot`` interaction = the strictly lower
+triangle of ``T @ T^T`` for ``T = [x, e_1 .. e_26]`` (27 vectors: 351 pairs, row-major order
+(1,0), (2,0), (2,1), (3,0), ...) concatenated after ``x``: 367 features; top MLP 367-512-256-1.
+The reference ends with a sigmoid; this network returns the logit and the loss is
+BCE-with-logits (the same math, numerically stable).
+
+State-dict keys are the reference's (``emb_l.k.weight``, ``bot_l.i.{weight,bias}``,
+``top_l.i.{weight,bias}``), so a facebookresearch/dlrm checkpoint loads as it is
+(see :mod:`lit_dlrm.checkpoint`).
+
+Example::
+
+    >>> model = DLRM(table_sizes=[10] * 26)
+    >>> dense, sparse = torch.rand(4, 13), torch.randint(0, 10, (4, 26))
+    >>> model(dense, sparse).shape
+    torch.Size([4])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+Interaction = Literal["dot", "cat"]
+
+
+def mlp(sizes: Sequence[int], relu_last: bool) -> nn.Sequential:
+    """Linear layers ``sizes[0] -> sizes[1] -> ...`` with a ReLU after each (after the last too
+    when ``relu_last``). Layer ``i`` of the list sits at index ``2 * i`` (the reference's keys)."""
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(fan_in, fan_out))
+        if relu_last or i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def interaction_size(num_vectors: int, dim: int, interaction: Interaction) -> int:
+    """Width of ``z``: the bottom output plus the pairwise dots (``dot``) or all the embeddings
+    (``cat``) of ``num_vectors`` vectors (the bottom output and one per table)."""
+    if interaction == "dot":
+        return dim + num_vectors * (num_vectors - 1) // 2
+    return dim * num_vectors
+
+
+class DLRM(nn.Module):
+    """The DLRM network.
+
+    Args:
+        table_sizes: rows of each embedding table (26 for Criteo).
+        num_dense: number of dense features (13 for Criteo).
+        embedding_dim: width of every embedding and of the bottom MLP's output.
+        bottom_mlp: hidden widths of the bottom MLP (its output width is ``embedding_dim``).
+        top_mlp: hidden widths of the top MLP (its output width is 1).
+        interaction: ``"dot"`` (the reference for Kaggle) or ``"cat"``.
+    """
+
+    def __init__(
+        self,
+        table_sizes: Sequence[int],
+        num_dense: int = 13,
+        embedding_dim: int = 16,
+        bottom_mlp: Sequence[int] = (512, 256, 64),
+        top_mlp: Sequence[int] = (512, 256),
+        interaction: Interaction = "dot",
+    ) -> None:
+        super().__init__()
+        if interaction not in ("dot", "cat"):
+            raise ValueError(f"interaction: expected 'dot' or 'cat', got {interaction!r}")
+        self.interaction = interaction
+        self.emb_l = nn.ModuleList(
+            nn.EmbeddingBag(n, embedding_dim, mode="sum", sparse=True) for n in table_sizes
+        )
+        self.bot_l = mlp([num_dense, *bottom_mlp, embedding_dim], relu_last=True)
+        z_size = interaction_size(len(table_sizes) + 1, embedding_dim, interaction)
+        self.top_l = mlp([z_size, *top_mlp, 1], relu_last=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The reference initialisation: tables U(-sqrt(1/n), sqrt(1/n)); Linear weights
+        N(0, sqrt(2 / (fan_in + fan_out))), biases N(0, sqrt(1 / fan_out))."""
+        for table in self.emb_l:
+            bound = math.sqrt(1.0 / table.num_embeddings)
+            table.weight.uniform_(-bound, bound)
+        for layer in [*self.bot_l, *self.top_l]:
+            if isinstance(layer, nn.Linear):
+                layer.weight.normal_(0.0, math.sqrt(2.0 / (layer.in_features + layer.out_features)))
+                layer.bias.normal_(0.0, math.sqrt(1.0 / layer.out_features))
+
+    def embed(self, sparse: Tensor) -> list[Tensor]:
+        """sparse (B, T) ids, one per table and row -> T tensors (B, d): one id per bag."""
+        return [table(sparse[:, k : k + 1]) for k, table in enumerate(self.emb_l)]
+
+    def interact(self, x: Tensor, embeddings: list[Tensor]) -> Tensor:
+        """x (B, d) and T embeddings (B, d) -> z (B, interaction width)."""
+        if self.interaction == "cat":
+            return torch.cat([x, *embeddings], dim=1)
+        vectors = torch.stack([x, *embeddings], dim=1)  # (B, T+1, d)
+        gram = torch.bmm(vectors, vectors.transpose(1, 2))  # (B, T+1, T+1)
+        rows, cols = torch.tril_indices(gram.shape[1], gram.shape[2], offset=-1, device=x.device)
+        return torch.cat([x, gram[:, rows, cols]], dim=1)  # row-major lower triangle
+
+    def features(self, dense: Tensor, sparse: Tensor) -> Tensor:
+        """dense (B, 13) float, sparse (B, 26) int -> z (B, 367): the top MLP's input."""
+        return self.interact(self.bot_l(dense), self.embed(sparse))
+
+    def forward(self, dense: Tensor, sparse: Tensor) -> Tensor:
+        """dense (B, 13) float, sparse (B, 26) int -> click logits (B,)."""
+        return self.top_l(self.features(dense, sparse)).squeeze(1)

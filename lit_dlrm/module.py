@@ -1,0 +1,106 @@
+"""``DLRMModule``: the Lightning wrapper around :class:`lit_dlrm.model.DLRM`.
+
+Thin on purpose: the loss, the optimiser and the metrics live here; the data lives in
+:mod:`lit_dlrm.data`, the pruning in :mod:`lit_dlrm.sparsity` and :mod:`callbacks`.
+
+A batch is ``(dense (B, 13) float, sparse (B, 26) int, labels (B,) float)``. Logged names are
+``{train,val,test}/{auc,log_loss,ne,accuracy,precision,recall,f1,calibration}`` plus
+``train/loss`` per step; ``hp/*`` repeats the validation metrics for TensorBoard's HParams tab.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
+
+from lit_dlrm.metrics import ClickMetrics
+from lit_dlrm.model import DLRM, Interaction
+
+Optimizer = Literal["sgd", "adagrad"]
+
+
+class DLRMModule(L.LightningModule):
+    """DLRM trained with binary cross-entropy on click labels.
+
+    Args:
+        table_sizes: rows of each embedding table; linked from the data by the CLI.
+        num_dense, embedding_dim, bottom_mlp, top_mlp, interaction: see :class:`DLRM`.
+        optimizer: ``"sgd"``, the reference recipe (plain SGD, sparse embedding gradients), or
+            ``"adagrad"`` (adaptive per coordinate, also on sparse gradients; the usual choice
+            for embedding tables).
+        lr: learning rate (the reference uses 0.1 with SGD).
+    """
+
+    def __init__(
+        self,
+        table_sizes: list[int],
+        num_dense: int = 13,
+        embedding_dim: int = 16,
+        bottom_mlp: list[int] = [512, 256, 64],  # noqa: B006 (LightningCLI needs plain defaults)
+        top_mlp: list[int] = [512, 256],  # noqa: B006
+        interaction: Interaction = "dot",
+        optimizer: Optimizer = "sgd",
+        lr: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if optimizer not in ("sgd", "adagrad"):
+            raise ValueError(f"model.optimizer: expected 'sgd' or 'adagrad', got {optimizer!r}")
+        if not lr > 0:
+            raise ValueError(f"model.lr: expected a positive learning rate, got {lr}")
+        self.save_hyperparameters()
+        self.model = DLRM(table_sizes, num_dense, embedding_dim, bottom_mlp, top_mlp, interaction)
+        self.train_metrics = ClickMetrics(auc_bins=200)
+        self.val_metrics = ClickMetrics()
+        self.test_metrics = ClickMetrics()
+
+    def forward(self, dense: Tensor, sparse: Tensor) -> Tensor:
+        return self.model(dense, sparse)
+
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+        dense, sparse, labels = batch
+        logits = self.model(dense, sparse)
+        loss = F.binary_cross_entropy_with_logits(logits, labels)
+        self.train_metrics.update(logits.detach(), labels)
+        self.log("train/loss", loss, prog_bar=True, batch_size=labels.numel())
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+        dense, sparse, labels = batch
+        self.val_metrics.update(self.model(dense, sparse), labels)
+
+    def test_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+        dense, sparse, labels = batch
+        self.test_metrics.update(self.model(dense, sparse), labels)
+
+    def _log_epoch(self, stage: str, metrics: ClickMetrics) -> dict[str, float]:
+        values = metrics.compute()  # already reduced over all processes
+        metrics.reset()
+        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val")
+        return values
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train", self.train_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        values = self._log_epoch("val", self.val_metrics)
+        if not self.trainer.sanity_checking:
+            self.log_dict({"hp/val_auc": values["auc"], "hp/val_log_loss": values["log_loss"]})
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test", self.test_metrics)
+
+    def on_fit_start(self) -> None:
+        # Declare the HParams metrics once, so TensorBoard's HParams tab lines runs up by them.
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.log_hyperparams(self.hparams, {"hp/val_auc": 0.0, "hp/val_log_loss": 0.0})
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        if self.hparams.optimizer == "adagrad":
+            return torch.optim.Adagrad(self.parameters(), lr=self.hparams.lr)
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
