@@ -33,6 +33,8 @@ NUMPY_ALLOW_LIST = [
     _NUMPY_SCALAR,
     (_NUMPY_SCALAR, "numpy.core.multiarray.scalar"),
     np.dtype,
+    # the dtype of each scalar: the float and integer types dlrm's counters and losses use
+    *(type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32")),
 ]
 
 
@@ -49,8 +51,9 @@ def load_state_dict(path: str | Path) -> dict[str, Tensor]:
         with torch.serialization.safe_globals(NUMPY_ALLOW_LIST):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        # torch's message names the global; keep its first line, it is the useful one.
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        # torch's message is long; keep the line that names what was refused.
+        lines = str(err).splitlines()
+        reason = next((ln.strip() for ln in lines if "GLOBAL" in ln or "but got" in ln), lines[0])
         raise CheckpointError(
             f"{path}: refused, it needs more than tensors and numpy scalars to load "
             f"(weights_only=True): {reason}"

@@ -1,0 +1,102 @@
+"""Checkpoints: facebookresearch/dlrm's layout, bare state_dicts, and refusing unsafe files."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from lit_dlrm.checkpoint import CheckpointError, build_model, load_state_dict
+from lit_dlrm.model import DLRM
+
+TABLES = [11, 5, 8]
+
+
+def reference_forward(state, dense, sparse):
+    """facebookresearch/dlrm's forward for this layout, written out in numpy: MLPs with ReLU
+    (sigmoid after the last top layer), one embedding row per bag, dot interaction on the
+    strictly lower triangle, in row-major order."""
+    sd = {k: v.numpy().astype(np.float64) for k, v in state.items()}
+
+    def run_mlp(prefix, h, last):
+        idx = sorted({int(k.split(".")[1]) for k in sd if k.startswith(prefix)})
+        for n, i in enumerate(idx):
+            h = h @ sd[f"{prefix}.{i}.weight"].T + sd[f"{prefix}.{i}.bias"]
+            h = 1 / (1 + np.exp(-h)) if (n == len(idx) - 1 and last) else np.maximum(h, 0)
+        return h
+
+    x = run_mlp("bot_l", dense.numpy().astype(np.float64), last=False)
+    embs = [sd[f"emb_l.{k}.weight"][sparse[:, k].numpy()] for k in range(len(TABLES))]
+    T = np.stack([x, *embs], axis=1)
+    Z = T @ T.transpose(0, 2, 1)
+    pairs = [Z[:, i, j] for i in range(T.shape[1]) for j in range(i)]
+    return run_mlp("top_l", np.concatenate([x, np.stack(pairs, 1)], 1), last=True)[:, 0]
+
+
+@pytest.fixture
+def model_and_batch():
+    torch.manual_seed(1)
+    model = DLRM(TABLES, num_dense=13, embedding_dim=4, bottom_mlp=[8], top_mlp=[6])
+    dense, sparse = torch.rand(32, 13), torch.stack([torch.randint(0, n, (32,)) for n in TABLES], 1)
+    return model, dense, sparse
+
+
+def test_reference_save_model_checkpoint_loads_and_matches(tmp_path, model_and_batch):
+    model, dense, sparse = model_and_batch
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    checkpoint = {  # the dict that dlrm_s_pytorch.py --save-model writes
+        "epoch": 0, "nepochs": 1, "nbatches": 1000, "nbatches_test": 10, "iter": 999,
+        "train_loss": np.float64(0.45), "total_loss": np.float64(450.0),
+        "test_acc": np.float64(0.789), "test_auc": np.float32(0.80),
+        "state_dict": model.state_dict(), "opt_state_dict": opt.state_dict(),
+    }
+    path = tmp_path / "dlrm.pt"
+    torch.save(checkpoint, path)
+    with pytest.raises(pickle.UnpicklingError):  # why the allow-list exists
+        torch.load(path, weights_only=True)
+
+    loaded = build_model(path)
+    with torch.no_grad():
+        ours = torch.sigmoid(loaded(dense, sparse)).double().numpy()
+    np.testing.assert_allclose(ours, reference_forward(model.state_dict(), dense, sparse), rtol=1e-5)
+    assert loaded.interaction == "dot" and [t.num_embeddings for t in loaded.emb_l] == TABLES
+
+
+def test_bare_state_dict_loads_identically(tmp_path, model_and_batch):
+    model, dense, sparse = model_and_batch
+    torch.save(model.state_dict(), tmp_path / "bare.pt")
+    loaded = build_model(tmp_path / "bare.pt")
+    with torch.no_grad():
+        assert torch.equal(loaded(dense, sparse), model(dense, sparse))
+
+
+class Exploit:
+    def __reduce__(self):
+        return (print, ("this would have run arbitrary code",))
+
+
+def test_pickle_that_runs_code_is_refused(tmp_path, model_and_batch, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": model_and_batch[0].state_dict(), "payload": Exploit()}, path)
+    with pytest.raises(CheckpointError, match=r"evil\.pt: refused"):
+        load_state_dict(path)
+    assert "arbitrary code" not in capsys.readouterr().out
+
+
+def test_corrupt_truncated_and_wrong_checkpoints_are_refused(tmp_path, model_and_batch):
+    good = tmp_path / "good.pt"
+    torch.save(model_and_batch[0].state_dict(), good)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated.pt: not a readable torch checkpoint"):
+        load_state_dict(truncated)
+    with pytest.raises(CheckpointError, match="missing.pt: no such checkpoint"):
+        load_state_dict(tmp_path / "missing.pt")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="other.pt: not a DLRM state_dict"):
+        load_state_dict(tmp_path / "other.pt")
+    state = model_and_batch[0].state_dict()
+    state["top_l.0.weight"] = torch.zeros(6, 99)  # a top MLP that fits no interaction
+    torch.save(state, tmp_path / "wrong.pt")
+    with pytest.raises(CheckpointError, match="wrong.pt"):
+        build_model(tmp_path / "wrong.pt")

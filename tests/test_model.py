@@ -1,0 +1,67 @@
+"""The DLRM network: shapes, interaction order, reference keys and initialisation."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lit_dlrm.model import DLRM
+
+KAGGLE_KEYS = (
+    [f"emb_l.{k}.weight" for k in range(26)]
+    + [f"bot_l.{i}.{p}" for i in (0, 2, 4, 6) for p in ("weight", "bias")]
+    + [f"top_l.{i}.{p}" for i in (0, 2, 4) for p in ("weight", "bias")]
+)
+
+
+def test_kaggle_shapes_and_reference_keys():
+    model = DLRM(table_sizes=[7] * 26)
+    assert sorted(model.state_dict()) == sorted(KAGGLE_KEYS)
+    assert [m.out_features for m in model.bot_l if isinstance(m, torch.nn.Linear)] == [512, 256, 64, 16]
+    assert model.top_l[0].in_features == 16 + 27 * 26 // 2 == 367
+    assert [m.out_features for m in model.top_l if isinstance(m, torch.nn.Linear)] == [512, 256, 1]
+    # ReLU after every bottom layer (the last too); none after the last top layer.
+    assert isinstance(model.bot_l[-1], torch.nn.ReLU) and isinstance(model.top_l[-1], torch.nn.Linear)
+    logits = model(torch.rand(5, 13), torch.randint(0, 7, (5, 26)))
+    assert logits.shape == (5,)
+
+
+def test_dot_interaction_is_the_row_major_lower_triangle():
+    torch.manual_seed(0)
+    model = DLRM(table_sizes=[4, 5, 6], num_dense=2, embedding_dim=3, bottom_mlp=[4], top_mlp=[2])
+    x = torch.randn(2, 3)
+    embs = [torch.randn(2, 3) for _ in range(3)]
+    z = model.interact(x, embs)
+    vectors = [x, *embs]
+    expected_pairs = [(1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2)]
+    by_hand = torch.stack([(vectors[i] * vectors[j]).sum(1) for i, j in expected_pairs], dim=1)
+    torch.testing.assert_close(z, torch.cat([x, by_hand], dim=1))
+
+
+def test_cat_interaction_and_configurable_sizes():
+    model = DLRM([3, 4], num_dense=5, embedding_dim=8, bottom_mlp=[6], top_mlp=[9, 7], interaction="cat")
+    assert model.top_l[0].in_features == 8 * 3
+    assert model(torch.rand(4, 5), torch.randint(0, 3, (4, 2))).shape == (4,)
+    with pytest.raises(ValueError, match="interaction"):
+        DLRM([3], interaction="sum")
+
+
+def test_one_id_per_bag_looks_up_that_row():
+    model = DLRM([10, 20], num_dense=1, embedding_dim=4, bottom_mlp=[], top_mlp=[])
+    sparse = torch.tensor([[3, 7], [9, 0]])
+    embs = model.embed(sparse)
+    torch.testing.assert_close(embs[1], model.emb_l[1].weight[[7, 0]])
+
+
+def test_reference_initialisation():
+    torch.manual_seed(0)
+    model = DLRM([100, 10_000])
+    for table in model.emb_l:
+        bound = math.sqrt(1 / table.num_embeddings)
+        assert table.weight.abs().max() <= bound and table.weight.abs().max() > 0.9 * bound
+    first = model.bot_l[0]  # 13 -> 512
+    std = np.std(first.weight.detach().numpy())
+    assert abs(std - math.sqrt(2 / (13 + 512))) < 0.1 * math.sqrt(2 / (13 + 512))
+    assert abs(float(first.bias.detach().std()) - math.sqrt(1 / 512)) < 0.15 * math.sqrt(1 / 512)
+    assert all(t.sparse for t in model.emb_l)
