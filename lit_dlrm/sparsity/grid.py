@@ -1,0 +1,229 @@
+"""The sparsity sweep grid: which (norm, block shape, level) points are pruned.
+
+One source of truth for the default grid of the PyTorch data-sparsifier DLRM benchmark:
+norms L1 and L2, block shapes (1, 1) and (1, 4), and 20 levels
+0.0, 0.1, ..., 0.9, 0.91, ..., 0.99, 1.0 -- 80 nominal points.
+
+`make_grid` validates user options before any work starts and raises a `ValueError` that names
+the option (`sweep.levels`, `sweep.block_shapes`, `sweep.norms`) and what was expected.
+
+Which points share a mask
+-------------------------
+`GridPoint.mask_key` is equal for two points only when their masks are identical for *every*
+table, whatever its values:
+
+* level 0.0 keeps everything (``round(0 * n) == 0`` blocks pruned) for any norm and block shape;
+* level 1.0 prunes everything (``round(1 * n) == n``) for any norm and block shape.
+
+L1 versus L2 with (1, 1) blocks is *not* merged by `mask_key`. The benchmark skips L2 (1, 1)
+claiming |w| and w^2 rank the same; in exact arithmetic they do, but in float32 squaring can
+create ties that |w| does not have, and ties are broken by position, so masks can differ:
+
+* tiny |w| (below about 2**-75) square to +0.0, and 2**-75 <= |w| < 2**-63 square to subnormals
+  with fewer significant bits than w, so distinct tiny |w| can share one w^2;
+* every |w| >= 2**64 squares to +inf.
+
+In between, squaring is strictly increasing in float32. For |w| in [2**e, 2**(e+1)) with
+u = ulp(w) = 2**(e-23), the exact squares of neighbours differ by 2|w|u + u^2 > 2**(2e-22), and
+every w^2 there (in [2**2e, 2**(2e+2))) has ulp <= 2**(2e-22); rounding moves each end by at most
+half an ulp, so the rounded squares stay distinct and ordered. Checked exhaustively too: all
+1.07e9 float32 values in [2**-63, 2**64) square to a strictly increasing sequence (a 6 s one-off;
+`tests/test_sparsity_grid.py` re-checks the two end binades). So for a table whose nonzero magnitudes all lie in
+[2**-63, 2**64) the two rankings are the same and, because our tie-break (and torch.sort's, which
+is comparison based) only sees comparison results, so are the masks. That is a property of the
+data, so it lives in `GridPoint.mask_key_for(weights)`, which merges L2 (1, 1) into L1 (1, 1)
+only after `squares_preserve_order` has checked every table.
+
+Block shapes
+------------
+Block shapes are (height, width) with both >= 1. Height > 1 is supported by `masks.py` (blocks
+then span consecutive rows, as in `DataNormSparsifier`); `make_grid` checks width against the
+embedding dimension and height against the smallest table when those are given, because
+`avg_pool2d` cannot pool a window larger than the table.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+NORMS: tuple[str, ...] = ("L1", "L2")
+DEFAULT_BLOCK_SHAPES: tuple[tuple[int, int], ...] = ((1, 1), (1, 4))
+
+
+def default_levels() -> tuple[float, ...]:
+    """The 20 benchmark levels 0.0, 0.1, ..., 0.9, 0.91, ..., 0.99, 1.0, free of float drift."""
+    coarse = [round(i / 10, 1) for i in range(10)]  # 0.0 .. 0.9
+    fine = [round(i / 100, 2) for i in range(91, 100)]  # 0.91 .. 0.99
+    return tuple(coarse + fine + [1.0])
+
+
+DEFAULT_LEVELS: tuple[float, ...] = default_levels()
+
+
+@dataclass(frozen=True, order=True)
+class GridPoint:
+    """One sweep point: prune every table with this norm, block shape and level."""
+
+    norm: str
+    block_shape: tuple[int, int]
+    level: float
+
+    @property
+    def key(self) -> str:
+        """Stable, file-name-safe identifier, e.g. ``L1_1x4_0.91``."""
+        bh, bw = self.block_shape
+        return f"{self.norm}_{bh}x{bw}_{self.level:g}"
+
+    @property
+    def block_shape_str(self) -> str:
+        """The block shape written like the reference CSVs: ``(1, 4)``."""
+        return str(tuple(self.block_shape))
+
+    @property
+    def mask_key(self) -> str:
+        """Equal for points whose masks are identical on any data (see the module docstring)."""
+        if self.level <= 0.0:
+            return "keep_all"
+        if self.level >= 1.0:
+            return "prune_all"
+        return self.key
+
+    def mask_key_for(self, weights: Iterable[torch.Tensor]) -> str:
+        """`mask_key`, also merging L2 (1, 1) into L1 (1, 1) when these tables allow it.
+
+        The merge is exact only when every nonzero |w| is in [2**-63, 2**64) (squaring is then
+        strictly increasing), which `squares_preserve_order` checks table by table.
+        """
+        base = self.mask_key
+        if base in ("keep_all", "prune_all") or self.norm != "L2" or self.block_shape != (1, 1):
+            return base
+        if squares_preserve_order(weights):
+            return GridPoint("L1", self.block_shape, self.level).key
+        return base
+
+
+# float32 bounds inside which w -> w*w is strictly increasing on |w| (module docstring).
+_SQUARE_SAFE_MIN = 2.0**-63
+_SQUARE_SAFE_MAX = 2.0**64
+
+
+def squares_preserve_order(weights: Iterable[torch.Tensor], chunk_elems: int = 1 << 22) -> bool:
+    """True when every table's nonzero |w| lies in [2**-63, 2**64) and no value is NaN.
+
+    Only float32 tables qualify (other dtypes have other bounds). Chunked: no table-sized
+    temporaries.
+    """
+    for w in weights:
+        if w.dtype != torch.float32:
+            return False
+        flat = w.detach().reshape(-1)
+        for start in range(0, flat.numel(), chunk_elems):
+            a = flat[start : start + chunk_elems].abs()
+            if torch.isnan(a).any():
+                return False
+            if (a >= _SQUARE_SAFE_MAX).any():
+                return False
+            if ((a < _SQUARE_SAFE_MIN) & (a != 0)).any():
+                return False
+    return True
+
+
+def _check_levels(levels: Sequence[float]) -> tuple[float, ...]:
+    out = []
+    if len(levels) == 0:
+        raise ValueError("sweep.levels: empty list (expected at least one level in [0, 1])")
+    for lv in levels:
+        if isinstance(lv, bool) or not isinstance(lv, (int, float)):
+            raise ValueError(f"sweep.levels: {lv!r} is not a number (expected a float in [0, 1])")
+        lv = float(lv)
+        if math.isnan(lv) or not 0.0 <= lv <= 1.0:
+            raise ValueError(f"sweep.levels: {lv} is outside [0, 1]")
+        out.append(lv)
+    if len(set(out)) != len(out):
+        dup = sorted({x for x in out if out.count(x) > 1})
+        raise ValueError(f"sweep.levels: duplicate levels {dup} (expected each level once)")
+    return tuple(out)
+
+
+def _check_norms(norms: Sequence[str]) -> tuple[str, ...]:
+    if len(norms) == 0:
+        raise ValueError("sweep.norms: empty list (expected L1 and/or L2)")
+    for n in norms:
+        if n not in NORMS:
+            raise ValueError(f"sweep.norms: unknown norm {n!r} (expected L1 or L2)")
+    if len(set(norms)) != len(norms):
+        raise ValueError(f"sweep.norms: duplicate norms in {list(norms)}")
+    return tuple(norms)
+
+
+def _check_block_shapes(
+    block_shapes: Sequence[Sequence[int]],
+    embedding_dim: int | None,
+    min_rows: int | None,
+) -> tuple[tuple[int, int], ...]:
+    if len(block_shapes) == 0:
+        raise ValueError("sweep.block_shapes: empty list (expected e.g. [[1, 1], [1, 4]])")
+    out = []
+    for bs in block_shapes:
+        shape = tuple(bs) if isinstance(bs, (list, tuple)) else (bs,)
+        if len(shape) != 2 or not all(
+            isinstance(x, int) and not isinstance(x, bool) for x in shape
+        ):
+            raise ValueError(
+                f"sweep.block_shapes: {bs!r} is not a (height, width) pair of integers"
+            )
+        bh, bw = shape
+        if bh < 1 or bw < 1:
+            raise ValueError(
+                f"sweep.block_shapes: {shape} has a side < 1 (expected height >= 1, width >= 1)"
+            )
+        if embedding_dim is not None and bw > embedding_dim:
+            raise ValueError(
+                f"sweep.block_shapes: {shape} is wider than the embedding dimension "
+                f"{embedding_dim} (expected width <= {embedding_dim})"
+            )
+        if min_rows is not None and bh > min_rows:
+            raise ValueError(
+                f"sweep.block_shapes: {shape} is taller than the smallest table ({min_rows} rows)"
+                f" (expected height <= {min_rows})"
+            )
+        out.append((bh, bw))
+    if len(set(out)) != len(out):
+        raise ValueError(f"sweep.block_shapes: duplicate block shapes in {out}")
+    return tuple(out)
+
+
+def make_grid(
+    levels: Sequence[float] = DEFAULT_LEVELS,
+    block_shapes: Sequence[Sequence[int]] = DEFAULT_BLOCK_SHAPES,
+    norms: Sequence[str] = NORMS,
+    *,
+    embedding_dim: int | None = None,
+    min_rows: int | None = None,
+) -> list[GridPoint]:
+    """Validate the sweep options and return the points, ordered norm, block shape, level.
+
+    `embedding_dim` (table width) and `min_rows` (rows of the smallest table), when given, are
+    checked against every block shape. Raises ValueError naming the offending option.
+    """
+    lv = _check_levels(levels)
+    ns = _check_norms(norms)
+    bss = _check_block_shapes(block_shapes, embedding_dim, min_rows)
+    return [GridPoint(n, bs, level) for n in ns for bs in bss for level in lv]
+
+
+def default_grid() -> list[GridPoint]:
+    """The benchmark's 80 points (2 norms x 2 block shapes x 20 levels)."""
+    return make_grid()
+
+
+def distinct_masks(points: Iterable[GridPoint]) -> dict[str, list[GridPoint]]:
+    """Group points by `mask_key` (data independent): one mask computation per group."""
+    groups: dict[str, list[GridPoint]] = {}
+    for p in points:
+        groups.setdefault(p.mask_key, []).append(p)
+    return groups
