@@ -1,0 +1,89 @@
+"""The sweep grid: default points, exact levels, validation messages, mask keys."""
+
+import pytest
+import torch
+
+from lit_dlrm.sparsity.grid import (
+    DEFAULT_LEVELS,
+    GridPoint,
+    default_grid,
+    distinct_masks,
+    make_grid,
+    squares_preserve_order,
+)
+
+
+def test_default_grid_has_80_points_and_exact_levels():
+    grid = default_grid()
+    assert len(grid) == 80
+    assert len(set(grid)) == 80
+    expected = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9,
+                0.91, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 1.0]
+    assert list(DEFAULT_LEVELS) == expected  # exact float equality: no drift
+    assert {p.norm for p in grid} == {"L1", "L2"}
+    assert {p.block_shape for p in grid} == {(1, 1), (1, 4)}
+
+
+def test_keys_are_stable_and_unique():
+    p = GridPoint("L1", (1, 4), 0.91)
+    assert p.key == "L1_1x4_0.91"
+    assert p.block_shape_str == "(1, 4)"
+    assert len({q.key for q in default_grid()}) == 80
+
+
+def test_mask_key_merges_only_data_independent_points():
+    groups = distinct_masks(default_grid())
+    # 4 x 18 interior points stay distinct; all level-0 and all level-1 points merge.
+    assert len(groups) == 4 * 18 + 2
+    assert len(groups["keep_all"]) == 4 and len(groups["prune_all"]) == 4
+    assert GridPoint("L1", (1, 1), 0.5).mask_key != GridPoint("L2", (1, 1), 0.5).mask_key
+
+
+def test_mask_key_for_merges_l1_l2_singletons_only_on_safe_data():
+    p2 = GridPoint("L2", (1, 1), 0.5)
+    p1 = GridPoint("L1", (1, 1), 0.5)
+    safe = [torch.randn(20, 4), torch.zeros(3, 4)]
+    assert p2.mask_key_for(safe) == p1.key
+    tiny = [torch.tensor([[1e-30, 2e-30], [3.0, 4.0]])]  # both square to +0.0
+    assert not squares_preserve_order(tiny)
+    assert p2.mask_key_for(tiny) == p2.key
+    assert not squares_preserve_order([torch.tensor([[2.0**64, 1.0]])])
+    assert GridPoint("L2", (1, 4), 0.5).mask_key_for(safe) == "L2_1x4_0.5"
+
+
+def test_squaring_strictly_increasing_at_the_safe_range_ends():
+    """Exhaustive over the lowest and highest binades of [2**-63, 2**64) (module docstring)."""
+    for lo in (2.0**-63, 2.0**63):
+        start = torch.tensor(lo, dtype=torch.float32).view(torch.int32).item()
+        x = torch.arange(start, start + (1 << 23), dtype=torch.int32).view(torch.float32)
+        sq = x * x
+        assert bool((sq[1:] > sq[:-1]).all()) and bool(torch.isfinite(sq).all())
+    # and just below the range squaring does collide
+    x = torch.tensor([1e-30, 2e-30])
+    assert (x * x)[0] == (x * x)[1]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(levels=[0.5, 1.5]), "sweep.levels: 1.5 is outside [0, 1]"),
+        (dict(levels=[-0.1]), "sweep.levels: -0.1 is outside [0, 1]"),
+        (dict(levels=[0.5, 0.5]), "sweep.levels: duplicate"),
+        (dict(levels=["a"]), "sweep.levels: 'a' is not a number"),
+        (dict(levels=[]), "sweep.levels: empty"),
+        (dict(norms=["L3"]), "sweep.norms: unknown norm 'L3' (expected L1 or L2)"),
+        (dict(block_shapes=[(0, 4)]), "sweep.block_shapes: (0, 4) has a side < 1"),
+        (dict(block_shapes=[(1, 2, 3)]), "sweep.block_shapes: (1, 2, 3) is not a (height, width)"),
+        (dict(block_shapes=[(1, 32)], embedding_dim=16), "wider than the embedding dimension 16"),
+        (dict(block_shapes=[(4, 1)], min_rows=3), "taller than the smallest table (3 rows)"),
+    ],
+)
+def test_make_grid_validation_names_the_option(kwargs, message):
+    with pytest.raises(ValueError) as err:
+        make_grid(**kwargs)
+    assert message in str(err.value)
+
+
+def test_make_grid_custom():
+    g = make_grid([0.0, 0.5], [(1, 4), [2, 2]], ["L2"], embedding_dim=16, min_rows=3)
+    assert [p.key for p in g] == ["L2_1x4_0", "L2_1x4_0.5", "L2_2x2_0", "L2_2x2_0.5"]
