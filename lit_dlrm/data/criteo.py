@@ -1,0 +1,558 @@
+"""Reading Criteo text files: Kaggle `train.txt` / `test.txt`, gzip copies, CSV copies with a header.
+
+A line is `[Id,] [label,] I1..I13, C1..C26`, separated by TAB (or `,` for CSV). Real copies have
+quirks that all parse here: trailing empty fields stripped (a line may stop after any categorical
+field), CRLF line ends, no final newline, negative integers, empty fields (missing values).
+
+Parsing is vectorised over byte blocks of a few MB: numpy finds the separators, reads each field as
+one unaligned 8-byte word and decodes hex / decimal digits with a lookup table and SWAR bit tricks.
+There is no per-line Python on the happy path; a bad line is explained afterwards by
+`explain_line`, which checks that one line in plain Python so the message says what was wrong.
+
+Bad input raises `CriteoFormatError` ("train.txt:1234: expected 40 tab-separated fields, got 41"),
+or, with `on_bad_line="skip"`, the line is dropped and counted in `ParseStats`.
+
+Output per block (`ParsedBlock`), n rows:
+    label: uint8 (n,) or None for unlabelled files
+    dense: int32 (n, 13) raw integers, missing -> 0, negatives kept (clipping is preprocessing's job)
+    cat:   uint32 (n, 26) raw 32-bit hashes, missing -> 0 (as facebookresearch/dlrm does)
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+import numpy as np
+
+from .kaggle import NUM_DENSE, NUM_SPARSE
+
+__all__ = [
+    "CriteoFormatError",
+    "TextFormat",
+    "ParsedBlock",
+    "ParseStats",
+    "sniff_format",
+    "iter_blocks",
+    "read_file",
+    "explain_line",
+    "write_kaggle_tsv",
+    "MISSING_DENSE",
+]
+
+# Sentinel for "missing" in raw dense arrays handed to `write_kaggle_tsv` (written as an empty field).
+MISSING_DENSE = np.iinfo(np.int32).min
+_INT32_MAX = np.iinfo(np.int32).max
+_DEFAULT_BLOCK_BYTES = 8 << 20
+
+
+class CriteoFormatError(ValueError):
+    """Malformed Criteo input; the message starts with `file:line:` where a line is to blame."""
+
+
+@dataclass(frozen=True)
+class TextFormat:
+    """How a Criteo text file is laid out (found by `sniff_format`)."""
+
+    sep: bytes  # b"\t" or b","
+    header: bool  # first line is a header (CSV copies)
+    has_id: bool  # leading Id column (Kaggle CSV copies)
+    has_label: bool  # label column present (train) or not (test)
+    gzip: bool
+
+    @property
+    def n_prefix(self) -> int:
+        return int(self.has_id) + int(self.has_label)
+
+    @property
+    def n_fields(self) -> int:
+        return self.n_prefix + NUM_DENSE + NUM_SPARSE
+
+    @property
+    def min_fields(self) -> int:
+        # Trailing empty fields may be stripped, but only among the categoricals: a line must keep
+        # its prefix, the 13 dense fields and C1. A shorter line is an error, not silent zeros.
+        return self.n_prefix + NUM_DENSE + 1
+
+    def describe_count(self) -> str:
+        kind = "tab-separated" if self.sep == b"\t" else "comma-separated"
+        return f"{self.n_fields} {kind} fields"
+
+
+@dataclass
+class ParsedBlock:
+    label: np.ndarray | None  # uint8 (n,)
+    dense: np.ndarray  # int32 (n, 13)
+    cat: np.ndarray  # uint32 (n, 26)
+    first_line: int  # 1-based line number of the block's first line in the file
+
+    def __len__(self) -> int:
+        return len(self.dense)
+
+
+@dataclass
+class ParseStats:
+    lines: int = 0  # data lines seen (header excluded)
+    rows: int = 0  # rows kept
+    skipped: int = 0  # bad lines dropped (on_bad_line="skip")
+    examples: list[str] = field(default_factory=list)  # the first few skipped-line messages
+
+
+# ----------------------------------------------------------------------------------------------
+# opening and sniffing
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
+def open_binary(path: str | os.PathLike) -> tuple[BinaryIO, BinaryIO]:
+    """(decoded stream, raw file) for `path`; gzip is recognised by its magic bytes, not the name."""
+    path = Path(path)
+    raw = open(path, "rb")
+    if raw.read(2) == b"\x1f\x8b":
+        raw.seek(0)
+        return gzip.GzipFile(fileobj=raw, mode="rb"), raw
+    raw.seek(0)
+    return raw, raw
+
+
+def _header_names(has_id: bool, has_label: bool) -> list[str]:
+    names = (["id"] if has_id else []) + (["label"] if has_label else [])
+    return names + [n.lower() for n in _feature_names()]
+
+
+def _feature_names() -> list[str]:
+    return [f"I{i}" for i in range(1, NUM_DENSE + 1)] + [f"C{i}" for i in range(1, NUM_SPARSE + 1)]
+
+
+def sniff_format(path: str | os.PathLike, has_label: bool | None = None) -> TextFormat:
+    """Look at the first lines of `path` to find separator, header, Id and label columns.
+
+    Without a header, a file is labelled when any of its first 1000 lines has 40 fields (Kaggle
+    train) and unlabelled otherwise (Kaggle test: at most 39). Pass `has_label` to override.
+    """
+    path = Path(path)
+    name = path.name
+    if path.stat().st_size == 0:
+        raise CriteoFormatError(f"{name}: empty file")
+    stream, raw = open_binary(path)
+    try:
+        try:
+            sample = stream.read(1 << 20)
+        except (OSError, EOFError) as e:  # corrupt gzip
+            raise CriteoFormatError(f"{name}: cannot decompress: {e}") from e
+    finally:
+        raw.close()
+    is_gz = _is_gzip(path)
+    if not sample.strip(b"\r\n\t, "):
+        raise CriteoFormatError(f"{name}: empty file (no data lines)")
+    lines = sample.split(b"\n")
+    if len(lines) > 1 and len(sample) == 1 << 20:
+        lines = lines[:-1]  # the last one may be cut
+    lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines[:1001]]
+    first = lines[0]
+    suffixes = [s.lower() for s in path.suffixes]
+    if b"\t" in first:
+        sep = b"\t"
+    elif ".csv" in suffixes or b"," in first:
+        sep = b","
+    else:
+        sep = b"\t"
+    head0 = first.split(sep)[0].strip().lower()
+    header = bool(head0) and not head0.lstrip(b"-").isdigit() and head0.isalpha()
+    if header:
+        try:
+            cols = [c.strip().lower() for c in first.decode("ascii").split(sep.decode())]
+        except UnicodeDecodeError:
+            raise CriteoFormatError(f"{name}:1: header is not ASCII text") from None
+        has_id = bool(cols) and cols[0] == "id"
+        has_lab = len(cols) > int(has_id) and cols[int(has_id)] == "label"
+        if cols != _header_names(has_id, has_lab):
+            raise CriteoFormatError(
+                f"{name}:1: unrecognised header; expected [Id,][Label,]I1..I13,C1..C26, got "
+                f"{','.join(cols[:4])}... ({len(cols)} columns)"
+            )
+        if has_label is not None and has_label != has_lab:
+            raise CriteoFormatError(f"{name}:1: header says label={has_lab}, option has_label={has_label}")
+        return TextFormat(sep=sep, header=True, has_id=has_id, has_label=has_lab, gzip=is_gz)
+    if has_label is None:
+        counts = [ln.count(sep) + 1 for ln in lines if ln]
+        has_label = any(c >= NUM_DENSE + NUM_SPARSE + 1 for c in counts)
+    return TextFormat(sep=sep, header=False, has_id=False, has_label=bool(has_label), gzip=is_gz)
+
+
+# ----------------------------------------------------------------------------------------------
+# vectorised field decoding
+
+_M8 = np.uint64(0x00FF00FF00FF00FF)
+_M16 = np.uint64(0x0000FFFF0000FFFF)
+_M32 = np.uint64(0x00000000FFFFFFFF)
+_HIGHBITS = np.uint64(0x8080808080808080)
+
+# A field of length L (<= 8) read as a little-endian word w has its chars in the low L bytes.
+# Left-align them into the high bytes and fill the low bytes with '0': w << SHIFT[L] | FILL[L].
+_SHIFT = np.array([0] + [8 * (8 - k) for k in range(1, 9)], dtype=np.uint64)
+_FILL = np.array(
+    [0x3030303030303030] + [(0x3030303030303030 & ((1 << (8 * (8 - k))) - 1)) for k in range(1, 9)],
+    dtype=np.uint64,
+)
+_KEEP = np.array([0] + [((1 << (8 * k)) - 1) << (8 * (8 - k)) for k in range(1, 9)], dtype=np.uint64)
+# KEEP[0] == 0 makes an empty field all fill (a shift by 64 bits is not defined).
+
+_HEX_LUT = np.full(256, 0x80, dtype=np.uint8)
+for _c in b"0123456789":
+    _HEX_LUT[_c] = _c - 48
+for _i, _c in enumerate(b"abcdef"):
+    _HEX_LUT[_c] = 10 + _i
+for _i, _c in enumerate(b"ABCDEF"):
+    _HEX_LUT[_c] = 10 + _i
+_DEC_LUT = np.full(256, 0x80, dtype=np.uint8)
+for _c in b"0123456789":
+    _DEC_LUT[_c] = _c - 48
+# Bytes that never belong in a text line: control characters (except TAB) and anything >= 0x7f.
+_BAD_BYTE = np.ones(256, dtype=bool)
+_BAD_BYTE[0x20:0x7F] = False
+_BAD_BYTE[9] = False
+_BAD_BYTE[10] = False
+
+
+def _digits(words: np.ndarray, start: np.ndarray, length: np.ndarray, lut: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Digit values of fields of length 0..8, left-padded with '0' to 8 digits.
+
+    Returns (packed digits: uint64, one digit per byte, first digit in the lowest byte; bad: bool).
+    """
+    w = words[start]  # uint64 (m,), 8 bytes from each field start
+    w = ((w << _SHIFT[length]) & _KEEP[length]) | _FILL[length]
+    d = lut[w.view(np.uint8)].view("<u8")  # same byte order, now digit values (0x80: invalid)
+    return d, (d & _HIGHBITS) != 0
+
+
+def _pack_hex(d: np.ndarray) -> np.ndarray:
+    d = ((d & _M8) << np.uint64(4)) | ((d >> np.uint64(8)) & _M8)
+    d = ((d & _M16) << np.uint64(8)) | ((d >> np.uint64(16)) & _M16)
+    return ((d & _M32) << np.uint64(16)) | (d >> np.uint64(32))
+
+
+def _pack_dec(d: np.ndarray) -> np.ndarray:
+    d = (d & _M8) * np.uint64(10) + ((d >> np.uint64(8)) & _M8)
+    d = (d & _M16) * np.uint64(100) + ((d >> np.uint64(16)) & _M16)
+    return (d & _M32) * np.uint64(10000) + (d >> np.uint64(32))
+
+
+def _parse_hex(words, start, length) -> tuple[np.ndarray, np.ndarray]:
+    """uint32 values and a bad mask for hex fields (1..8 digits; empty -> 0)."""
+    too_long = length > 8
+    d, bad = _digits(words, start, np.minimum(length, 8), _HEX_LUT)
+    return _pack_hex(d).astype(np.uint32), bad | too_long
+
+
+def _parse_dec(buf: np.ndarray, words, start, length) -> tuple[np.ndarray, np.ndarray]:
+    """int64 values and a bad mask for optionally negative decimal fields (empty -> 0)."""
+    neg = (length > 0) & (buf[start] == 45)  # '-'
+    s = start + neg
+    n = length - neg
+    bad = neg & (n == 0)
+    short = np.minimum(n, 8)
+    d, b1 = _digits(words, s, short, _DEC_LUT)
+    val = _pack_dec(d).astype(np.int64)
+    bad |= b1
+    long_ = np.flatnonzero(n > 8)
+    if len(long_):  # 9..18 digits: high part then the last 8 digits
+        nl = n[long_]
+        too_long = nl > 18
+        nh = np.minimum(nl - 8, 8)
+        dh, bh = _digits(words, s[long_], nh, _DEC_LUT)
+        dl, bl = _digits(words, s[long_] + nl - 8, np.full_like(nl, 8), _DEC_LUT)
+        val[long_] = _pack_dec(dh).astype(np.int64) * 10**8 + _pack_dec(dl).astype(np.int64)
+        bad[long_] |= bh | bl | too_long | (nl - 8 > 8)
+    val = np.where(neg, -val, val)
+    return val, bad
+
+
+# ----------------------------------------------------------------------------------------------
+# one block of whole lines
+
+
+def _parse_block(buf: bytes, fmt: TextFormat) -> tuple[ParsedBlock, np.ndarray]:
+    """Parse `buf` (whole lines, each ending in b"\\n", CRLF already turned into LF).
+
+    Returns the block (bad lines dropped) and the 0-based indices of bad lines within `buf`.
+    """
+    n = len(buf)
+    padded = buf + bytes(16)
+    a = np.frombuffer(padded, dtype=np.uint8)
+    words = np.ndarray(shape=(n + 8,), dtype="<u8", buffer=padded, offset=0, strides=(1,))
+    ab = a[:n]
+    is_nl = ab == 10
+    nl = np.flatnonzero(is_nl)
+    n_lines = len(nl)
+    bad = np.zeros(n_lines, dtype=bool)
+
+    bad_bytes = np.flatnonzero(_BAD_BYTE[ab])
+    if len(bad_bytes):
+        bad[np.searchsorted(nl, bad_bytes)] = True
+
+    bounds = np.flatnonzero(is_nl | (ab == fmt.sep[0]))  # every field ends at one of these
+    nl_at = np.flatnonzero(is_nl[bounds])  # index into bounds of each line end
+    n_f = np.diff(nl_at, prepend=-1)  # fields per line
+    fs = np.empty(len(bounds), dtype=np.int64)
+    fs[0] = 0
+    fs[1:] = bounds[:-1] + 1
+    full = fmt.n_fields
+    if n_lines and (n_f == full).all():
+        S = fs.reshape(n_lines, full)
+        E = bounds.reshape(n_lines, full)
+    else:
+        ok_count = (n_f >= fmt.min_fields) & (n_f <= full)
+        bad |= ~ok_count
+        line_of = np.repeat(np.arange(n_lines), n_f)
+        col = np.arange(len(bounds)) - np.repeat(nl_at - n_f + 1, n_f)
+        keep = ok_count[line_of]
+        S = np.zeros((n_lines, full), dtype=np.int64)
+        E = np.zeros((n_lines, full), dtype=np.int64)
+        S[line_of[keep], col[keep]] = fs[keep]
+        E[line_of[keep], col[keep]] = bounds[keep]
+    lens = E - S
+
+    p = 0
+    if fmt.has_id:
+        _, b = _parse_dec(a, words, S[:, 0], lens[:, 0])
+        bad |= b | (lens[:, 0] == 0)
+        p += 1
+    label = None
+    if fmt.has_label:
+        ch = a[S[:, p]]
+        bad |= (lens[:, p] != 1) | ((ch != 48) & (ch != 49))
+        label = (ch - 48).astype(np.uint8)
+        p += 1
+    ds, dl = S[:, p : p + NUM_DENSE], lens[:, p : p + NUM_DENSE]
+    dval, dbad = _parse_dec(a, words, ds.ravel(), dl.ravel())
+    dbad |= (dval > _INT32_MAX) | (dval < -_INT32_MAX)
+    bad |= dbad.reshape(n_lines, NUM_DENSE).any(axis=1)
+    p += NUM_DENSE
+    cval, cbad = _parse_hex(words, S[:, p:].ravel(), lens[:, p:].ravel())
+    bad |= cbad.reshape(n_lines, NUM_SPARSE).any(axis=1)
+
+    dense = dval.reshape(n_lines, NUM_DENSE)
+    cat = cval.reshape(n_lines, NUM_SPARSE)
+    bad_idx = np.flatnonzero(bad)
+    if len(bad_idx):
+        good = ~bad
+        dense, cat = dense[good], cat[good]
+        label = label[good] if label is not None else None
+    block = ParsedBlock(label=label, dense=dense.astype(np.int32), cat=cat, first_line=0)
+    return block, bad_idx
+
+
+# ----------------------------------------------------------------------------------------------
+# explaining one bad line (plain Python, only on the error path)
+
+
+def explain_line(line: bytes, fmt: TextFormat) -> str:
+    """What is wrong with `line` (without its line end), as a message without the `file:line:` part."""
+    for i, byte in enumerate(line):
+        if _BAD_BYTE[byte] and byte != 13:
+            return f"binary data, not text (byte 0x{byte:02x} at column {i + 1}); is this the right file?"
+        if byte == 13:
+            return f"stray carriage return (byte 0x0d at column {i + 1})"
+    text = line.decode("ascii")
+    fields = text.split(fmt.sep.decode())
+    if not line:
+        return f"empty line; expected {fmt.describe_count()}"
+    if not fmt.min_fields <= len(fields) <= fmt.n_fields:
+        return f"expected {fmt.describe_count()}, got {len(fields)}"
+    fields += [""] * (fmt.n_fields - len(fields))
+    names = (["Id"] if fmt.has_id else []) + (["label"] if fmt.has_label else []) + _feature_names()
+    for name, value in zip(names, fields):
+        shown = repr(value if len(value) <= 40 else value[:40] + "...")
+        if name == "Id":
+            if not value.isdigit():
+                return f"Id: expected a non-negative integer, got {shown}"
+        elif name == "label":
+            if value not in ("0", "1"):
+                return f"label: expected 0 or 1, got {shown}"
+        elif name.startswith("I"):
+            body = value[1:] if value.startswith("-") else value
+            if value and not (body.isdigit() and body.isascii()):
+                return f"{name}: expected an integer, got {shown}"
+            if value and abs(int(value)) > _INT32_MAX:
+                return f"{name}: integer out of int32 range: {shown}"
+        else:
+            if len(value) > 8 or any(ch not in "0123456789abcdefABCDEF" for ch in value):
+                return f"{name}: expected up to 8 hex digits, got {shown}"
+    return "malformed line"  # not reached when the vectorised checks and this function agree
+
+
+# ----------------------------------------------------------------------------------------------
+# streaming over a file
+
+
+def iter_blocks(
+    path: str | os.PathLike,
+    *,
+    fmt: TextFormat | None = None,
+    has_label: bool | None = None,
+    on_bad_line: str = "error",
+    stats: ParseStats | None = None,
+    block_bytes: int = _DEFAULT_BLOCK_BYTES,
+    progress=None,
+) -> Iterator[ParsedBlock]:
+    """Yield `ParsedBlock`s of whole lines, reading `block_bytes` of (decompressed) text at a time.
+
+    Memory stays bounded by the block size. `progress(bytes_read_of_the_raw_file, rows)` is called
+    after every block when given. Bad lines raise `CriteoFormatError` naming file and line, or
+    with `on_bad_line="skip"` are dropped and counted in `stats`.
+    """
+    if on_bad_line not in ("error", "skip"):
+        raise ValueError(f"on_bad_line must be 'error' or 'skip', got {on_bad_line!r}")
+    path = Path(path)
+    name = path.name
+    fmt = fmt or sniff_format(path, has_label=has_label)
+    stats = stats if stats is not None else ParseStats()
+    stream, raw = open_binary(path)
+    line_no = 1  # 1-based number of the next line to be parsed
+    rest = b""
+    try:
+        if fmt.header:
+            first = stream.readline()
+            line_no = 2
+            rest = b""
+            del first
+        while True:
+            try:
+                chunk = stream.read(block_bytes)
+            except (OSError, EOFError) as e:
+                raise CriteoFormatError(f"{name}:{line_no}: cannot decompress: {e}") from e
+            eof = not chunk
+            data = rest + chunk
+            if eof:
+                if not data:
+                    break
+                if not data.endswith(b"\n"):
+                    data += b"\n"  # no final newline
+                cut = len(data)
+            else:
+                cut = data.rfind(b"\n") + 1
+                if cut == 0:
+                    if len(data) > 64 * block_bytes:
+                        raise CriteoFormatError(
+                            f"{name}:{line_no}: no line end in {len(data)} bytes; binary data or not a Criteo text file?"
+                        )
+                    rest = data
+                    continue
+            body, rest = data[:cut], data[cut:]
+            if b"\r" in body:
+                body = body.replace(b"\r\n", b"\n")
+            block, bad_idx = _parse_block(body, fmt)
+            n_lines = len(block) + len(bad_idx)
+            if len(bad_idx):
+                starts = None
+                for k, i in enumerate(bad_idx.tolist()):
+                    if on_bad_line == "error" or len(stats.examples) < 5:
+                        if starts is None:
+                            starts = np.r_[0, np.flatnonzero(np.frombuffer(body, np.uint8) == 10)[:-1] + 1]
+                        end = body.index(b"\n", starts[i])
+                        msg = f"{name}:{line_no + i}: {explain_line(body[starts[i]:end], fmt)}"
+                        if on_bad_line == "error":
+                            raise CriteoFormatError(msg)
+                        stats.examples.append(msg)
+                    else:
+                        break
+                stats.skipped += len(bad_idx)
+            block.first_line = line_no
+            line_no += n_lines
+            stats.lines += n_lines
+            stats.rows += len(block)
+            if progress is not None:
+                progress(raw.tell(), stats.rows)
+            if len(block):
+                yield block
+            if eof:
+                break
+    finally:
+        raw.close()
+    if stats.lines == 0:
+        raise CriteoFormatError(f"{name}: empty file (no data lines)")
+
+
+def read_file(path, **kwargs) -> tuple[ParsedBlock, ParseStats]:
+    """Parse a whole (small) file into one block; for tests and small samples."""
+    stats = kwargs.pop("stats", None) or ParseStats()
+    blocks = list(iter_blocks(path, stats=stats, **kwargs))
+    has_label = blocks[0].label is not None if blocks else False
+    label = np.concatenate([b.label for b in blocks]) if has_label else None
+    dense = np.concatenate([b.dense for b in blocks]) if blocks else np.zeros((0, NUM_DENSE), np.int32)
+    cat = np.concatenate([b.cat for b in blocks]) if blocks else np.zeros((0, NUM_SPARSE), np.uint32)
+    return ParsedBlock(label=label, dense=dense, cat=cat, first_line=1), stats
+
+
+# ----------------------------------------------------------------------------------------------
+# writing Kaggle train.txt (vectorised; used by the synthetic generator and the benchmark)
+
+_DENSE_W = 11  # '-' and up to 10 digits
+
+
+def _format_rows(label: np.ndarray | None, dense: np.ndarray, cat: np.ndarray) -> bytes:
+    """Kaggle TSV bytes for n rows. dense: int (n,13), MISSING_DENSE -> empty; cat: uint32 (n,26), 0 -> empty."""
+    n = len(dense)
+    pad = 0xFF  # marks unused byte slots; removed at the end
+    parts = []
+    if label is not None:
+        lab = np.full((n, 2), 9, dtype=np.uint8)
+        lab[:, 0] = 48 + np.asarray(label, dtype=np.uint8)
+        parts.append(lab)
+    d = np.asarray(dense, dtype=np.int64)
+    missing = d == MISSING_DENSE
+    neg = d < 0
+    mag = np.where(missing, 0, np.abs(d))
+    digits = np.empty((n, NUM_DENSE, _DENSE_W), dtype=np.uint8)
+    rem = mag.copy()
+    for k in range(_DENSE_W - 1, -1, -1):
+        digits[:, :, k] = 48 + (rem % 10)
+        rem //= 10
+    # number of digits (at least one)
+    nd = np.ones_like(mag)
+    t = mag // 10
+    while (t > 0).any():
+        nd += t > 0
+        t //= 10
+    pos = np.arange(_DENSE_W)
+    first = _DENSE_W - nd  # index of the first digit
+    digits[pos[None, None, :] < first[:, :, None]] = pad
+    sign_pos = first - 1
+    r, c = np.nonzero(neg & ~missing)
+    digits[r, c, sign_pos[r, c]] = 45
+    digits[missing] = pad
+    dense_b = np.concatenate([digits, np.full((n, NUM_DENSE, 1), 9, np.uint8)], axis=2)
+    parts.append(dense_b.reshape(n, -1))
+    cv = np.asarray(cat, dtype=np.uint32)
+    hexd = np.empty((n, NUM_SPARSE, 9), dtype=np.uint8)
+    for k in range(8):
+        nib = (cv >> np.uint32(4 * (7 - k))) & np.uint32(0xF)
+        hexd[:, :, k] = np.where(nib < 10, 48 + nib, 87 + nib)
+    hexd[:, :, :8][cv == 0] = pad
+    hexd[:, :, 8] = 9
+    hexd[:, -1, 8] = 10
+    parts.append(hexd.reshape(n, -1))
+    m = np.concatenate(parts, axis=1)
+    return m[m != pad].tobytes()
+
+
+def write_kaggle_tsv(path, label, dense, cat, *, append: bool = False, rows_per_block: int = 100_000) -> None:
+    """Write rows as Kaggle `train.txt` (or `test.txt` when `label` is None), LF line ends.
+
+    dense: int (n, 13) with `MISSING_DENSE` for empty fields; cat: uint32 (n, 26) with 0 for empty.
+    Gzip-compressed when `path` ends in `.gz`.
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "ab" if append else "wb") as f:
+        for s in range(0, len(dense), rows_per_block):
+            e = s + rows_per_block
+            f.write(_format_rows(None if label is None else label[s:e], dense[s:e], cat[s:e]))
+
