@@ -113,3 +113,11 @@ def build_model(path: str | Path) -> DLRM:
     except (CheckpointError, RuntimeError, KeyError) as err:
         raise CheckpointError(f"{path}: not a DLRM this code can rebuild: {err}") from err
     return model
+
+
+def latest_checkpoint(root: str | Path = "runs/train") -> Path:
+    """The best checkpoint (``best-*.ckpt``) written most recently by ``scripts/train.py``."""
+    found = sorted(Path(root).glob("version_*/checkpoints/best-*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise CheckpointError(f"{root}: no best-*.ckpt from scripts/train.py; train first, or pass --ckpt_path")
+    return found[-1]

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
+from lit_dlrm.checkpoint import architecture, load_state_dict
 from lit_dlrm.metrics import ClickMetrics
 from lit_dlrm.model import DLRM, Interaction
 
@@ -57,6 +58,15 @@ class DLRMModule(L.LightningModule):
         self.train_metrics = ClickMetrics(auc_bins=200)
         self.val_metrics = ClickMetrics()
         self.test_metrics = ClickMetrics()
+
+    @classmethod
+    def from_weights(cls, path: str) -> DLRMModule:
+        """A module holding the DLRM weights in ``path``: a lit_dlrm checkpoint, a
+        facebookresearch/dlrm ``--save-model`` file or a bare state_dict (read safely)."""
+        state = load_state_dict(path)
+        module = cls(**architecture(state))
+        module.model.load_state_dict(state)
+        return module
 
     def forward(self, dense: Tensor, sparse: Tensor) -> Tensor:
         return self.model(dense, sparse)
