@@ -1,0 +1,236 @@
+"""Checkpoint size on disk: the reference's torch.save + deflate, and a sparsity-aware format.
+
+`reference_zip_size` does what `evaluate_disk_savings.py` does: `torch.save(state_dict)`, then a
+`zipfile.ZIP_DEFLATED` archive (default level) around that file. It reports bytes (the honest
+column) and `zip_file_size`, the same size floored to whole MiB as the reference's CSV does.
+
+`zstd_sparse_size` writes the "sparse-shuffle-zstd" format (`.lds`, read back by
+`load_compressed`). Per tensor:
+
+* a bitmask of the elements whose *bit pattern* is nonzero (so -0.0 counts as a value and round
+  trips; only +0.0 is implied by the mask), packed 8 per byte;
+* the surviving elements, byte-shuffled: all first bytes, then all second bytes, ... (for float32
+  the sign/exponent bytes are highly repetitive, the low mantissa bytes are noise);
+* both sections compressed with zstandard (multi-threaded).
+
+Dense tables cost a bitmask of all ones (compresses to almost nothing); fully pruned tables cost
+only their compressed all-zero bitmask. Any dtype round-trips bit-for-bit.
+
+File layout: ``b"LDSZ" | u32 version | u64 header length | JSON header | sections``; the header
+lists, per tensor, name, dtype, shape and the (offset, length) of its two sections. Files are
+written to a temporary name and renamed into place, and deleted after measuring unless the
+caller passes `keep_dir`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MAGIC = b"LDSZ"
+VERSION = 1
+SUFFIX = ".lds"
+DEFAULT_LEVEL = 1  # zstd level: measured best speed/size trade-off for fp32 tables (benchmarks/compress.py)
+_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+@dataclass(frozen=True)
+class SizeResult:
+    """One measured checkpoint: its format, size and timings."""
+
+    format: str  # "torch.save+deflate" or "sparse-shuffle-zstd"
+    bytes: int  # size of the file on disk
+    write_s: float  # serialise + compress + write
+    read_s: float  # read + decompress + rebuild the state_dict
+    path: str | None = None  # where it was kept (None when deleted)
+
+    @property
+    def zip_file_size(self) -> int:
+        """The reference's column: size floored to whole MiB (``bytes >> 20``)."""
+        return self.bytes >> 20
+
+
+# --------------------------------------------------------------------- reference: torch.save + zip
+
+
+def _write_reference_zip(state_dict: dict[str, torch.Tensor], workdir: Path, stem: str) -> Path:
+    pt = workdir / f"{stem}.pt"
+    torch.save(state_dict, pt)
+    zpath = workdir / f"{stem}.zip"
+    with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(pt, arcname=pt.name)
+    pt.unlink()
+    return zpath
+
+
+def _read_reference_zip(zpath: Path, workdir: Path) -> dict[str, torch.Tensor]:
+    with zipfile.ZipFile(zpath) as zf:
+        name = zf.namelist()[0]
+        pt = Path(zf.extract(name, path=workdir / "unzipped"))
+    try:
+        return torch.load(pt, weights_only=True)
+    finally:
+        pt.unlink()
+
+
+def reference_zip_size(state_dict: dict[str, torch.Tensor], workdir: str | os.PathLike,
+                       keep_dir: str | os.PathLike | None = None, stem: str = "model",
+                       measure_read: bool = True) -> SizeResult:
+    """torch.save + ZIP_DEFLATED (default level), exactly as the reference; size in bytes."""
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        tmp = Path(tmp)
+        t0 = time.perf_counter()
+        zpath = _write_reference_zip(state_dict, tmp, stem)
+        write_s = time.perf_counter() - t0
+        size = os.path.getsize(zpath)
+        read_s = float("nan")
+        if measure_read:
+            t0 = time.perf_counter()
+            _read_reference_zip(zpath, tmp)
+            read_s = time.perf_counter() - t0
+        kept = _keep(zpath, keep_dir)
+    return SizeResult("torch.save+deflate", size, write_s, read_s, kept)
+
+
+def _keep(path: Path, keep_dir: str | os.PathLike | None) -> str | None:
+    """Move a measured file into keep_dir atomically (temp name + rename); None if not kept."""
+    if keep_dir is None:
+        return None
+    keep_dir = Path(keep_dir)
+    keep_dir.mkdir(parents=True, exist_ok=True)
+    final = keep_dir / path.name
+    tmp = keep_dir / f".{path.name}.tmp"
+    shutil.move(str(path), tmp)
+    os.replace(tmp, final)
+    return str(final)
+
+
+# --------------------------------------------------------------------------- sparse-shuffle-zstd
+
+
+def _compressor(level: int, threads: int):
+    import zstandard
+
+    return zstandard.ZstdCompressor(level=level, threads=threads)
+
+
+def _encode(t: torch.Tensor, cctx) -> tuple[dict, bytes, bytes]:
+    """One tensor -> (header entry, compressed bitmask, compressed shuffled values)."""
+    t = t.detach().cpu().contiguous()
+    itemsize = t.element_size()
+    raw = t.reshape(-1).view(torch.uint8).numpy()  # (numel * itemsize,) shares memory
+    elems = raw.view(_UINT[itemsize])  # (numel,) bit patterns
+    nonzero = elems != 0  # (numel,) bool: bit pattern, so -0.0 is kept
+    nnz = int(np.count_nonzero(nonzero))
+    values = elems if nnz == elems.size else elems[nonzero]  # (nnz,) survivors (no copy if dense)
+    del elems
+    mask_c = cctx.compress(memoryview(np.packbits(nonzero)))
+    del nonzero
+    vals_c = b""
+    if nnz:
+        planes = values.view(np.uint8).reshape(-1, itemsize).T.copy()  # (itemsize, nnz) shuffled
+        del values
+        vals_c = cctx.compress(memoryview(planes))
+    entry = {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape), "nnz": nnz}
+    return entry, mask_c, vals_c
+
+
+def save_compressed(state_dict: dict[str, torch.Tensor], path: str | os.PathLike,
+                    level: int = DEFAULT_LEVEL, threads: int = -1) -> int:
+    """Write `state_dict` (tensors only) in the sparse-shuffle-zstd format; returns bytes.
+
+    Atomic: written to a temporary file beside `path`, then renamed. `threads=-1`: all cores.
+    """
+    path = Path(path)
+    cctx = _compressor(level, threads)
+    entries, blobs = [], []
+    offset = 0
+    for name, t in state_dict.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"state_dict[{name!r}]: expected a tensor, got {type(t).__name__}")
+        entry, mask_c, vals_c = _encode(t, cctx)
+        entry["name"] = name
+        entry["mask"] = [offset, len(mask_c)]
+        offset += len(mask_c)
+        entry["values"] = [offset, len(vals_c)]
+        offset += len(vals_c)
+        entries.append(entry)
+        blobs += [mask_c, vals_c]
+    header = json.dumps({"tensors": entries}).encode()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(MAGIC + struct.pack("<IQ", VERSION, len(header)) + header)
+            for b in blobs:
+                f.write(b)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return os.path.getsize(path)
+
+
+def load_compressed(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a sparse-shuffle-zstd file back into a state_dict, bit-for-bit."""
+    import zstandard
+
+    dctx = zstandard.ZstdDecompressor()
+    with open(path, "rb") as f:
+        head = f.read(16)
+        if len(head) < 16 or head[:4] != MAGIC:
+            raise ValueError(f"{path}: not a sparse-shuffle-zstd file (bad magic)")
+        version, hlen = struct.unpack("<IQ", head[4:])
+        if version != VERSION:
+            raise ValueError(f"{path}: format version {version}, expected {VERSION}")
+        header = json.loads(f.read(hlen))
+        base = 16 + hlen
+        out: dict[str, torch.Tensor] = {}
+        for e in header["tensors"]:
+            dtype = getattr(torch, e["dtype"])
+            numel = int(np.prod(e["shape"], dtype=np.int64))
+            t = torch.empty(e["shape"], dtype=dtype)
+            itemsize = t.element_size()
+            elems = t.reshape(-1).view(torch.uint8).numpy().view(_UINT[itemsize])  # (numel,)
+            f.seek(base + e["mask"][0])
+            bits = np.frombuffer(dctx.decompress(f.read(e["mask"][1])), dtype=np.uint8)
+            nonzero = np.unpackbits(bits, count=numel).view(bool)  # (numel,)
+            if e["nnz"]:
+                f.seek(base + e["values"][0])
+                planes = np.frombuffer(dctx.decompress(f.read(e["values"][1])), dtype=np.uint8)
+                values = planes.reshape(itemsize, -1).T.copy().view(_UINT[itemsize])  # (nnz, 1)
+                elems[:] = 0
+                elems[nonzero] = values.reshape(-1)
+            else:
+                elems[:] = 0
+            out[e["name"]] = t
+        return out
+
+
+def zstd_sparse_size(state_dict: dict[str, torch.Tensor], workdir: str | os.PathLike,
+                     keep_dir: str | os.PathLike | None = None, stem: str = "model",
+                     level: int = DEFAULT_LEVEL, threads: int = -1,
+                     measure_read: bool = True) -> SizeResult:
+    """Write the sparse-shuffle-zstd format, measure size and times, delete unless kept."""
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        path = Path(tmp) / f"{stem}{SUFFIX}"
+        t0 = time.perf_counter()
+        size = save_compressed(state_dict, path, level=level, threads=threads)
+        write_s = time.perf_counter() - t0
+        read_s = float("nan")
+        if measure_read:
+            t0 = time.perf_counter()
+            load_compressed(path)
+            read_s = time.perf_counter() - t0
+        kept = _keep(path, keep_dir)
+    return SizeResult("sparse-shuffle-zstd", size, write_s, read_s, kept)
