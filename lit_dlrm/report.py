@@ -1,0 +1,113 @@
+"""The sweep's report: one joined table, three plots and TensorBoard runs, from the three CSVs.
+
+Written from the tables alone, as a whole, every time (each file atomically; the TensorBoard
+directory is rebuilt beside the old one and swapped in), so a resumed sweep's report equals an
+uninterrupted one's and never holds duplicated events.
+
+- ``results.csv``: one row per grid point: quality, sizes, forward times (dense and COO);
+- ``disk_size.png``, ``quality.png``, ``forward_time.png``: against the sparsity level, one line
+  per norm x block shape;
+- ``tensorboard/<norm>_<h>x<w>/``: one run per norm x block shape, step = level in percent, so
+  the runs overlay in one chart per tag (``auc``, ``log_loss``, ``zip_bytes``, ...).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from torch.utils.tensorboard import SummaryWriter  # noqa: E402
+
+from lit_dlrm.results import (  # noqa: E402
+    FORWARD_TIME_CSV,
+    METADATA_CSV,
+    METRICS_CSV,
+    POINT_COLUMNS,
+    atomic_write,
+    read_table,
+)
+
+RESULTS_CSV = "results.csv"
+SERIES = ["norm", "sparse_block_shape"]
+
+
+def joined_results(out_dir: Path) -> pd.DataFrame:
+    """Metrics, sizes and both forward times side by side, one row per grid point."""
+    table = read_table(out_dir, METRICS_CSV).drop(columns=["same_mask_as"], errors="ignore")
+    metadata = read_table(out_dir, METADATA_CSV)
+    if len(metadata):
+        table = table.merge(
+            metadata.drop(columns=["step_time_sec", "same_mask_as"], errors="ignore"), on=POINT_COLUMNS, how="left"
+        )
+    times = read_table(out_dir, FORWARD_TIME_CSV)
+    if len(times):
+        wide = times.pivot_table(index=POINT_COLUMNS, columns="dlrm_type", values="time_taken").reset_index()
+        wide = wide.rename(columns={"without_torch_sparse": "forward_s_dense", "with_torch_sparse": "forward_s_coo"})
+        table = table.merge(wide, on=POINT_COLUMNS, how="left")
+    return table
+
+
+def size_columns(table: pd.DataFrame) -> list[str]:
+    """Byte counts of every checkpoint format measured (``zip_bytes`` first)."""
+    return sorted((c for c in table.columns if c.endswith("_bytes")), key=lambda c: c != "zip_bytes")
+
+
+def plot(table: pd.DataFrame, panels: list[tuple[str, str]], path: Path, title: str) -> None:
+    """One panel per (column, y label), one line per norm x block shape, level (%) on x."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (column, label) in zip(axes[0], panels):
+        for (norm, shape), series in table.groupby(SERIES, sort=True):
+            series = series.sort_values("sparsity_level")
+            ax.plot(series["sparsity_level"] * 100, series[column], marker=".", label=f"{norm} {shape}")
+        ax.set_xlabel("sparsity level (%)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+
+
+def write_tensorboard(table: pd.DataFrame, log_dir: Path, tags: list[str]) -> None:
+    """One run per norm x block shape; step = sparsity level in percent."""
+    fresh = log_dir.with_name(log_dir.name + ".tmp")
+    shutil.rmtree(fresh, ignore_errors=True)
+    for (norm, shape), series in table.groupby(SERIES, sort=True):
+        run = f"{norm}_{shape.strip('()').replace(', ', 'x')}"
+        with SummaryWriter(str(fresh / run)) as writer:
+            for row in series.itertuples(index=False):
+                step = round(row.sparsity_level * 100)
+                for tag in tags:
+                    writer.add_scalar(tag, getattr(row, tag), global_step=step)
+    old = log_dir.with_name(log_dir.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if log_dir.exists():
+        log_dir.rename(old)
+    fresh.rename(log_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_report(out_dir: str | Path) -> pd.DataFrame:
+    """Write ``results.csv``, the plots and the TensorBoard runs of the sweep in ``out_dir``."""
+    out_dir = Path(out_dir)
+    table = joined_results(out_dir)
+    atomic_write(out_dir / RESULTS_CSV, lambda tmp: table.to_csv(tmp, index=False))
+    if table.empty:
+        return table
+    table = table[table["norm"] != "dense"]  # a lone dense row has no level axis to plot
+    sizes = size_columns(table)
+    if sizes:
+        plot(table, [(c, c.replace("_", " ")) for c in sizes], out_dir / "disk_size.png", "checkpoint size on disk")
+    plot(table, [("roc_auc", "test AUC"), ("log_loss", "test log loss")], out_dir / "quality.png", "model quality")
+    times = [c for c in ("forward_s_dense", "forward_s_coo") if c in table]
+    if times:
+        plot(table, [(c, c.replace("_", " ")) for c in times], out_dir / "forward_time.png", "forward time (median)")
+    tags = ["roc_auc", "log_loss", "accuracy", "ne", *sizes, *times]
+    write_tensorboard(table, out_dir / "tensorboard", [t for t in tags if t in table])
+    return table

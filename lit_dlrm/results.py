@@ -1,0 +1,79 @@
+"""The sweep's result tables: names, columns and rerun-safe, atomic CSV writes.
+
+One source of truth for the reference benchmark's CSV layouts. Each table starts with the
+reference's columns in the reference's order; lit_dlrm's extra columns follow them. A row is
+identified by its grid point (``norm, sparse_block_shape, sparsity_level``, plus ``dlrm_type``
+for timings), so writing a point twice replaces its row instead of duplicating it, and every
+write goes to a temporary file renamed over the old one: a killed sweep never leaves a
+truncated table behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+POINT_COLUMNS = ["norm", "sparse_block_shape", "sparsity_level"]
+
+METADATA_CSV = "sparse_model_metadata.csv"
+METRICS_CSV = "sparse_model_metrics.csv"
+FORWARD_TIME_CSV = "dlrm_forward_time_info.csv"
+
+REFERENCE_COLUMNS = {
+    METADATA_CSV: [*POINT_COLUMNS, "step_time_sec", "zip_file_size", "path"],
+    METRICS_CSV: [*POINT_COLUMNS, "precision", "recall", "f1", "roc_auc", "accuracy", "log_loss"],
+    FORWARD_TIME_CSV: [*POINT_COLUMNS, "time_taken", "dlrm_type"],
+}
+KEY_COLUMNS = {
+    METADATA_CSV: POINT_COLUMNS,
+    METRICS_CSV: POINT_COLUMNS,
+    FORWARD_TIME_CSV: [*POINT_COLUMNS, "dlrm_type"],
+}
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename the result over ``path`` (same directory, same disk)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_table(out_dir: str | Path, name: str) -> pd.DataFrame:
+    """The table ``name`` in ``out_dir`` (empty, with the reference columns, if not written yet).
+    ``sparse_block_shape`` stays a string like ``"(1, 4)"``, as the reference writes it."""
+    path = Path(out_dir) / name
+    if not path.exists():
+        return pd.DataFrame(columns=REFERENCE_COLUMNS[name])
+    return pd.read_csv(path, dtype={"sparse_block_shape": str, "norm": str, "path": str}, keep_default_na=False)
+
+
+def write_table(out_dir: str | Path, name: str, table: pd.DataFrame) -> None:
+    """Write ``table`` as ``name``: reference columns first, extra columns after, atomically."""
+    reference = REFERENCE_COLUMNS[name]
+    missing = [c for c in reference if c not in table.columns]
+    if missing:
+        raise ValueError(f"{name}: rows lack the reference columns {missing}")
+    ordered = table[reference + [c for c in table.columns if c not in reference]]
+    atomic_write(Path(out_dir) / name, lambda tmp: ordered.to_csv(tmp, index=False))
+
+
+def upsert_rows(out_dir: str | Path, name: str, rows: Iterable[dict]) -> None:
+    """Add ``rows`` to the table ``name``, replacing any row with the same key."""
+    new = pd.DataFrame(list(rows))
+    old = read_table(out_dir, name)
+    keys = KEY_COLUMNS[name]
+    if len(old):
+        replaced = old.set_index(keys).index.isin(new.set_index(keys).index)
+        old = old[~replaced]
+    combined = new if old.empty else pd.concat([old, new], ignore_index=True)
+    write_table(out_dir, name, combined)
