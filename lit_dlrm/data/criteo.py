@@ -88,6 +88,7 @@ class ParsedBlock:
     dense: np.ndarray  # int32 (n, 13)
     cat: np.ndarray  # uint32 (n, 26)
     first_line: int  # 1-based line number of the block's first line in the file
+    extras: dict = field(default_factory=dict)  # further per-row arrays (synthetic: "prob")
 
     def __len__(self) -> int:
         return len(self.dense)

@@ -189,11 +189,14 @@ def build_arrays(
     options: PreprocessOptions,
     *,
     extras: dict[str, tuple] | None = None,
+    given_ids: list[int] | None = None,
 ) -> dict:
     """Stream `blocks` (objects with .label, .dense, .cat and optional .extras) into `out_dir`.
 
     `extras` names additional per-row arrays the blocks carry in `.extras` ({name: (dtype, row_shape)}),
-    e.g. the synthetic teacher's probabilities. Returns the metadata (table_sizes, rows, splits...).
+    e.g. the synthetic teacher's probabilities. `given_ids` (table sizes) says `.cat` already holds
+    ids (dlrm's .npz): they are kept, taken modulo `max_ind_range`, and only rare-value remapping
+    applies. Returns the metadata (table_sizes, rows, splits, ...).
     """
     out_dir = Path(out_dir)
     extras = extras or {}
@@ -211,12 +214,18 @@ def build_arrays(
                 label_w = NpyAppender(out_dir / "label.npy", np.uint8, ())
         n = len(block.dense)
         dense = np.clip(np.asarray(block.dense), 0, None).astype(np.int32)  # negative / missing -> 0
-        raw = np.asarray(block.cat, dtype=np.uint32)
-        if mod is not None:
+        raw = np.asarray(block.cat, dtype=np.uint32 if given_ids is None else np.int64)
+        if mod is not None and given_ids is None:
             raw = raw % mod
         ids = np.empty((n, NUM_SPARSE), dtype=np.int32)
         for j in range(NUM_SPARSE):
-            ids[:, j] = assign[j](raw[:, j])
+            if given_ids is None:
+                ids[:, j] = assign[j](raw[:, j])
+            else:
+                ids[:, j] = raw[:, j] if mod is None else raw[:, j] % mod
+                a = assign[j]
+                a.size = given_ids[j]
+                a.counts = np.pad(a.counts, (0, a.size - len(a.counts))) + np.bincount(ids[:, j], minlength=a.size)
         dense_w.append(dense)
         sparse_w.append(ids)
         if label_w is not None:
@@ -227,7 +236,7 @@ def build_arrays(
     for w in writers:
         w.close()
     rows = dense_w.rows
-    table_sizes = [a.size for a in assign]
+    table_sizes = [a.size for a in assign] if given_ids is None else list(given_ids)
     if options.min_frequency > 1 and rows:
         remaps = [rare_remap(a.counts, options.min_frequency) for a in assign]
         table_sizes = [int(m.max()) + 1 if len(m) else 0 for m in remaps]

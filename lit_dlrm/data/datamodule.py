@@ -1,0 +1,282 @@
+"""`CriteoDataModule`: one LightningDataModule for synthetic Criteo, Kaggle text and dlrm's .npz.
+
+    dm = CriteoDataModule(source="synthetic")                       # the default: no download
+    dm = CriteoDataModule(source="kaggle", path="train.txt.gz")     # raw Kaggle (TSV/CSV/gz)
+    dm = CriteoDataModule(source="dlrm_npz", path="kaggleAdDisplayChallenge_processed.npz")
+
+The first access to `table_sizes` (or `prepare_data` / `setup`) builds the cache under `cache_dir`
+(or reuses it), so the sizes are known right after construction, as LightningCLI's
+`link_arguments("data.table_sizes", "model.table_sizes", apply_on="instantiate")` needs.
+
+Batches are whole slices of the memory-mapped arrays, never per-sample `__getitem__` + collate:
+a sampler yields one batch's rows at a time (a contiguous [start, stop) for val/test, a sorted
+gather of a seeded per-epoch permutation for train), and the dataset turns them into
+    dense: float32 (B, 13) = log(x + 1),  sparse: int64 (B, 26),  label: float32 (B,)
+DDP: every rank reads its own shard. Train: an equal share of the epoch's permutation (the
+remainder of n_train % world_size rows is left out that epoch). Val/test: contiguous shards with no
+padding and no duplicates, so metrics over the split are exact. The sampler subclasses
+`DistributedSampler`, which makes Lightning leave it alone; `use_distributed_sampler=False` in the
+Trainer is still the clearest setting. The memory maps are opened lazily in each worker process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Iterator, Literal
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from .kaggle import NUM_DENSE
+from .preprocess import PreprocessOptions, cached_text
+from .synthetic import SyntheticConfig, binary_metrics, cached_synthetic
+
+log = logging.getLogger("lit_dlrm.data")
+
+Source = Literal["synthetic", "kaggle", "dlrm_npz"]
+SPLITS = ("train", "val", "test")
+
+
+class CriteoBatches(Dataset):
+    """Whole batches from a cache directory: item = rows given by the sampler -> (dense, sparse, label).
+
+    Picklable for worker processes: the memory maps are (re)opened lazily in each process.
+    """
+
+    def __init__(self, directory: str | Path, with_prob: bool = False):
+        self.directory = Path(directory)
+        self.with_prob = with_prob
+        self._arrays = None
+
+    def _open(self) -> dict:
+        if self._arrays is None:
+            names = ["dense", "sparse", "label"] + (["prob"] if self.with_prob else [])
+            self._arrays = {k: np.load(self.directory / f"{k}.npy", mmap_mode="r") for k in names}
+        return self._arrays
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_arrays"] = None
+        return state
+
+    def rows(self, index) -> dict[str, np.ndarray]:
+        """Arrays for `index`: a (start, stop) pair or an int64 array of row numbers."""
+        arrays = self._open()
+        if isinstance(index, tuple):
+            sel = slice(int(index[0]), int(index[1]))
+            return {k: np.asarray(a[sel]) for k, a in arrays.items()}
+        return {k: a[index] for k, a in arrays.items()}
+
+    def __getitem__(self, index) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        r = self.rows(index)
+        dense = torch.from_numpy(np.log1p(r["dense"].astype(np.float32)))  # (B, 13)
+        sparse = torch.from_numpy(r["sparse"].astype(np.int64))  # (B, 26)
+        label = torch.from_numpy(r["label"].astype(np.float32))  # (B,)
+        return dense, sparse, label
+
+
+class ShardedBatchSampler(DistributedSampler):
+    """Yields this rank's batches of one split: (start, stop) pairs, or sorted row-number arrays.
+
+    A `DistributedSampler` only so that Lightning does not wrap it in another one; it shards itself.
+    """
+
+    def __init__(self, start: int, end: int, batch_size: int, *, shuffle: bool, rank: int = 0,
+                 world_size: int = 1, seed: int = 0):
+        # (DistributedSampler.__init__ is not called: it wants a dataset and a process group.)
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        if batch_size < 1:
+            raise ValueError(f"batch size must be positive, got {batch_size}")
+        self.start, self.end, self.batch_size = int(start), int(end), int(batch_size)
+        self.shuffle, self.rank, self.num_replicas, self.seed = shuffle, rank, world_size, seed
+        self.epoch = 0
+        self.drop_last = False
+        n = self.end - self.start
+        if shuffle:
+            per = n // world_size  # equal shares: every rank runs the same number of steps
+            self.lo, self.hi = rank * per, (rank + 1) * per
+        else:
+            bounds = [self.start + (n * r) // world_size for r in range(world_size + 1)]
+            self.lo, self.hi = bounds[rank], bounds[rank + 1]
+        self.num_samples = self.hi - self.lo
+        self.total_size = self.num_samples * world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-self.num_samples // self.batch_size)
+
+    def __iter__(self) -> Iterator:
+        if not self.shuffle:
+            for s in range(self.lo, self.hi, self.batch_size):
+                yield (s, min(s + self.batch_size, self.hi))
+            return
+        rng = np.random.default_rng([self.seed, self.epoch])
+        perm = rng.permutation(self.end - self.start)[self.lo : self.hi] + self.start
+        for s in range(0, len(perm), self.batch_size):
+            yield np.sort(perm[s : s + self.batch_size])  # sorted: faster reads, same batch
+
+
+class CriteoDataModule(LightningDataModule):
+    """Criteo click data from one of three sources, preprocessed once into a memory-mapped cache.
+
+    Args:
+        source: "synthetic" (default: generated, with a known teacher), "kaggle" (train.txt,
+            test.txt, .gz, .csv) or "dlrm_npz" (facebookresearch/dlrm's processed .npz).
+        path: the input file for "kaggle" and "dlrm_npz"; unused for "synthetic".
+        cache_dir: where caches live (relative to the current directory).
+        batch_size: train batch size. eval_batch_size: val/test batch size.
+        num_workers: DataLoader worker processes (0: load in the main process).
+        shuffle: reshuffle the train split every epoch (seeded by `seed` and the epoch).
+        max_ind_range: hash raw categorical values modulo this (None: off).
+        min_frequency: values seen fewer times share one id per feature (1: off).
+        on_bad_line: "error" (stop at the first malformed line) or "skip" (drop and count).
+        synthetic_rows, max_table_size: size of the synthetic data set and its table cap.
+        seed: synthetic data and train shuffling.
+        has_label: Kaggle text only: force labelled/unlabelled (None: detect).
+        progress: show a progress bar while preprocessing (None: when attached to a terminal).
+    """
+
+    def __init__(
+        self,
+        source: Source = "synthetic",
+        path: str | None = None,
+        cache_dir: str = "data/cache",
+        batch_size: int = 2048,
+        eval_batch_size: int = 16384,
+        num_workers: int = 0,
+        shuffle: bool = True,
+        max_ind_range: int | None = None,
+        min_frequency: int = 1,
+        on_bad_line: Literal["error", "skip"] = "error",
+        synthetic_rows: int = SyntheticConfig.rows,
+        max_table_size: int = SyntheticConfig.max_table_size,
+        seed: int = 0,
+        has_label: bool | None = None,
+        progress: bool | None = None,
+    ) -> None:
+        super().__init__()
+        if source not in ("synthetic", "kaggle", "dlrm_npz"):
+            raise ValueError(f"data.source: expected 'synthetic', 'kaggle' or 'dlrm_npz', got {source!r}")
+        if source != "synthetic" and not path:
+            raise ValueError(f"data.path: source={source!r} needs the input file (--data.path=...)")
+        if batch_size < 1 or eval_batch_size < 1:
+            raise ValueError("data.batch_size and data.eval_batch_size must be positive")
+        if num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+        self.save_hyperparameters()
+        self.source, self.path, self.cache_dir = source, path, cache_dir
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.num_workers, self.shuffle, self.seed = num_workers, shuffle, seed
+        self.options = PreprocessOptions(max_ind_range=max_ind_range, min_frequency=min_frequency, on_bad_line=on_bad_line)
+        self.synthetic = SyntheticConfig(rows=synthetic_rows, max_table_size=max_table_size, seed=seed)
+        self.has_label, self.progress = has_label, progress
+        self.num_dense = NUM_DENSE
+        self._dir: Path | None = None
+        self._meta: dict | None = None
+
+    # -- the cache ---------------------------------------------------------------------------
+
+    def _ensure(self) -> dict:
+        if self._meta is None:
+            if self.source == "synthetic":
+                self._dir, self._meta = cached_synthetic(self.synthetic, self.cache_dir, self.options)
+            elif self.source == "kaggle":
+                self._dir, self._meta = cached_text(self.path, self.cache_dir, self.options, has_label=self.has_label, progress=self.progress)
+            else:
+                from .npz import cached_npz
+
+                self._dir, self._meta = cached_npz(self.path, self.cache_dir, self.options)
+            if self._meta.get("skipped_lines"):
+                log.warning("%s: %d bad line(s) were skipped when the cache was built (see %s)",
+                            self.path, self._meta["skipped_lines"], self._dir / "meta.json")
+        return self._meta
+
+    @property
+    def cache_path(self) -> Path:
+        self._ensure()
+        return self._dir
+
+    @property
+    def meta(self) -> dict:
+        return self._ensure()
+
+    @property
+    def table_sizes(self) -> list[int]:
+        return list(self._ensure()["table_sizes"])
+
+    def split_range(self, split: str) -> tuple[int, int]:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        a, b = self._ensure()["splits"][split]
+        return a, b
+
+    def prepare_data(self) -> None:
+        self._ensure()
+
+    def setup(self, stage: str | None = None) -> None:
+        self._ensure()
+
+    # -- loaders -----------------------------------------------------------------------------
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1
+        return int(trainer.global_rank), int(trainer.world_size)
+
+    def dataloader(self, split: str, *, shuffle: bool | None = None, rank: int | None = None,
+                   world_size: int | None = None) -> DataLoader:
+        """Loader of one split; `rank`/`world_size` default to the attached trainer's."""
+        meta = self._ensure()
+        if not meta.get("has_label"):
+            raise ValueError(f"{self.path}: has no labels (a Kaggle test.txt?); training and evaluation need train.txt")
+        start, end = self.split_range(split)
+        r, w = self._rank_world()
+        rank = r if rank is None else rank
+        world_size = w if world_size is None else world_size
+        shuffle = (self.shuffle and split == "train") if shuffle is None else shuffle
+        batch = self.batch_size if split == "train" else self.eval_batch_size
+        sampler = ShardedBatchSampler(start, end, batch, shuffle=shuffle, rank=rank, world_size=world_size, seed=self.seed)
+        return DataLoader(
+            CriteoBatches(self._dir),
+            batch_size=None,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.dataloader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self.dataloader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.dataloader("test")
+
+    # -- the synthetic teacher ---------------------------------------------------------------
+
+    def teacher_metrics(self, split: str = "test") -> dict | None:
+        """Bayes-optimal {"auc", "log_loss", "positive_rate"} of `split` (synthetic only, else None)."""
+        meta = self._ensure()
+        if self.source != "synthetic":
+            return None
+        self.split_range(split)
+        stored = meta.get("teacher", {}).get("metrics", {}).get(split)
+        if stored is not None:
+            return dict(stored)
+        a, b = self.split_range(split)
+        prob = np.load(self._dir / "prob.npy", mmap_mode="r")[a:b]
+        label = np.load(self._dir / "label.npy", mmap_mode="r")[a:b]
+        return binary_metrics(prob, label)
+
+    def describe(self) -> str:
+        m = self._ensure()
+        return json.dumps({k: m[k] for k in ("source", "rows", "table_sizes", "splits")})

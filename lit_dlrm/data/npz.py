@@ -1,0 +1,121 @@
+"""Reading facebookresearch/dlrm's `kaggleAdDisplayChallenge_processed.npz`.
+
+Keys: `X_int` int32 (N, 13) (negatives already 0), `X_cat` float64 (N, 26) ids in first-appearance
+order, `y` (N,) 0/1, `counts` int32 (26,) table sizes. Members of an .npz cannot be memory-mapped
+(`np.load(mmap_mode="r")` ignores the mode for archives, and dlrm compresses them), so each member is
+streamed out of the zip block by block (`zipfile` + the .npy header) into the cache's .npy files:
+nothing is held in RAM twice, memory is bounded by the block size.
+
+The rows are in file order, so the split is the Kaggle one (days by divmod). Options as in dlrm's
+loader: `max_ind_range` takes `id % max_ind_range` (table size `min(count, max_ind_range)`);
+`min_frequency` maps rare ids to one shared id like for text input.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .criteo import CriteoFormatError, ParsedBlock
+from .kaggle import NUM_DENSE, NUM_SPARSE
+from .preprocess import PreprocessOptions, build_arrays, cache_key, ensure_cache, fingerprint_file
+
+REQUIRED = ("X_int", "X_cat", "y", "counts")
+
+
+def _open_member(zf: zipfile.ZipFile, key: str, name: str):
+    """(stream positioned at the data, dtype, shape) of member `key` of the archive `name`."""
+    member = f"{key}.npy"
+    if member not in zf.namelist():
+        raise CriteoFormatError(f"{name}: no array {key!r} (has {sorted(n[:-4] for n in zf.namelist())}); expected keys {REQUIRED}")
+    f = zf.open(member)
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    else:
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    if fortran and len(shape) > 1:
+        raise CriteoFormatError(f"{name}: {key} is stored in Fortran order; re-save it C-ordered")
+    if dtype.hasobject:
+        raise CriteoFormatError(f"{name}: {key} holds Python objects; refusing to unpickle")
+    return f, dtype, shape
+
+
+def _read_rows(f, dtype: np.dtype, row_shape: tuple, rows: int) -> np.ndarray:
+    width = int(np.prod(row_shape, dtype=np.int64)) * dtype.itemsize
+    buf = f.read(rows * width)
+    if len(buf) != rows * width:
+        raise CriteoFormatError("truncated array data")
+    return np.frombuffer(buf, dtype=dtype).reshape((rows, *row_shape))
+
+
+def iter_npz_blocks(path: str | os.PathLike, rows_per_block: int = 1 << 18) -> Iterator[ParsedBlock]:
+    """Blocks of (label, dense, ids) streamed from a dlrm processed .npz; checks shapes and ids."""
+    path = Path(path)
+    name = path.name
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as e:
+        raise CriteoFormatError(f"{name}: not an .npz (zip) archive: {e}") from e
+    with zf:
+        counts = np.load(zf.open("counts.npy")) if "counts.npy" in zf.namelist() else None
+        if counts is None or counts.shape != (NUM_SPARSE,):
+            raise CriteoFormatError(f"{name}: counts must be an array of {NUM_SPARSE} table sizes")
+        fi, dti, shi = _open_member(zf, "X_int", name)
+        fc, dtc, shc = _open_member(zf, "X_cat", name)
+        fy, dty, shy = _open_member(zf, "y", name)
+        n = shy[0] if len(shy) == 1 else -1
+        if shi != (n, NUM_DENSE) or shc != (n, NUM_SPARSE) or len(shy) != 1:
+            raise CriteoFormatError(f"{name}: shapes X_int {shi}, X_cat {shc}, y {shy}; expected (N, 13), (N, 26), (N,)")
+        with fi, fc, fy:
+            for start in range(0, n, rows_per_block):
+                m = min(rows_per_block, n - start)
+                dense = _read_rows(fi, dti, (NUM_DENSE,), m)
+                cat = _read_rows(fc, dtc, (NUM_SPARSE,), m)
+                y = _read_rows(fy, dty, (), m)
+                ids = cat.astype(np.int64)
+                bad = (ids != cat) | (ids < 0) | (ids >= counts[None, :])
+                if bad.any():
+                    r, j = np.argwhere(bad)[0]
+                    raise CriteoFormatError(
+                        f"{name}: X_cat[{start + r}, {j}] = {cat[r, j]!r} is not an id in [0, counts[{j}]={counts[j]})"
+                    )
+                if not np.isin(y, (0, 1)).all():
+                    r = int(np.flatnonzero(~np.isin(y, (0, 1)))[0])
+                    raise CriteoFormatError(f"{name}: y[{start + r}] = {y[r]!r}, expected 0 or 1")
+                if dense.dtype.kind == "f" and not np.array_equal(dense, np.floor(dense)):
+                    raise CriteoFormatError(f"{name}: X_int holds non-integer values near row {start}")
+                yield ParsedBlock(label=y.astype(np.uint8), dense=dense.astype(np.int64).astype(np.int32) if dense.dtype.kind == "f" else dense, cat=ids, first_line=start)
+
+
+def npz_counts(path: str | os.PathLike) -> np.ndarray:
+    with zipfile.ZipFile(path) as zf:
+        return np.load(zf.open("counts.npy")).astype(np.int64)
+
+
+def preprocess_npz(path: str | os.PathLike, out_dir: Path, options: PreprocessOptions) -> dict:
+    counts = npz_counts(path)
+    sizes = counts.tolist()
+    if options.max_ind_range is not None:
+        sizes = np.minimum(counts, options.max_ind_range).tolist()
+    return build_arrays(iter_npz_blocks(path), out_dir, options, given_ids=sizes)
+
+
+def cached_npz(path: str | os.PathLike, cache_dir: str | os.PathLike, options: PreprocessOptions) -> tuple[Path, dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--data.path: no such file: {path}")
+    fp = fingerprint_file(path)
+    opts = {"max_ind_range": options.max_ind_range, "min_frequency": options.min_frequency}
+    key = cache_key("dlrm_npz", fp, opts)
+    return ensure_cache(
+        cache_dir,
+        f"dlrm_npz-{path.name.split('.')[0]}-{key}",
+        key,
+        lambda tmp: preprocess_npz(path, tmp, options),
+        {"source": "dlrm_npz", "input": {**fp, "path": str(path)}, "options": opts},
+    )

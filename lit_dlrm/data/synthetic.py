@@ -1,0 +1,259 @@
+"""Synthetic Criteo: Kaggle-shaped rows whose true click probability is known.
+
+Rows look like Kaggle `train.txt` before preprocessing: 13 integer features (counts, with missing
+values and a few negative values at Kaggle-like rates) and 26 categorical features (raw 32-bit hash
+values drawn Zipf-like from a table of min(Kaggle count, `max_table_size`) values; some missing).
+Everything is a function of `seed`, block by block, so the data do not depend on the machine.
+
+Labels come from a planted logistic "teacher" over what a model sees after preprocessing
+(log1p of the clipped dense values and the category identities):
+
+    logit = bias
+          + dense term:        w . z + sum_k v_k * tanh(z_a) * z_b        z = standardised log1p(dense)
+          + category effects:  sum_j  sigma_j * s(p) * N(0, 1)            one per category value
+          + interactions:      sum_(a,b) <u_a[c_a], u_b[c_b]>             rank-r vectors, same s(p)
+    s(p) = sqrt(p / (p + p_ref))   (p: the value's frequency; rare values carry little signal)
+
+`bias` is solved so that the mean probability is `positive_rate` (Criteo: 0.256). A model of the
+dense features alone stays well below the teacher; rare values are close to noise, as in real
+click logs; the pairwise terms are what DLRM's dot interaction is made for.
+
+The Bayes-optimal predictions are `prob` itself: `teacher_metrics` gives their AUC and log loss,
+the ceiling a trained model is judged against. `write_tsv` writes the rows as Kaggle `train.txt`,
+so the text path can be run end to end on them (and must give back the same arrays).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .criteo import MISSING_DENSE, ParsedBlock, write_kaggle_tsv
+from .kaggle import KAGGLE_POSITIVE_RATE, KAGGLE_TABLE_SIZES, NUM_DENSE, NUM_SPARSE
+
+GENERATOR_VERSION = 1
+BLOCK_ROWS = 1 << 17  # generation is deterministic per block of this many rows
+
+# Kaggle-like missing rates: I1..I13, C1..C26.
+_DENSE_MISSING = (0.45, 0.0, 0.21, 0.22, 0.03, 0.22, 0.04, 0.0005, 0.04, 0.45, 0.04, 0.77, 0.22)
+_SPARSE_MISSING = (0, 0, 0.034, 0.034, 0, 0.12, 0, 0, 0, 0.034, 0, 0.034, 0, 0, 0, 0.034, 0,
+                   0, 0.44, 0.44, 0.034, 0.76, 0, 0.034, 0.44, 0.44)
+# log-normal location/scale of each dense count (roughly Kaggle's medians and spreads)
+_DENSE_MU = (0.7, 1.3, 2.3, 1.8, 7.2, 4.0, 1.7, 2.3, 3.6, 0.4, 1.0, 0.3, 1.8)
+_DENSE_SIGMA = (1.0, 1.6, 1.5, 1.0, 1.9, 1.7, 1.4, 1.0, 1.2, 0.6, 0.9, 1.0, 1.0)
+_NEGATIVE_RATE_I2 = 0.03  # Kaggle's I2 has a few small negative values
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    rows: int = 1_500_000
+    max_table_size: int = 20_000
+    seed: int = 0
+    positive_rate: float = KAGGLE_POSITIVE_RATE
+    zipf_exponent: float = 1.1
+    dense_scale: float = 0.5  # std of the linear dense term
+    category_scale: float = 0.16  # typical per-feature std of category effects (frequent values)
+    interaction_pairs: int = 8
+    interaction_rank: int = 4
+    interaction_scale: float = 0.24  # std of one pair's term (frequent values)
+    rare_reference: float = 2e-5  # p_ref in s(p) = sqrt(p / (p + p_ref))
+
+    def table_sizes(self) -> list[int]:
+        return [min(t, self.max_table_size) for t in KAGGLE_TABLE_SIZES]
+
+
+@dataclass
+class Teacher:
+    """The planted model: all parameters drawn from the seed (see module docstring)."""
+
+    config: SyntheticConfig
+    probs: list[np.ndarray] = field(default_factory=list)  # per feature: Zipf probabilities (T_j,)
+    cdfs: list[np.ndarray] = field(default_factory=list)
+    hashes: list[np.ndarray] = field(default_factory=list)  # per feature: raw uint32 value (T_j,), nonzero
+    effects: list[np.ndarray] = field(default_factory=list)  # per feature: (T_j + 1,), last = missing
+    pairs: list[tuple[int, int]] = field(default_factory=list)
+    vectors: dict[int, np.ndarray] = field(default_factory=dict)  # feature -> (T_j + 1, r)
+    dense_w: np.ndarray | None = None
+    dense_pairs: list[tuple[int, int, float]] = field(default_factory=list)
+    dense_center: np.ndarray | None = None
+    dense_spread: np.ndarray | None = None
+    bias: float = 0.0
+
+    @classmethod
+    def from_config(cls, config: SyntheticConfig) -> "Teacher":
+        rng = np.random.default_rng([config.seed, 7919])
+        t = cls(config=config)
+        for j, size in enumerate(config.table_sizes()):
+            ranks = np.arange(1, size + 1, dtype=np.float64)
+            p = ranks ** -config.zipf_exponent
+            p /= p.sum()
+            t.probs.append(p)
+            cdf = np.cumsum(p)
+            cdf[-1] = 1.0
+            t.cdfs.append(cdf)
+            h = rng.choice(np.iinfo(np.uint32).max, size=size, replace=False).astype(np.uint32) + np.uint32(1)
+            t.hashes.append(h)
+            strength = _strength(p, config.rare_reference)
+            sigma = config.category_scale * rng.uniform(0.3, 1.7) * (1.0 if size > 2 else 0.5)
+            eff = np.empty(size + 1)
+            eff[:size] = sigma * strength * rng.standard_normal(size)
+            eff[size] = sigma * rng.standard_normal()  # the missing value: a frequent "category"
+            t.effects.append(eff)
+        # interactions between features with big enough tables (the ones an embedding pays for)
+        big = [j for j, s in enumerate(config.table_sizes()) if s >= 100]
+        r = config.interaction_rank
+        while len(t.pairs) < config.interaction_pairs:
+            a, b = sorted(rng.choice(big, size=2, replace=False).tolist())
+            if (a, b) not in t.pairs:
+                t.pairs.append((a, b))
+        scale = np.sqrt(config.interaction_scale / np.sqrt(r))
+        for j in sorted({k for ab in t.pairs for k in ab}):
+            size = len(t.probs[j])
+            s = np.r_[_strength(t.probs[j], config.rare_reference), 1.0]
+            t.vectors[j] = scale * s[:, None] * rng.standard_normal((size + 1, r))
+        # dense: standardise log1p of the typical counts, a linear part and a few nonlinear pairs
+        pilot = np.log1p(np.clip(_dense_raw(np.random.default_rng([config.seed, 104729]), 50_000), 0, None))
+        t.dense_center, t.dense_spread = pilot.mean(axis=0), pilot.std(axis=0) + 1e-6
+        w = rng.standard_normal(NUM_DENSE)
+        t.dense_w = config.dense_scale * w / np.linalg.norm(w) * np.sqrt(2.0)
+        for _ in range(4):
+            a, b = rng.choice(NUM_DENSE, size=2, replace=False).tolist()
+            t.dense_pairs.append((a, b, float(rng.normal(0, 0.3))))
+        return t
+
+    # -- rows ------------------------------------------------------------------------------------
+
+    def _block(self, index: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Raw rows of block `index`: dense int32 (n,13) with MISSING_DENSE, cat codes int64 (n,26)
+        (T_j = missing), logit float64 (n,) without bias, and uniforms (n,) for the labels."""
+        c = self.config
+        rng = np.random.default_rng([c.seed, GENERATOR_VERSION, index])
+        dense = _dense_raw(rng, n)
+        codes = np.empty((n, NUM_SPARSE), dtype=np.int64)
+        for j in range(NUM_SPARSE):
+            cj = np.searchsorted(self.cdfs[j], rng.random(n), side="right")
+            cj = np.minimum(cj, len(self.cdfs[j]) - 1)
+            cj[rng.random(n) < _SPARSE_MISSING[j]] = len(self.cdfs[j])
+            codes[:, j] = cj
+        u = rng.random(n)
+        return dense.astype(np.int32), codes, self.logit(dense, codes), u
+
+    def logit(self, dense: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """Teacher logit without the bias. dense: raw ints (n,13); codes: (n,26), T_j = missing."""
+        x = np.log1p(np.clip(dense, 0, None).astype(np.float64))  # what the model sees
+        z = (x - self.dense_center) / self.dense_spread
+        out = z @ self.dense_w
+        for a, b, v in self.dense_pairs:
+            out += v * np.tanh(z[:, a]) * z[:, b]
+        for j in range(NUM_SPARSE):
+            out += self.effects[j][codes[:, j]]
+        for a, b in self.pairs:
+            out += np.einsum("nr,nr->n", self.vectors[a][codes[:, a]], self.vectors[b][codes[:, b]])
+        return out
+
+    def solve_bias(self) -> float:
+        """Bias that makes the mean click probability `positive_rate` on the first block."""
+        n = min(self.config.rows, BLOCK_ROWS) or 1
+        _, _, logit, _ = self._block(0, max(n, 50_000))
+        lo, hi = -20.0, 20.0
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            if _sigmoid(logit + mid).mean() < self.config.positive_rate:
+                lo = mid
+            else:
+                hi = mid
+        self.bias = (lo + hi) / 2
+        return self.bias
+
+    def blocks(self) -> Iterator[ParsedBlock]:
+        """Raw rows in blocks (as the text parser returns them) with `.extras["prob"]`."""
+        c = self.config
+        self.solve_bias()
+        for index, start in enumerate(range(0, c.rows, BLOCK_ROWS)):
+            n = min(BLOCK_ROWS, c.rows - start)
+            dense, codes, logit, u = self._block(index, n)
+            prob = _sigmoid(logit + self.bias)
+            cat = np.zeros((n, NUM_SPARSE), dtype=np.uint32)
+            for j in range(NUM_SPARSE):
+                h = np.r_[self.hashes[j], np.uint32(0)]  # missing -> raw 0, as the parser gives
+                cat[:, j] = h[codes[:, j]]
+            label = (u < prob).astype(np.uint8)
+            yield ParsedBlock(label=label, dense=dense, cat=cat, first_line=start + 1,
+                              extras={"prob": prob.astype(np.float32)})
+
+
+def _dense_raw(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Raw dense counts int64 (n, 13): log-normal, a few negatives in I2, MISSING_DENSE where missing."""
+    dense = np.empty((n, NUM_DENSE), dtype=np.int64)
+    for i in range(NUM_DENSE):
+        v = np.floor(np.exp(_DENSE_MU[i] + _DENSE_SIGMA[i] * rng.standard_normal(n))) - 1
+        v = np.minimum(v, 50_000_000).astype(np.int64)
+        if i == 1:
+            neg = rng.random(n) < _NEGATIVE_RATE_I2
+            v[neg] = -rng.integers(1, 4, size=int(neg.sum()))
+        v[rng.random(n) < _DENSE_MISSING[i]] = MISSING_DENSE
+        dense[:, i] = v
+    return dense
+
+
+def _strength(p: np.ndarray, p_ref: float) -> np.ndarray:
+    return np.sqrt(p / (p + p_ref))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def write_tsv(config: SyntheticConfig, path: str | Path) -> Path:
+    """Write the synthetic rows as Kaggle `train.txt` (gzip when the name ends in .gz)."""
+    path = Path(path)
+    path.write_bytes(b"")
+    for block in Teacher.from_config(config).blocks():
+        write_kaggle_tsv(path, block.label, block.dense, block.cat, append=True)
+    return path
+
+
+def config_dict(config: SyntheticConfig) -> dict:
+    return {"generator_version": GENERATOR_VERSION, **asdict(config)}
+
+
+def binary_metrics(prob: np.ndarray, label: np.ndarray) -> dict:
+    """AUC, log loss and positive rate of predictions `prob` for labels `label`."""
+    from sklearn.metrics import roc_auc_score
+
+    p = np.clip(prob.astype(np.float64), 1e-7, 1 - 1e-7)
+    y = label.astype(np.float64)
+    ll = float(-(y * np.log(p) + (1 - y) * np.log1p(-p)).mean()) if len(y) else float("nan")
+    auc = float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
+    return {"auc": auc, "log_loss": ll, "positive_rate": float(y.mean()) if len(y) else float("nan")}
+
+
+def cached_synthetic(config: SyntheticConfig, cache_dir, options) -> tuple[Path, dict]:
+    """The cache directory of the synthetic data set, generated on first use.
+
+    Built through the same `build_arrays` core as Kaggle text, plus `prob.npy` (the teacher's
+    probabilities) and meta["teacher"]: the teacher's AUC / log loss on every split.
+    """
+    from .preprocess import build_arrays, cache_key, ensure_cache
+
+    opts = {"max_ind_range": options.max_ind_range, "min_frequency": options.min_frequency}
+    cfg = config_dict(config)
+    key = cache_key("synthetic", cfg, opts)
+
+    def build(tmp: Path) -> dict:
+        teacher = Teacher.from_config(config)
+        meta = build_arrays(teacher.blocks(), tmp, options, extras={"prob": (np.float32, ())})
+        prob = np.load(tmp / "prob.npy", mmap_mode="r")
+        label = np.load(tmp / "label.npy", mmap_mode="r")
+        meta["teacher"] = {
+            "bias": teacher.bias,
+            "pairs": teacher.pairs,
+            "metrics": {s: binary_metrics(prob[a:b], label[a:b]) for s, (a, b) in meta["splits"].items()},
+        }
+        return meta
+
+    name = f"synthetic-{config.rows}-{config.max_table_size}-s{config.seed}-{key}"
+    return ensure_cache(cache_dir, name, key, build, {"source": "synthetic", "input": cfg, "options": opts})
