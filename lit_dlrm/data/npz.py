@@ -62,9 +62,7 @@ def iter_npz_blocks(path: str | os.PathLike, rows_per_block: int = 1 << 18) -> I
     except zipfile.BadZipFile as e:
         raise CriteoFormatError(f"{name}: not an .npz (zip) archive: {e}") from e
     with zf:
-        counts = np.load(zf.open("counts.npy")) if "counts.npy" in zf.namelist() else None
-        if counts is None or counts.shape != (NUM_SPARSE,):
-            raise CriteoFormatError(f"{name}: counts must be an array of {NUM_SPARSE} table sizes")
+        counts = _counts(zf, name)
         fi, dti, shi = _open_member(zf, "X_int", name)
         fc, dtc, shc = _open_member(zf, "X_cat", name)
         fy, dty, shy = _open_member(zf, "y", name)
@@ -92,9 +90,23 @@ def iter_npz_blocks(path: str | os.PathLike, rows_per_block: int = 1 << 18) -> I
                 yield ParsedBlock(label=y.astype(np.uint8), dense=dense.astype(np.int64).astype(np.int32) if dense.dtype.kind == "f" else dense, cat=ids, first_line=start)
 
 
+def _counts(zf: zipfile.ZipFile, name: str) -> np.ndarray:
+    try:
+        counts = np.load(zf.open("counts.npy"), allow_pickle=False)
+    except (KeyError, ValueError, EOFError, OSError) as e:
+        raise CriteoFormatError(f"{name}: cannot read 'counts' ({e}); expected keys {REQUIRED}") from e
+    if counts.shape != (NUM_SPARSE,) or counts.dtype.kind not in "iu" or (counts < 1).any():
+        raise CriteoFormatError(f"{name}: counts must be {NUM_SPARSE} positive table sizes, got shape {counts.shape}")
+    return counts.astype(np.int64)
+
+
 def npz_counts(path: str | os.PathLike) -> np.ndarray:
-    with zipfile.ZipFile(path) as zf:
-        return np.load(zf.open("counts.npy")).astype(np.int64)
+    name = Path(path).name
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return _counts(zf, name)
+    except zipfile.BadZipFile as e:
+        raise CriteoFormatError(f"{name}: not an .npz (zip) archive: {e}") from e
 
 
 def preprocess_npz(path: str | os.PathLike, out_dir: Path, options: PreprocessOptions) -> dict:

@@ -59,7 +59,7 @@ class SyntheticConfig:
     interaction_pairs: int = 8
     interaction_rank: int = 4
     interaction_scale: float = 0.24  # std of one pair's term (frequent values)
-    rare_reference: float = 2e-5  # p_ref in s(p) = sqrt(p / (p + p_ref))
+    rare_reference: float = 1e-4  # p_ref in s(p) = sqrt(p / (p + p_ref))
 
     def table_sizes(self) -> list[int]:
         return [min(t, self.max_table_size) for t in KAGGLE_TABLE_SIZES]

@@ -1,0 +1,156 @@
+"""Synthetic data, dlrm .npz, and the DataModule's batches (tiny sizes, tmp_path caches)."""
+
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from lit_dlrm.data import CriteoDataModule, ShardedBatchSampler, SyntheticConfig, Teacher, write_tsv
+from lit_dlrm.data.criteo import CriteoFormatError
+from lit_dlrm.data.preprocess import PreprocessOptions, cached_text
+
+TINY = dict(synthetic_rows=20_000, max_table_size=500)
+
+
+@pytest.fixture(scope="module")
+def dm(tmp_path_factory):
+    d = CriteoDataModule(cache_dir=str(tmp_path_factory.mktemp("cache")), batch_size=4096, eval_batch_size=1000, **TINY)
+    d.prepare_data()
+    return d
+
+
+def test_synthetic_shape_rates_and_teacher(dm):
+    sizes = dm.table_sizes
+    assert len(sizes) == 26 and dm.num_dense == 13
+    assert max(sizes) <= 501 and sizes[8] <= 4  # capped; C9 has 3 Kaggle values (+ missing)
+    m = dm.meta
+    assert m["rows"] == 20_000
+    label = np.load(dm.cache_path / "label.npy")
+    assert abs(label.mean() - 0.256) < 0.02
+    dense = np.load(dm.cache_path / "dense.npy")
+    assert dense.min() == 0 and (dense == 0).mean() > 0.1  # missing / negative -> 0
+    t = dm.teacher_metrics("test")
+    assert set(t) == {"auc", "log_loss", "positive_rate"} and 0.7 < t["auc"] < 0.95
+
+
+def test_synthetic_is_deterministic_and_seed_dependent():
+    cfg = SyntheticConfig(rows=3000, max_table_size=200, seed=3)
+    a = next(Teacher.from_config(cfg).blocks())
+    b = next(Teacher.from_config(cfg).blocks())
+    c = next(Teacher.from_config(SyntheticConfig(rows=3000, max_table_size=200, seed=4)).blocks())
+    assert (a.cat == b.cat).all() and (a.dense == b.dense).all() and (a.label == b.label).all()
+    assert (a.extras["prob"] == b.extras["prob"]).all()
+    assert not (a.cat == c.cat).all()
+    assert (a.dense < 0).any() and (a.dense == np.iinfo(np.int32).min).any()  # negatives, missing
+
+
+def test_synthetic_tsv_round_trip_gives_the_same_arrays(tmp_path, dm):
+    cfg = dm.synthetic
+    tsv = write_tsv(cfg, tmp_path / "train.txt")
+    d, meta = cached_text(tsv, tmp_path / "c", PreprocessOptions(), progress=False)
+    assert meta["table_sizes"] == dm.table_sizes and meta["splits"] == dm.meta["splits"]
+    for name in ("dense", "sparse", "label"):
+        assert (np.load(d / f"{name}.npy") == np.load(dm.cache_path / f"{name}.npy")).all(), name
+
+
+def test_batches_shapes_dtypes_and_order(dm):
+    dense, sparse, label = next(iter(dm.train_dataloader()))
+    assert dense.dtype == torch.float32 and dense.shape == (4096, 13)
+    assert sparse.dtype == torch.int64 and sparse.shape == (4096, 26)
+    assert label.dtype == torch.float32 and label.shape == (4096,)
+    raw = np.load(dm.cache_path / "dense.npy")
+    a, b = dm.split_range("val")
+    batches = list(dm.val_dataloader())
+    got = torch.cat([x[0] for x in batches]).numpy()
+    assert np.allclose(got, np.log1p(raw[a:b].astype(np.float32)))  # in order, log1p applied
+    assert sum(len(x[2]) for x in dm.test_dataloader()) == np.subtract(*dm.split_range("test")[::-1])
+    sizes = torch.tensor(dm.table_sizes)
+    assert (torch.cat([x[1] for x in batches]) < sizes).all()
+
+
+def test_train_shuffles_per_epoch_and_covers_the_split(dm):
+    a, b = dm.split_range("train")
+    s = ShardedBatchSampler(a, b, 4096, shuffle=True, seed=0)
+    e0 = np.concatenate(list(s))
+    s.set_epoch(1)
+    e1 = np.concatenate(list(s))
+    assert sorted(e0.tolist()) == list(range(a, b)) == sorted(e1.tolist())
+    assert not (e0 == e1).all()
+    s.set_epoch(0)
+    assert (np.concatenate(list(s)) == e0).all()  # deterministic per epoch
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_rank_shards_cover_each_row_once(dm, world):
+    a, b = dm.split_range("test")
+    rows = []
+    for rank in range(world):
+        for batch in ShardedBatchSampler(a, b, 999, shuffle=False, rank=rank, world_size=world):
+            rows.extend(range(*batch))
+    assert sorted(rows) == list(range(a, b)) and len(rows) == b - a
+    ta, tb = dm.split_range("train")
+    shards = [np.concatenate(list(ShardedBatchSampler(ta, tb, 4096, shuffle=True, rank=r, world_size=world))) for r in range(world)]
+    allrows = np.concatenate(shards)
+    assert len(np.unique(allrows)) == len(allrows) >= (tb - ta) - world + 1
+    assert len({len(list(ShardedBatchSampler(ta, tb, 4096, shuffle=True, rank=r, world_size=world))) for r in range(world)}) == 1
+
+
+def test_num_workers_reopens_the_memory_maps(dm):
+    loader = dm.dataloader("val", rank=0, world_size=1)
+    ref = [x[1] for x in loader]
+    w = CriteoDataModule(cache_dir=dm.cache_dir, num_workers=1, eval_batch_size=1000, **TINY)
+    got = [x[1] for x in w.val_dataloader()]
+    assert all((x == y).all() for x, y in zip(ref, got)) and len(ref) == len(got)
+
+
+def test_dlrm_npz(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 1000
+    counts = rng.integers(2, 50, size=26).astype(np.int32)
+    x_cat = np.stack([rng.integers(0, c, size=n) for c in counts], axis=1).astype(np.float64)
+    x_int = rng.integers(0, 100, size=(n, 13)).astype(np.int32)
+    y = rng.integers(0, 2, size=n).astype(np.int32)
+    path = tmp_path / "kaggleAdDisplayChallenge_processed.npz"
+    np.savez_compressed(path, X_cat=x_cat, X_int=x_int, y=y, counts=counts)
+    dm = CriteoDataModule(source="dlrm_npz", path=str(path), cache_dir=str(tmp_path / "c"), eval_batch_size=100)
+    assert dm.table_sizes == counts.tolist()
+    assert (np.load(dm.cache_path / "sparse.npy") == x_cat).all()
+    assert (np.load(dm.cache_path / "dense.npy") == x_int).all()
+    assert dm.meta["splits"]["test"] == [858, 929]  # divmod(1000, 7) = (142, 6)
+    d, s, lab = next(iter(dm.test_dataloader()))
+    assert torch.allclose(d, torch.log1p(torch.from_numpy(x_int[858:929].astype(np.float32))))
+    assert dm.teacher_metrics("test") is None
+
+    dm2 = CriteoDataModule(source="dlrm_npz", path=str(path), cache_dir=str(tmp_path / "c"), max_ind_range=7)
+    assert dm2.table_sizes == np.minimum(counts, 7).tolist()
+    assert (np.load(dm2.cache_path / "sparse.npy") == x_cat.astype(np.int64) % 7).all()
+
+    bad = tmp_path / "bad.npz"
+    x_cat[5, 3] = counts[3] + 1
+    np.savez(bad, X_cat=x_cat, X_int=x_int, y=y, counts=counts)
+    with pytest.raises(CriteoFormatError, match=r"bad.npz: X_cat\[5, 3\]"):
+        CriteoDataModule(source="dlrm_npz", path=str(bad), cache_dir=str(tmp_path / "c")).table_sizes
+    with zipfile.ZipFile(tmp_path / "nokeys.npz", "w") as z:
+        z.writestr("counts.npy", b"")
+    with pytest.raises(CriteoFormatError, match="nokeys.npz"):
+        CriteoDataModule(source="dlrm_npz", path=str(tmp_path / "nokeys.npz"), cache_dir=str(tmp_path / "c")).table_sizes
+
+
+def test_constructor_errors_name_the_option(tmp_path):
+    with pytest.raises(ValueError, match="data.source"):
+        CriteoDataModule(source="criteo")
+    with pytest.raises(ValueError, match="data.path"):
+        CriteoDataModule(source="kaggle")
+    with pytest.raises(FileNotFoundError, match="data.path"):
+        CriteoDataModule(source="kaggle", path=str(tmp_path / "missing.txt"), cache_dir=str(tmp_path)).table_sizes
+
+
+def test_unlabelled_kaggle_test_file_preprocesses_but_does_not_train(tmp_path):
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[2] / "shared" / "data" / "criteo-samples" / "test-unlabelled-first1000.tsv"
+    dm = CriteoDataModule(source="kaggle", path=str(src), cache_dir=str(tmp_path))
+    assert len(dm.table_sizes) == 26 and not dm.meta["has_label"]
+    with pytest.raises(ValueError, match="has no labels"):
+        dm.train_dataloader()
