@@ -41,13 +41,24 @@ Parity (what holds exactly; proven in tests/test_sparsity_masks.py against DataN
 * Tables of width 1: the reference squeezes (n, 1) to a row vector and its mask no longer has the
   weight's shape; here blocks are laid over the (n, d) table as for any width.
 
+Threads: the chunked passes are many small, memory-bound ops. With torch's OpenMP pool each op
+ends in a barrier, and when the cores are shared (other processes running) those barriers
+made a 2-thread run 10-30x slower than a 1-thread run here (2-core machine, measured). So the
+functions below run torch single-threaded by default (`threads=1`, restored afterwards; pass
+`threads=None` to leave torch's setting alone; note torch's thread count is process-wide), and
+`prune_tables` spreads whole tables over `workers` Python threads instead (torch releases the
+GIL inside ops), which degrades gracefully under contention.
+
 Memory: besides the output (a bool mask, 1 byte per element, or a pruned copy), temporaries are
 O(chunk_elems). No int64 tensor of table size is built (except `ties="torch"` in a tie case).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -223,6 +234,20 @@ def _keep_chunks_torch_sort(weight, k, block_shape, norm, chunk_elems):
         yield r0, _expand(kb, block_shape, w.shape[0], d)
 
 
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run the block with `torch.set_num_threads(n)` (None: unchanged), then restore."""
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def _trivial(weight: torch.Tensor, level: float, block_shape: tuple[int, int]) -> bool | None:
     """True: keep all, False: prune all, None: a real cut is needed."""
     n, d = weight.shape
@@ -237,7 +262,7 @@ def _trivial(weight: torch.Tensor, level: float, block_shape: tuple[int, int]) -
 
 def keep_mask(weight: torch.Tensor, level: float, block_shape: Sequence[int] = (1, 4),
               norm: str = "L1", *, ties: str = "stable",
-              chunk_elems: int = DEFAULT_CHUNK_ELEMS) -> torch.Tensor:
+              chunk_elems: int = DEFAULT_CHUNK_ELEMS, threads: int | None = 1) -> torch.Tensor:
     """Which elements of `weight: (n, d)` DataNormSparsifier keeps -> bool (n, d), True = keep.
 
     See the module docstring for the exact parity and the `ties` policy.
@@ -248,14 +273,15 @@ def keep_mask(weight: torch.Tensor, level: float, block_shape: Sequence[int] = (
     if triv is not None:
         return torch.full(w.shape, triv, dtype=torch.bool)
     mask = torch.empty(w.shape, dtype=torch.bool)  # (n, d)
-    for r0, keep in _keep_chunks(w, level, bs, norm, ties, chunk_elems):
-        mask[r0 : r0 + keep.shape[0]] = keep
+    with torch_threads(threads):
+        for r0, keep in _keep_chunks(w, level, bs, norm, ties, chunk_elems):
+            mask[r0 : r0 + keep.shape[0]] = keep
     return mask
 
 
 def prune(weight: torch.Tensor, level: float, block_shape: Sequence[int] = (1, 4),
           norm: str = "L1", signed_zeros: bool = False, *, ties: str = "stable",
-          chunk_elems: int = DEFAULT_CHUNK_ELEMS) -> torch.Tensor:
+          chunk_elems: int = DEFAULT_CHUNK_ELEMS, threads: int | None = 1) -> torch.Tensor:
     """A NEW tensor: `weight` where kept, zero where pruned; `weight` itself is untouched.
 
     Always a new tensor, at level 0 too (a copy), so callers may modify it freely.
@@ -270,26 +296,41 @@ def prune(weight: torch.Tensor, level: float, block_shape: Sequence[int] = (1, 4
     if triv is False:
         return w * 0 if signed_zeros else torch.zeros(w.shape, dtype=w.dtype)
     out = torch.empty(w.shape, dtype=w.dtype)  # (n, d)
-    for r0, keep in _keep_chunks(w, level, bs, norm, ties, chunk_elems):
-        rows = keep.shape[0]
-        src, dst = w[r0 : r0 + rows], out[r0 : r0 + rows]
-        if signed_zeros:
-            torch.mul(src, keep, out=dst)
-        else:
-            torch.where(keep, src, torch.zeros((), dtype=w.dtype), out=dst)
+    zero = torch.zeros((), dtype=w.dtype)
+    with torch_threads(threads):
+        for r0, keep in _keep_chunks(w, level, bs, norm, ties, chunk_elems):
+            rows = keep.shape[0]
+            src, dst = w[r0 : r0 + rows], out[r0 : r0 + rows]
+            if signed_zeros:
+                torch.mul(src, keep, out=dst)
+            else:
+                torch.where(keep, src, zero, out=dst)
     return out
 
 
 def prune_tables(weights: Sequence[torch.Tensor], point: GridPoint, signed_zeros: bool = False,
-                 *, ties: str = "stable", chunk_elems: int = DEFAULT_CHUNK_ELEMS) -> list[torch.Tensor]:
+                 *, ties: str = "stable", chunk_elems: int = DEFAULT_CHUNK_ELEMS,
+                 workers: int | None = None) -> list[torch.Tensor]:
     """Prune each table on its own at one grid point -> new tensors, in the input order.
 
-    Largest table first: its chunk temporaries come and go before the pruned copies pile up,
-    so the peak is about the model plus its pruned copy plus a few chunks.
+    Largest tables first: their chunk temporaries come and go before the pruned copies pile up,
+    so the peak is about the model plus its pruned copy plus `workers` chunks. Tables are spread
+    over `workers` threads (default: up to 2, the CPU count), torch single-threaded inside each.
     """
     order = sorted(range(len(weights)), key=lambda i: weights[i].numel(), reverse=True)
+    workers = workers or max(1, min(2, os.cpu_count() or 1))
+
+    def one(i: int) -> torch.Tensor:
+        return prune(weights[i], point.level, point.block_shape, point.norm, signed_zeros,
+                     ties=ties, chunk_elems=chunk_elems, threads=None)
+
     out: list[torch.Tensor | None] = [None] * len(weights)
-    for i in order:
-        out[i] = prune(weights[i], point.level, point.block_shape, point.norm, signed_zeros,
-                       ties=ties, chunk_elems=chunk_elems)
+    with torch_threads(1):
+        if workers == 1:
+            for i in order:
+                out[i] = one(i)
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                for i, t in zip(order, pool.map(one, order)):
+                    out[i] = t
     return out  # type: ignore[return-value]
