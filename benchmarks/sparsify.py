@@ -117,7 +117,7 @@ def stage_grid(tables, full: bool):
     return total, "extrapolated from levels 0, 0.5, 0.99, 1 per (norm, block)"
 
 
-def run_stage(name: str, scale: str) -> dict:
+def run_stage(name: str, scale: str, full_grid: bool | None = None) -> dict:
     """Run one stage in this process: build the tables, time, report peak RSS."""
     torch.manual_seed(0)
     tables = build_tables(table_sizes(scale))
@@ -132,7 +132,7 @@ def run_stage(name: str, scale: str) -> dict:
         _, norm, block = name.split()
         sec = stage_reference(tables, norm, _parse_block(block))
     elif name == "grid lit_dlrm":
-        sec, note = stage_grid(tables, full=scale != "kaggle")
+        sec, note = stage_grid(tables, full=scale != "kaggle" if full_grid is None else full_grid)
     else:
         raise ValueError(f"unknown stage {name!r}")
     return {"stage": name, "seconds": sec, "peak_rss_mib": _peak_rss_mib(),
@@ -156,11 +156,14 @@ def _run_isolated(name: str, scale: str) -> dict:
 
 
 def run(scale: str = "small", out_dir: str | os.PathLike | None = RESULTS,
-        isolate: bool = True) -> list[dict]:
+        isolate: bool = True, full_grid: bool | None = None) -> list[dict]:
     """Measure every stage and write the CSV + Markdown table; returns the rows."""
     sizes = table_sizes(scale)
     model_mib = sum(sizes) * DIM * 4 / 2**20
-    measure = (lambda n: _run_isolated(n, scale)) if isolate else (lambda n: run_stage(n, scale))
+    if isolate:
+        measure = lambda n: _run_isolated(n, scale)  # noqa: E731
+    else:
+        measure = lambda n: run_stage(n, scale, full_grid)  # noqa: E731
     floor = measure("floor")
     rows = []
     ref_cache: dict[tuple[int, int], dict] = {}

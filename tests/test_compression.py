@@ -26,6 +26,7 @@ def sample_state_dict(level=0.5, signed=False):
         "emb_l.1.weight": torch.randn(3, 16, generator=g),
         "bot_l.0.bias": torch.tensor([0.0, -0.0, float("inf"), float("nan"), -1.5]),
         "step": torch.tensor(7, dtype=torch.int64),
+        "int_min": torch.tensor([-(2**31), 0, 5], dtype=torch.int32),  # sign-only bit pattern
         "half": torch.randn(5, 3, generator=g).to(torch.bfloat16),
         "flag": torch.tensor([True, False, True]),
         "empty": torch.empty(0, 16),

@@ -7,8 +7,10 @@ column) and `zip_file_size`, the same size floored to whole MiB as the reference
 `zstd_sparse_size` writes the "sparse-shuffle-zstd" format (`.lds`, read back by
 `load_compressed`). Per tensor:
 
-* a bitmask of the elements whose *bit pattern* is nonzero (so -0.0 counts as a value and round
-  trips; only +0.0 is implied by the mask), packed 8 per byte;
+* a bitmask of the elements that are not zero, packed 8 per byte;
+* if the tensor holds any -0.0 (bit pattern: sign bit only; e.g. the reference's `weight * mask`
+  pruning), one more bit per zero saying which zeros are -0.0, so both signs round-trip exactly
+  at ~1 bit per zero instead of 4 bytes;
 * the surviving elements, byte-shuffled: all first bytes, then all second bytes, ... (for float32
   the sign/exponent bytes are highly repetitive, the low mantissa bytes are noise);
 * both sections compressed with zstandard (multi-threaded).
@@ -17,7 +19,8 @@ Dense tables cost a bitmask of all ones (compresses to almost nothing); fully pr
 only their compressed all-zero bitmask. Any dtype round-trips bit-for-bit.
 
 File layout: ``b"LDSZ" | u32 version | u64 header length | JSON header | sections``; the header
-lists, per tensor, name, dtype, shape and the (offset, length) of its two sections. Files are
+lists, per tensor, name, dtype, shape, counts and the (offset, length) of its three sections
+(mask, signs, values). Files are
 written to a temporary name and renamed into place, and deleted after measuring unless the
 caller passes `keep_dir`.
 """
@@ -124,25 +127,33 @@ def _compressor(level: int, threads: int):
     return zstandard.ZstdCompressor(level=level, threads=threads)
 
 
-def _encode(t: torch.Tensor, cctx) -> tuple[dict, bytes, bytes]:
-    """One tensor -> (header entry, compressed bitmask, compressed shuffled values)."""
+def _encode(t: torch.Tensor, cctx) -> tuple[dict, list[bytes]]:
+    """One tensor -> (header entry, [compressed bitmask, compressed signs, compressed values])."""
     t = t.detach().cpu().contiguous()
     itemsize = t.element_size()
     raw = t.reshape(-1).view(torch.uint8).numpy()  # (numel * itemsize,) shares memory
     elems = raw.view(_UINT[itemsize])  # (numel,) bit patterns
-    nonzero = elems != 0  # (numel,) bool: bit pattern, so -0.0 is kept
-    nnz = int(np.count_nonzero(nonzero))
-    values = elems if nnz == elems.size else elems[nonzero]  # (nnz,) survivors (no copy if dense)
+    sign_only = _UINT[itemsize](1 << (8 * itemsize - 1))  # -0.0 for floats
+    neg_zero = elems == sign_only  # (numel,) bool
+    keep = elems != 0  # (numel,) bool
+    n_neg = int(np.count_nonzero(neg_zero))
+    if n_neg:
+        keep &= ~neg_zero
+    nnz = int(np.count_nonzero(keep))
+    values = elems if nnz == elems.size else elems[keep]  # (nnz,) survivors (no copy if dense)
     del elems
-    mask_c = cctx.compress(memoryview(np.packbits(nonzero)))
-    del nonzero
+    mask_c = cctx.compress(memoryview(np.packbits(keep)))
+    # which of the zeros are -0.0 (only when there are any): 1 bit per zero
+    signs_c = cctx.compress(memoryview(np.packbits(neg_zero[~keep]))) if n_neg else b""
+    del keep, neg_zero
     vals_c = b""
     if nnz:
         planes = values.view(np.uint8).reshape(-1, itemsize).T.copy()  # (itemsize, nnz) shuffled
         del values
         vals_c = cctx.compress(memoryview(planes))
-    entry = {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape), "nnz": nnz}
-    return entry, mask_c, vals_c
+    entry = {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape), "nnz": nnz,
+             "neg_zeros": n_neg}
+    return entry, [mask_c, signs_c, vals_c]
 
 
 def save_compressed(state_dict: dict[str, torch.Tensor], path: str | os.PathLike,
@@ -158,14 +169,13 @@ def save_compressed(state_dict: dict[str, torch.Tensor], path: str | os.PathLike
     for name, t in state_dict.items():
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"state_dict[{name!r}]: expected a tensor, got {type(t).__name__}")
-        entry, mask_c, vals_c = _encode(t, cctx)
+        entry, sections = _encode(t, cctx)
         entry["name"] = name
-        entry["mask"] = [offset, len(mask_c)]
-        offset += len(mask_c)
-        entry["values"] = [offset, len(vals_c)]
-        offset += len(vals_c)
+        for key, blob in zip(("mask", "signs", "values"), sections):
+            entry[key] = [offset, len(blob)]
+            offset += len(blob)
         entries.append(entry)
-        blobs += [mask_c, vals_c]
+        blobs += sections
     header = json.dumps({"tensors": entries}).encode()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -204,15 +214,19 @@ def load_compressed(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             elems = t.reshape(-1).view(torch.uint8).numpy().view(_UINT[itemsize])  # (numel,)
             f.seek(base + e["mask"][0])
             bits = np.frombuffer(dctx.decompress(f.read(e["mask"][1])), dtype=np.uint8)
-            nonzero = np.unpackbits(bits, count=numel).view(bool)  # (numel,)
+            keep = np.unpackbits(bits, count=numel).view(bool)  # (numel,)
+            elems[:] = 0
             if e["nnz"]:
                 f.seek(base + e["values"][0])
                 planes = np.frombuffer(dctx.decompress(f.read(e["values"][1])), dtype=np.uint8)
                 values = planes.reshape(itemsize, -1).T.copy().view(_UINT[itemsize])  # (nnz, 1)
-                elems[:] = 0
-                elems[nonzero] = values.reshape(-1)
-            else:
-                elems[:] = 0
+                elems[keep] = values.reshape(-1)
+            if e["neg_zeros"]:
+                f.seek(base + e["signs"][0])
+                sbits = np.frombuffer(dctx.decompress(f.read(e["signs"][1])), dtype=np.uint8)
+                zeros = np.flatnonzero(~keep)  # (numel - nnz,) positions of the zeros
+                neg = np.unpackbits(sbits, count=zeros.size).view(bool)
+                elems[zeros[neg]] = _UINT[itemsize](1 << (8 * itemsize - 1))
             out[e["name"]] = t
         return out
 

@@ -1,0 +1,118 @@
+"""Checkpoint size and write/read time: torch.save + deflate (the reference) vs sparse-shuffle-zstd.
+
+    python benchmarks/compress.py --scale kaggle   # 2.16 GB model; the reference deflate ~70 s/level
+    python benchmarks/compress.py --scale small
+
+The model is a DLRM state_dict (Kaggle-sized tables as in benchmarks/sparsify.py, random MLPs of
+the Kaggle architecture), pruned with L1 (1, 1) at levels 0.0, 0.5, 0.9 and 1.0. Rows:
+
+* `torch.save+deflate` on our pruned model (+0.0 zeros): the reference's method on the same data;
+* `sparse-shuffle-zstd` on the same model, and on the reference's own pruning (`signed`: pruned
+  negatives are -0.0, as `weight * mask` writes them) to show it copes with both.
+
+Sizes are bytes (MiB floored is the reference's `zip_file_size` column); `ratio` is ours over the
+reference's bytes and the reference's write time over ours. Files go to a temporary folder
+(`--workdir`) and are deleted. Writes `benchmarks/results/compress_<scale>.csv` and `.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gc
+import io
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sparsify import DIM, RESULTS, build_tables, table_sizes  # noqa: E402
+
+from lit_dlrm.sparsity.compression import reference_zip_size, zstd_sparse_size  # noqa: E402
+from lit_dlrm.sparsity.grid import GridPoint  # noqa: E402
+from lit_dlrm.sparsity.masks import prune_tables  # noqa: E402
+
+LEVELS = (0.0, 0.5, 0.9, 1.0)
+BOT = (13, 512, 256, 64, 16)
+TOP = (367, 512, 256, 1)
+
+
+def mlp_state(g: torch.Generator) -> dict[str, torch.Tensor]:
+    sd = {}
+    for prefix, dims in (("bot_l", BOT), ("top_l", TOP)):
+        for j, (i, o) in enumerate(zip(dims[:-1], dims[1:])):
+            sd[f"{prefix}.{2 * j}.weight"] = torch.randn(o, i, generator=g) * (2 / (i + o)) ** 0.5
+            sd[f"{prefix}.{2 * j}.bias"] = torch.randn(o, generator=g) * (1 / o) ** 0.5
+    return sd
+
+
+def run(scale: str = "small", out_dir: str | os.PathLike | None = RESULTS,
+        workdir: str | None = None, levels=LEVELS, reference: bool = True) -> list[dict]:
+    tables = build_tables(table_sizes(scale))
+    mlp = mlp_state(torch.Generator().manual_seed(1))
+    raw = sum(t.numel() for t in tables) * 4 + sum(t.numel() * 4 for t in mlp.values())
+    rows = []
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        for level in levels:
+            for signed in (False, True):
+                pruned = prune_tables(tables, GridPoint("L1", (1, 1), level), signed_zeros=signed)
+                sd = {f"emb_l.{i}.weight": t for i, t in enumerate(pruned)} | mlp
+                results = []
+                if reference and not signed:
+                    results.append(reference_zip_size(sd, tmp))
+                results.append(zstd_sparse_size(sd, tmp))
+                for r in results:
+                    rows.append({"scale": scale, "level": level,
+                                 "zeros": "signed (-0.0)" if signed else "+0.0",
+                                 "format": r.format, "bytes": r.bytes, "zip_file_size_mib": r.zip_file_size,
+                                 "of_raw": round(r.bytes / raw, 4), "write_s": round(r.write_s, 2),
+                                 "read_s": round(r.read_s, 2)})
+                del sd, pruned
+                gc.collect()
+    ref = {(r["level"]): r for r in rows if r["format"] == "torch.save+deflate"}
+    for r in rows:
+        base = ref.get(r["level"])
+        r["size_vs_ref"] = round(r["bytes"] / base["bytes"], 3) if base else ""
+        r["write_speedup"] = round(base["write_s"] / r["write_s"], 1) if base and r["write_s"] else ""
+    text = _markdown(rows, scale, raw)
+    if out_dir is not None:
+        _write(rows, text, Path(out_dir), f"compress_{scale}")
+    print(text)
+    return rows
+
+
+def _markdown(rows, scale, raw) -> str:
+    cols = list(rows[0])
+    head = (f"Checkpoint compression, scale={scale}: state_dict {raw / 2**20:.0f} MiB raw fp32 "
+            f"(26 tables x {DIM} + MLPs), L1 (1, 1) pruning; torch {torch.__version__}.\n\n")
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    return head + "\n".join(lines) + "\n"
+
+
+def _write(rows, text, out_dir: Path, stem: str) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    for suffix, content in ((".csv", buf.getvalue()), (".md", text)):
+        tmp = out_dir / f".{stem}{suffix}.tmp"
+        tmp.write_text(content)
+        os.replace(tmp, out_dir / f"{stem}{suffix}")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--scale", choices=["kaggle", "small", "tiny"], default="small")
+    ap.add_argument("--out-dir", default=str(RESULTS))
+    ap.add_argument("--workdir", default=None, help="where temporary checkpoints go")
+    args = ap.parse_args(argv)
+    run(args.scale, args.out_dir, args.workdir)
+
+
+if __name__ == "__main__":
+    main()
