@@ -1,0 +1,23 @@
+"""Embedding-table pruning: the sweep grid, DataNormSparsifier-identical masks, checkpoint size.
+
+* `grid`: `GridPoint`, `default_grid()` (the benchmark's 80 points), validated `make_grid()`;
+* `masks`: `keep_mask`, `prune`, `prune_tables` -- the reference's masks without its sort;
+* `compression`: `reference_zip_size` (torch.save + deflate) and the sparse-shuffle-zstd format
+  (`zstd_sparse_size`, `save_compressed`, `load_compressed`).
+"""
+
+from .compression import (
+    SizeResult,
+    load_compressed,
+    reference_zip_size,
+    save_compressed,
+    zstd_sparse_size,
+)
+from .grid import GridPoint, default_grid, distinct_masks, make_grid, squares_preserve_order
+from .masks import keep_mask, prune, prune_tables
+
+__all__ = [
+    "GridPoint", "default_grid", "make_grid", "distinct_masks", "squares_preserve_order",
+    "keep_mask", "prune", "prune_tables",
+    "SizeResult", "reference_zip_size", "zstd_sparse_size", "save_compressed", "load_compressed",
+]
