@@ -6,17 +6,29 @@
     synthetic.py   Kaggle-shaped synthetic rows with a planted teacher (known click probabilities)
     datamodule.py  CriteoDataModule: the cache behind batched, sharded dataloaders
     kaggle.py      facts about the Kaggle data set (table sizes, ...)
+
+Names are imported lazily, so the numpy-only parts (parsing, preprocessing) do not pull in torch
+and Lightning: `from lit_dlrm.data import CriteoDataModule` works as usual.
 """
 
-from .criteo import CriteoFormatError, read_file, sniff_format, write_kaggle_tsv
-from .datamodule import CriteoBatches, CriteoDataModule, ShardedBatchSampler
-from .kaggle import KAGGLE_TABLE_SIZES, NUM_DENSE, NUM_SPARSE
-from .preprocess import PreprocessOptions, cached_text, split_ranges
-from .synthetic import SyntheticConfig, Teacher, cached_synthetic, write_tsv
+import importlib
 
-__all__ = [
-    "CriteoDataModule", "CriteoBatches", "ShardedBatchSampler", "CriteoFormatError", "read_file",
-    "sniff_format", "write_kaggle_tsv", "KAGGLE_TABLE_SIZES", "NUM_DENSE", "NUM_SPARSE",
-    "PreprocessOptions", "cached_text", "split_ranges", "SyntheticConfig", "Teacher",
-    "cached_synthetic", "write_tsv",
-]
+_WHERE = {
+    "CriteoDataModule": "datamodule", "CriteoBatches": "datamodule", "ShardedBatchSampler": "datamodule",
+    "CriteoFormatError": "criteo", "read_file": "criteo", "sniff_format": "criteo", "write_kaggle_tsv": "criteo",
+    "KAGGLE_TABLE_SIZES": "kaggle", "NUM_DENSE": "kaggle", "NUM_SPARSE": "kaggle",
+    "PreprocessOptions": "preprocess", "cached_text": "preprocess", "split_ranges": "preprocess",
+    "SyntheticConfig": "synthetic", "Teacher": "synthetic", "cached_synthetic": "synthetic", "write_tsv": "synthetic",
+    "cached_npz": "npz",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

@@ -205,16 +205,6 @@ _FILL = np.array(
 _KEEP = np.array([0] + [((1 << (8 * k)) - 1) << (8 * (8 - k)) for k in range(1, 9)], dtype=np.uint64)
 # KEEP[0] == 0 makes an empty field all fill (a shift by 64 bits is not defined).
 
-_HEX_LUT = np.full(256, 0x80, dtype=np.uint8)
-for _c in b"0123456789":
-    _HEX_LUT[_c] = _c - 48
-for _i, _c in enumerate(b"abcdef"):
-    _HEX_LUT[_c] = 10 + _i
-for _i, _c in enumerate(b"ABCDEF"):
-    _HEX_LUT[_c] = 10 + _i
-_DEC_LUT = np.full(256, 0x80, dtype=np.uint8)
-for _c in b"0123456789":
-    _DEC_LUT[_c] = _c - 48
 # Bytes that never belong in a text line: control characters (except TAB) and anything >= 0x7f.
 _BAD_BYTE = np.ones(256, dtype=bool)
 _BAD_BYTE[0x20:0x7F] = False
@@ -222,15 +212,37 @@ _BAD_BYTE[9] = False
 _BAD_BYTE[10] = False
 
 
-def _digits(words: np.ndarray, start: np.ndarray, length: np.ndarray, lut: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Digit values of fields of length 0..8, left-padded with '0' to 8 digits.
+_ONES = np.uint64(0x0101010101010101)
+_LOW_NIBBLES = np.uint64(0x0F0F0F0F0F0F0F0F)
+_HIGH_NIBBLES = np.uint64(0xF0F0F0F0F0F0F0F0)
+_ASCII_ZEROS = np.uint64(0x3030303030303030)
+_CASE_BIT = np.uint64(0x2020202020202020)
 
-    Returns (packed digits: uint64, one digit per byte, first digit in the lowest byte; bad: bool).
+
+def _words(words: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """8 bytes of each field, left-padded with '0' to 8 chars (first char in the lowest byte)."""
+    w = words[start]  # uint64 (m,), 8 bytes from each field start (unaligned reads)
+    return ((w << _SHIFT[length]) & _KEEP[length]) | _FILL[length]
+
+
+def _hex_digits(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """SWAR: digit value per byte and a bad mask, for 8 chars of [0-9a-fA-F] packed in uint64.
+
+    Lower-case, decode each byte as (c & 0xF) + 9 * (c >> 6 & 1), then encode the digit back; the
+    word is valid iff every digit is < 16 and the re-encoding equals the lower-cased input.
     """
-    w = words[start]  # uint64 (m,), 8 bytes from each field start
-    w = ((w << _SHIFT[length]) & _KEEP[length]) | _FILL[length]
-    d = lut[w.view(np.uint8)].view("<u8")  # same byte order, now digit values (0x80: invalid)
-    return d, (d & _HIGHBITS) != 0
+    c = w | _CASE_BIT
+    d = (c & _LOW_NIBBLES) + np.uint64(9) * ((c >> np.uint64(6)) & _ONES)
+    too_big = ((d + np.uint64(0x7070707070707070)) & _HIGHBITS) != 0  # a byte >= 16
+    letter = ((d + np.uint64(0x7676767676767676)) >> np.uint64(7)) & _ONES  # byte >= 10
+    enc = d + _ASCII_ZEROS + np.uint64(0x27) * letter
+    return d, too_big | (enc != c)
+
+
+def _dec_digits(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """SWAR: digit value per byte and a bad mask, for 8 chars of [0-9] packed in uint64."""
+    ok = ((w & _HIGH_NIBBLES) == _ASCII_ZEROS) & (((w + np.uint64(0x0606060606060606)) & _HIGH_NIBBLES) == _ASCII_ZEROS)
+    return w & _LOW_NIBBLES, ~ok
 
 
 def _pack_hex(d: np.ndarray) -> np.ndarray:
@@ -248,7 +260,7 @@ def _pack_dec(d: np.ndarray) -> np.ndarray:
 def _parse_hex(words, start, length) -> tuple[np.ndarray, np.ndarray]:
     """uint32 values and a bad mask for hex fields (1..8 digits; empty -> 0)."""
     too_long = length > 8
-    d, bad = _digits(words, start, np.minimum(length, 8), _HEX_LUT)
+    d, bad = _hex_digits(_words(words, start, np.minimum(length, 8)))
     return _pack_hex(d).astype(np.uint32), bad | too_long
 
 
@@ -259,7 +271,7 @@ def _parse_dec(buf: np.ndarray, words, start, length) -> tuple[np.ndarray, np.nd
     n = length - neg
     bad = neg & (n == 0)
     short = np.minimum(n, 8)
-    d, b1 = _digits(words, s, short, _DEC_LUT)
+    d, b1 = _dec_digits(_words(words, s, short))
     val = _pack_dec(d).astype(np.int64)
     bad |= b1
     long_ = np.flatnonzero(n > 8)
@@ -267,8 +279,8 @@ def _parse_dec(buf: np.ndarray, words, start, length) -> tuple[np.ndarray, np.nd
         nl = n[long_]
         too_long = nl > 18
         nh = np.minimum(nl - 8, 8)
-        dh, bh = _digits(words, s[long_], nh, _DEC_LUT)
-        dl, bl = _digits(words, s[long_] + nl - 8, np.full_like(nl, 8), _DEC_LUT)
+        dh, bh = _dec_digits(_words(words, s[long_], nh))
+        dl, bl = _dec_digits(_words(words, s[long_] + nl - 8, np.full_like(nl, 8)))
         val[long_] = _pack_dec(dh).astype(np.int64) * 10**8 + _pack_dec(dl).astype(np.int64)
         bad[long_] |= bh | bl | too_long | (nl - 8 > 8)
     val = np.where(neg, -val, val)

@@ -137,7 +137,8 @@ class IdAssigner:
     pandas (hash based, appearance order), so new values get the next ids in the order they appear.
     """
 
-    def __init__(self):
+    def __init__(self, count: bool = True):
+        self.count = count  # keep occurrence counts (needed for min_frequency)
         self.keys = np.zeros(0, dtype=np.uint32)  # sorted raw values seen so far
         self.ids = np.zeros(0, dtype=np.int64)  # their ids
         self.counts = np.zeros(0, dtype=np.int64)  # occurrences per id
@@ -160,6 +161,8 @@ class IdAssigner:
             self.keys = np.insert(self.keys, at, nk)
             self.ids = np.insert(self.ids, at, ni)
         out = uid[codes]
+        if not self.count:
+            return out
         self.counts = np.pad(self.counts, (0, self.size - len(self.counts)))
         self.counts += np.bincount(out, minlength=self.size)
         return out
@@ -199,8 +202,9 @@ def build_arrays(
     applies. Returns the metadata (table_sizes, rows, splits, ...).
     """
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     extras = extras or {}
-    assign = [IdAssigner() for _ in range(NUM_SPARSE)]
+    assign = [IdAssigner(count=options.min_frequency > 1) for _ in range(NUM_SPARSE)]
     dense_w = NpyAppender(out_dir / "dense.npy", np.int32, (NUM_DENSE,))
     sparse_w = NpyAppender(out_dir / "sparse.npy", np.int32, (NUM_SPARSE,))
     label_w = None
