@@ -15,6 +15,7 @@ to ``sparse_model_metadata.csv``. Only the first process measures under DDP.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -38,6 +39,17 @@ class CheckpointCompression(Callback):
         self.out_dir, self.keep_files = out_dir, keep_files
         self.row: dict | None = None
 
+    @property
+    def scratch(self) -> Path:
+        """Where files are written while measured: emptied at each test start, so a killed
+        measurement leaves nothing behind for long."""
+        return Path(self.out_dir) / ".scratch" if self.out_dir else Path(tempfile.gettempdir())
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.out_dir and trainer.is_global_zero:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            self.scratch.mkdir(parents=True)
+
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
@@ -45,10 +57,8 @@ class CheckpointCompression(Callback):
         sparsify = find_sparsify(trainer)
         stem = sparsify.point.key if sparsify else "dense"
         keep = Path(self.out_dir) / "checkpoints" if self.keep_files else None
-        workdir = Path(self.out_dir) if self.out_dir else Path(tempfile.gettempdir())
-        workdir.mkdir(parents=True, exist_ok=True)
-        reference = reference_zip_size(state, workdir, keep_dir=keep, stem=stem)
-        ours = zstd_sparse_size(state, workdir, keep_dir=keep, stem=stem)
+        reference = reference_zip_size(state, self.scratch, keep_dir=keep, stem=stem)
+        ours = zstd_sparse_size(state, self.scratch, keep_dir=keep, stem=stem)
         self.row = {
             **point_columns(trainer),
             "step_time_sec": sparsify.step_time_sec if sparsify else 0.0,

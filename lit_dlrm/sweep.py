@@ -102,6 +102,8 @@ def run_sweep(
     if sparsify is None:
         raise ValueError("run_sweep needs a Sparsify callback among the trainer's callbacks")
     tables = written_tables(trainer)
+    for stale in out_dir.glob(".*.tmp"):  # tables half-written by a killed run
+        stale.unlink()
     weights = [table.weight.detach() for table in module.model.emb_l]
     # Decided once, before any test, so that every process of a DDP run takes the same steps.
     done = done_points(out_dir, tables)

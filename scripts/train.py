@@ -1,0 +1,72 @@
+"""Train DLRM: ``python scripts/train.py [--config configs/train.yaml] [--model.* --data.* --trainer.*]``.
+
+With no arguments it trains on the synthetic Criteo default, keeps the checkpoint with the best
+validation AUC, tests that checkpoint on the test split (never used for selection), and prints its
+metrics next to the synthetic teacher's Bayes-optimal ones. ``--ckpt_path`` resumes a run (for
+example from its ``last.ckpt``); ``--print_config`` shows every option.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
+
+from lit_dlrm.data import CriteoDataModule  # noqa: E402
+from lit_dlrm.module import DLRMModule  # noqa: E402
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train.yaml"
+
+
+class TrainCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.table_sizes", "model.table_sizes", apply_on="instantiate")
+        # The best-checkpoint callback is part of the job, not an optional extra: always present,
+        # every option overridable as --checkpoint.*
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/auc",
+                "checkpoint.mode": "max",
+                "checkpoint.save_top_k": 1,
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-epoch{epoch:02d}-auc{val/auc:.4f}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_argument("--ckpt_path", type=str | None, default=None, help="resume from this checkpoint")
+
+
+def report(metrics: dict[str, float], teacher: dict[str, float] | None) -> str:
+    lines = [f"{'metric':<12}{'test':>10}{'teacher (Bayes)':>18}"]
+    for name in ("auc", "log_loss", "ne", "accuracy", "calibration"):
+        ceiling = f"{teacher[name]:>18.4f}" if teacher and name in teacher else f"{'':>18}"
+        lines.append(f"{name:<12}{metrics[f'test/{name}']:>10.4f}{ceiling}")
+    return "\n".join(lines)
+
+
+def main(args: list[str] | None = None) -> None:
+    cli = TrainCLI(
+        DLRMModule,
+        CriteoDataModule,
+        run=False,
+        args=args,
+        parser_kwargs={"default_config_files": [str(DEFAULT_CONFIG)]},
+        save_config_kwargs={"overwrite": True},
+    )
+    trainer, model, data = cli.trainer, cli.model, cli.datamodule
+    trainer.fit(model, datamodule=data, ckpt_path=cli.config.ckpt_path)
+    best = trainer.checkpoint_callback.best_model_path
+    (metrics,) = trainer.test(model, datamodule=data, ckpt_path=best or None, verbose=False)
+    if trainer.is_global_zero:
+        print(report(metrics, data.teacher_metrics("test")))
+        print(f"best checkpoint: {best}")
+        print(f"TensorBoard:     tensorboard --logdir {trainer.logger.save_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+"""Shared fixtures: a tiny synthetic data set, built once per test session."""
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Small enough for seconds of training, large enough for every split to hold both labels.
+TINY_DATA = ["--data.synthetic_rows=14000", "--data.max_table_size=300", "--data.batch_size=512", "--data.eval_batch_size=1024"]
+
+
+@pytest.fixture(scope="session")
+def tiny_data_args(tmp_path_factory) -> list[str]:
+    """CLI options of the tiny synthetic data set, with a cache shared by the whole session."""
+    cache = tmp_path_factory.mktemp("cache")
+    return [*TINY_DATA, f"--data.cache_dir={cache}"]

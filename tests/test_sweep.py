@@ -1,0 +1,110 @@
+"""scripts/sweep.py end to end: tables, identical-mask copies, reports, fail-fast options, kill + resume."""
+
+import os
+import runpy
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import REPO
+from lit_dlrm.data import CriteoDataModule
+from lit_dlrm.module import DLRMModule
+from lit_dlrm.results import FORWARD_TIME_CSV, METADATA_CSV, METRICS_CSV, REFERENCE_COLUMNS, read_table
+
+SCRIPT = REPO / "scripts" / "sweep.py"
+sweep = runpy.run_path(str(SCRIPT))["main"]
+GRID = ["--sweep.levels=[0.0, 0.5, 0.9, 1.0]", "--timing.warmup=0", "--timing.repeats=2", "--timing.batch_size=256"]
+# Columns that must not depend on the run: everything but wall-clock times and kept paths.
+STABLE = {
+    METRICS_CSV: ["norm", "sparse_block_shape", "sparsity_level", "precision", "recall", "f1", "roc_auc", "accuracy", "log_loss", "ne"],
+    METADATA_CSV: ["norm", "sparse_block_shape", "sparsity_level", "zip_file_size", "zip_bytes", "zstd_sparse_bytes"],
+    FORWARD_TIME_CSV: ["norm", "sparse_block_shape", "sparsity_level", "dlrm_type", "batch_size"],
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tiny_data_args):
+    """An (untrained) model over the tiny data's tables, saved as a bare state_dict."""
+    cache = next(a for a in tiny_data_args if a.startswith("--data.cache_dir=")).split("=", 1)[1]
+    data = CriteoDataModule(synthetic_rows=14000, max_table_size=300, cache_dir=cache)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    torch.save(DLRMModule(data.table_sizes).model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, tiny_data_args, checkpoint):
+    out = tmp_path_factory.mktemp("sweep")
+    sweep([*tiny_data_args, *GRID, f"--ckpt_path={checkpoint}", f"--out_dir={out}"])
+    return out
+
+
+def stable(out_dir, name):
+    return read_table(out_dir, name)[STABLE[name]].reset_index(drop=True)
+
+
+def test_tables_have_reference_columns_and_every_point(full_run):
+    for name, columns in REFERENCE_COLUMNS.items():
+        table = read_table(full_run, name)
+        assert list(table.columns[: len(columns)]) == columns
+        rows_per_point = 2 if name == FORWARD_TIME_CSV else 1
+        assert len(table) == 16 * rows_per_point  # 2 norms x 2 block shapes x 4 levels
+    metrics = read_table(full_run, METRICS_CSV)
+    assert set(metrics.sparse_block_shape) == {"(1, 1)", "(1, 4)"}
+    # level 0 and 1 are tested once and copied; L2 (1,1) is L1 (1,1) for these float32 tables
+    copied = metrics[metrics.same_mask_as != ""]
+    assert len(copied) == 16 - 8
+    assert (copied.sparsity_level.isin([0.0, 1.0]) | (copied.sparse_block_shape == "(1, 1)")).all()
+    level0 = metrics[metrics.sparsity_level == 0.0]
+    assert level0.roc_auc.nunique() == 1 and level0.log_loss.nunique() == 1
+    level1 = metrics[metrics.sparsity_level == 1.0]
+    assert level1.roc_auc.nunique() == 1 and level1.roc_auc.iloc[0] != level0.roc_auc.iloc[0]
+
+
+def test_report_files_and_tensorboard_runs(full_run):
+    results = pd.read_csv(full_run / "results.csv")
+    assert len(results) == 16 and {"roc_auc", "zip_bytes", "zstd_sparse_bytes", "forward_s_dense", "forward_s_coo"} <= set(results)
+    for png in ("disk_size.png", "quality.png", "forward_time.png"):
+        assert (full_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    runs = sorted(p.name for p in (full_run / "tensorboard").iterdir())
+    assert runs == ["L1_1x1", "L1_1x4", "L2_1x1", "L2_1x4"]
+    acc = EventAccumulator(str(full_run / "tensorboard" / "L1_1x4"))
+    acc.Reload()
+    assert {"roc_auc", "log_loss", "zip_bytes", "forward_s_coo"} <= set(acc.Tags()["scalars"])
+    assert [e.step for e in acc.Scalars("roc_auc")] == [0, 50, 90, 100]  # x axis: level in percent
+
+
+def test_invalid_grid_fails_before_any_work(tmp_path, tiny_data_args, checkpoint):
+    for option, message in [("--sweep.levels=[0.5, 1.5]", "sweep.levels"), ("--sweep.norms=[L3]", "sweep.norms"),
+                            ("--sweep.block_shapes=[[1, 32]]", "sweep.block_shapes")]:
+        with pytest.raises(ValueError, match=message):
+            sweep([*tiny_data_args, f"--ckpt_path={checkpoint}", f"--out_dir={tmp_path}", option])
+    assert not any(tmp_path.iterdir())
+
+
+def test_killed_sweep_resumes_to_the_same_tables(tmp_path, tiny_data_args, checkpoint, full_run):
+    args = [sys.executable, str(SCRIPT), *tiny_data_args, *GRID, f"--ckpt_path={checkpoint}", f"--out_dir={tmp_path}"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    kills = 0
+    for wanted_rows in (1, 3):  # kill twice, each time once more points are on disk
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while len(read_table(tmp_path, METRICS_CSV)) < wanted_rows and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 1
+    subprocess.run(args, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    leftovers = [p.name for p in tmp_path.rglob("*") if p.name.endswith(".tmp") or p.name.startswith("tmp")]
+    assert leftovers == [] and not any((tmp_path / ".scratch").iterdir())
+    for name in STABLE:
+        pd.testing.assert_frame_equal(stable(tmp_path, name), stable(full_run, name))
