@@ -75,7 +75,7 @@ class DLRMModule(L.LightningModule):
         dense, sparse, labels = batch
         logits = self.model(dense, sparse)
         loss = F.binary_cross_entropy_with_logits(logits, labels)
-        self.train_metrics.update(logits.detach(), labels)
+        self.train_metrics.update(logits, labels)
         self.log("train/loss", loss, prog_bar=True, batch_size=labels.numel())
         return loss
 

@@ -65,3 +65,27 @@ def test_reference_initialisation():
     assert abs(std - math.sqrt(2 / (13 + 512))) < 0.1 * math.sqrt(2 / (13 + 512))
     assert abs(float(first.bias.detach().std()) - math.sqrt(1 / 512)) < 0.15 * math.sqrt(1 / 512)
     assert all(t.sparse for t in model.emb_l)
+
+
+def test_click_metrics_match_scikit_learn_whatever_the_batching():
+    from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
+
+    from lit_dlrm.metrics import ClickMetrics
+
+    g = torch.Generator().manual_seed(0)
+    labels = (torch.rand(5000, generator=g) < 0.3).float()
+    logits = 2 * labels - 1 + 2 * torch.randn(5000, generator=g)
+    probs = torch.sigmoid(logits).double().numpy()
+    for flush_every in (1, 700, 10**9):
+        metrics = ClickMetrics(flush_every=flush_every)
+        for chunk in range(0, 5000, 333):
+            metrics.update(logits[chunk : chunk + 333], labels[chunk : chunk + 333])
+        values = metrics.compute()
+        assert values["auc"] == pytest.approx(roc_auc_score(labels, probs), abs=1e-6)
+        assert values["log_loss"] == pytest.approx(log_loss(labels, probs), rel=1e-6)
+        assert values["accuracy"] == pytest.approx(accuracy_score(labels, probs > 0.5))
+        assert values["f1"] == pytest.approx(f1_score(labels, probs > 0.5), rel=1e-5)
+        rate = float(labels.double().mean())
+        entropy = -(rate * math.log(rate) + (1 - rate) * math.log(1 - rate))
+        assert values["ne"] == pytest.approx(values["log_loss"] / entropy, rel=1e-9)
+        assert values["calibration"] == pytest.approx(probs.mean() / rate, rel=1e-6)
