@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import gzip
 import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -205,13 +207,6 @@ _FILL = np.array(
 _KEEP = np.array([0] + [((1 << (8 * k)) - 1) << (8 * (8 - k)) for k in range(1, 9)], dtype=np.uint64)
 # KEEP[0] == 0 makes an empty field all fill (a shift by 64 bits is not defined).
 
-# Bytes that never belong in a text line: control characters (except TAB) and anything >= 0x7f.
-_BAD_BYTE = np.ones(256, dtype=bool)
-_BAD_BYTE[0x20:0x7F] = False
-_BAD_BYTE[9] = False
-_BAD_BYTE[10] = False
-
-
 _ONES = np.uint64(0x0101010101010101)
 _LOW_NIBBLES = np.uint64(0x0F0F0F0F0F0F0F0F)
 _HIGH_NIBBLES = np.uint64(0xF0F0F0F0F0F0F0F0)
@@ -220,9 +215,15 @@ _CASE_BIT = np.uint64(0x2020202020202020)
 
 
 def _words(words: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.ndarray:
-    """8 bytes of each field, left-padded with '0' to 8 chars (first char in the lowest byte)."""
-    w = words[start]  # uint64 (m,), 8 bytes from each field start (unaligned reads)
-    return ((w << _SHIFT[length]) & _KEEP[length]) | _FILL[length]
+    """8 bytes of each field, left-padded with '0' to 8 chars (first char in the lowest byte).
+
+    start, length: int64 arrays of any shape (lengths 0..8); returns uint64 of the same shape.
+    """
+    w = words[start]  # unaligned 8-byte reads at every field start
+    w <<= _SHIFT[length]
+    w &= _KEEP[length]
+    w |= _FILL[length]
+    return w
 
 
 def _hex_digits(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -232,17 +233,31 @@ def _hex_digits(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     word is valid iff every digit is < 16 and the re-encoding equals the lower-cased input.
     """
     c = w | _CASE_BIT
-    d = (c & _LOW_NIBBLES) + np.uint64(9) * ((c >> np.uint64(6)) & _ONES)
-    too_big = ((d + np.uint64(0x7070707070707070)) & _HIGHBITS) != 0  # a byte >= 16
-    letter = ((d + np.uint64(0x7676767676767676)) >> np.uint64(7)) & _ONES  # byte >= 10
-    enc = d + _ASCII_ZEROS + np.uint64(0x27) * letter
-    return d, too_big | (enc != c)
+    d = c >> np.uint64(6)
+    d &= _ONES
+    d *= np.uint64(9)
+    d += c & _LOW_NIBBLES
+    t = d + np.uint64(0x7070707070707070)  # high bit set in a byte iff its digit >= 16
+    t &= _HIGHBITS
+    bad = t != 0
+    t = d + np.uint64(0x7676767676767676)  # high bit set iff digit >= 10 (a letter)
+    t >>= np.uint64(7)
+    t &= _ONES
+    t *= np.uint64(0x27)
+    t += d
+    t += _ASCII_ZEROS
+    bad |= t != c
+    return d, bad
 
 
 def _dec_digits(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """SWAR: digit value per byte and a bad mask, for 8 chars of [0-9] packed in uint64."""
-    ok = ((w & _HIGH_NIBBLES) == _ASCII_ZEROS) & (((w + np.uint64(0x0606060606060606)) & _HIGH_NIBBLES) == _ASCII_ZEROS)
-    return w & _LOW_NIBBLES, ~ok
+    bad = (w & _HIGH_NIBBLES) != _ASCII_ZEROS
+    t = w + np.uint64(0x0606060606060606)  # a byte above '9' carries into its high nibble
+    t &= _HIGH_NIBBLES
+    bad |= t != _ASCII_ZEROS
+    w &= _LOW_NIBBLES
+    return w, bad
 
 
 def _pack_hex(d: np.ndarray) -> np.ndarray:
@@ -258,32 +273,30 @@ def _pack_dec(d: np.ndarray) -> np.ndarray:
 
 
 def _parse_hex(words, start, length) -> tuple[np.ndarray, np.ndarray]:
-    """uint32 values and a bad mask for hex fields (1..8 digits; empty -> 0)."""
-    too_long = length > 8
+    """uint32 values and a bad mask for hex fields (1..8 digits; empty -> 0); any shape."""
     d, bad = _hex_digits(_words(words, start, np.minimum(length, 8)))
-    return _pack_hex(d).astype(np.uint32), bad | too_long
+    bad |= length > 8
+    return _pack_hex(d).astype(np.uint32), bad
 
 
 def _parse_dec(buf: np.ndarray, words, start, length) -> tuple[np.ndarray, np.ndarray]:
-    """int64 values and a bad mask for optionally negative decimal fields (empty -> 0)."""
-    neg = (length > 0) & (buf[start] == 45)  # '-'
+    """int64 values and a bad mask for optionally negative decimal fields (empty -> 0); any shape."""
+    neg = buf[start] == 45  # '-'
+    neg &= length > 0
     s = start + neg
     n = length - neg
     bad = neg & (n == 0)
-    short = np.minimum(n, 8)
-    d, b1 = _dec_digits(_words(words, s, short))
+    d, b1 = _dec_digits(_words(words, s, np.minimum(n, 8)))
     val = _pack_dec(d).astype(np.int64)
     bad |= b1
-    long_ = np.flatnonzero(n > 8)
-    if len(long_):  # 9..18 digits: high part then the last 8 digits
-        nl = n[long_]
-        too_long = nl > 18
-        nh = np.minimum(nl - 8, 8)
-        dh, bh = _dec_digits(_words(words, s[long_], nh))
-        dl, bl = _dec_digits(_words(words, s[long_] + nl - 8, np.full_like(nl, 8)))
+    long_ = np.nonzero(n > 8)
+    if len(long_[0]):  # 9..16 digits: high part, then the last 8 digits
+        nl, sl = n[long_], s[long_]
+        dh, bh = _dec_digits(_words(words, sl, np.minimum(nl - 8, 8)))
+        dl, bl = _dec_digits(_words(words, sl + nl - 8, np.full_like(nl, 8)))
         val[long_] = _pack_dec(dh).astype(np.int64) * 10**8 + _pack_dec(dl).astype(np.int64)
-        bad[long_] |= bh | bl | too_long | (nl - 8 > 8)
-    val = np.where(neg, -val, val)
+        bad[long_] |= bh | bl | (nl > 16)
+    np.negative(val, out=val, where=neg)
     return val, bad
 
 
@@ -292,74 +305,76 @@ def _parse_dec(buf: np.ndarray, words, start, length) -> tuple[np.ndarray, np.nd
 
 
 def _parse_block(buf: bytes, fmt: TextFormat) -> tuple[ParsedBlock, np.ndarray]:
-    """Parse `buf` (whole lines, each ending in b"\\n", CRLF already turned into LF).
+    """Parse `buf` (whole lines, each ending in b"\n", CRLF already turned into LF).
 
     Returns the block (bad lines dropped) and the 0-based indices of bad lines within `buf`.
     """
     n = len(buf)
-    padded = buf + bytes(16)
+    padded = buf + bytes(16)  # room for 8-byte reads at the last field
     a = np.frombuffer(padded, dtype=np.uint8)
     words = np.ndarray(shape=(n + 8,), dtype="<u8", buffer=padded, offset=0, strides=(1,))
     ab = a[:n]
     is_nl = ab == 10
-    nl = np.flatnonzero(is_nl)
-    n_lines = len(nl)
+    is_bound = ab == fmt.sep[0]
+    is_bound |= is_nl
+    bounds = np.flatnonzero(is_bound)  # every field ends at one of these
+    nl_at = np.flatnonzero(is_nl[bounds])  # index into bounds of each line end
+    n_lines = len(nl_at)
     bad = np.zeros(n_lines, dtype=bool)
 
-    bad_bytes = np.flatnonzero(_BAD_BYTE[ab])
-    if len(bad_bytes):
-        bad[np.searchsorted(nl, bad_bytes)] = True
+    ctrl = ab < 32  # bytes that never belong in a text line: controls but TAB/LF, and >= 0x7f
+    ctrl &= ab != 9
+    ctrl &= ~is_nl
+    ctrl |= ab >= 127
+    if ctrl.any():
+        nl = bounds[nl_at]
+        bad[np.searchsorted(nl, np.flatnonzero(ctrl))] = True
 
-    bounds = np.flatnonzero(is_nl | (ab == fmt.sep[0]))  # every field ends at one of these
-    nl_at = np.flatnonzero(is_nl[bounds])  # index into bounds of each line end
-    n_f = np.diff(nl_at, prepend=-1)  # fields per line
-    fs = np.empty(len(bounds), dtype=np.int64)
+    fs = np.empty(len(bounds), dtype=np.int64)  # field starts
     fs[0] = 0
-    fs[1:] = bounds[:-1] + 1
+    np.add(bounds[:-1], 1, out=fs[1:])
+    flen = bounds - fs  # field lengths
     full = fmt.n_fields
-    if n_lines and (n_f == full).all():
+    if n_lines * full == len(bounds) and (np.diff(nl_at) == full).all():
         S = fs.reshape(n_lines, full)
-        E = bounds.reshape(n_lines, full)
+        L = flen.reshape(n_lines, full)
     else:
+        n_f = np.diff(nl_at, prepend=-1)  # fields per line
         ok_count = (n_f >= fmt.min_fields) & (n_f <= full)
         bad |= ~ok_count
         line_of = np.repeat(np.arange(n_lines), n_f)
         col = np.arange(len(bounds)) - np.repeat(nl_at - n_f + 1, n_f)
         keep = ok_count[line_of]
         S = np.zeros((n_lines, full), dtype=np.int64)
-        E = np.zeros((n_lines, full), dtype=np.int64)
+        L = np.zeros((n_lines, full), dtype=np.int64)  # missing trailing fields: empty
         S[line_of[keep], col[keep]] = fs[keep]
-        E[line_of[keep], col[keep]] = bounds[keep]
-    lens = E - S
+        L[line_of[keep], col[keep]] = flen[keep]
 
     p = 0
     if fmt.has_id:
-        _, b = _parse_dec(a, words, S[:, 0], lens[:, 0])
-        bad |= b | (lens[:, 0] == 0)
+        _, b = _parse_dec(a, words, S[:, 0], L[:, 0])
+        bad |= b | (L[:, 0] == 0)
         p += 1
     label = None
     if fmt.has_label:
         ch = a[S[:, p]]
-        bad |= (lens[:, p] != 1) | ((ch != 48) & (ch != 49))
-        label = (ch - 48).astype(np.uint8)
+        bad |= (L[:, p] != 1) | ((ch != 48) & (ch != 49))
+        label = ch - 48  # uint8
         p += 1
-    ds, dl = S[:, p : p + NUM_DENSE], lens[:, p : p + NUM_DENSE]
-    dval, dbad = _parse_dec(a, words, ds.ravel(), dl.ravel())
-    dbad |= (dval > _INT32_MAX) | (dval < -_INT32_MAX)
-    bad |= dbad.reshape(n_lines, NUM_DENSE).any(axis=1)
+    dval, dbad = _parse_dec(a, words, S[:, p : p + NUM_DENSE], L[:, p : p + NUM_DENSE])  # (n, 13)
+    dbad |= np.abs(dval) > _INT32_MAX
+    bad |= dbad.any(axis=1)
     p += NUM_DENSE
-    cval, cbad = _parse_hex(words, S[:, p:].ravel(), lens[:, p:].ravel())
-    bad |= cbad.reshape(n_lines, NUM_SPARSE).any(axis=1)
+    cat, cbad = _parse_hex(words, S[:, p:], L[:, p:])  # (n, 26)
+    bad |= cbad.any(axis=1)
 
-    dense = dval.reshape(n_lines, NUM_DENSE)
-    cat = cval.reshape(n_lines, NUM_SPARSE)
+    dense = dval.astype(np.int32)
     bad_idx = np.flatnonzero(bad)
     if len(bad_idx):
         good = ~bad
         dense, cat = dense[good], cat[good]
         label = label[good] if label is not None else None
-    block = ParsedBlock(label=label, dense=dense.astype(np.int32), cat=cat, first_line=0)
-    return block, bad_idx
+    return ParsedBlock(label=label, dense=dense, cat=cat, first_line=0), bad_idx
 
 
 # ----------------------------------------------------------------------------------------------
@@ -369,7 +384,7 @@ def _parse_block(buf: bytes, fmt: TextFormat) -> tuple[ParsedBlock, np.ndarray]:
 def explain_line(line: bytes, fmt: TextFormat) -> str:
     """What is wrong with `line` (without its line end), as a message without the `file:line:` part."""
     for i, byte in enumerate(line):
-        if _BAD_BYTE[byte] and byte != 13:
+        if (byte < 32 and byte not in (9, 13)) or byte >= 127:
             return f"binary data, not text (byte 0x{byte:02x} at column {i + 1}); is this the right file?"
         if byte == 13:
             return f"stray carriage return (byte 0x0d at column {i + 1})"
@@ -414,12 +429,14 @@ def iter_blocks(
     stats: ParseStats | None = None,
     block_bytes: int = _DEFAULT_BLOCK_BYTES,
     progress=None,
+    threads: int | None = None,
 ) -> Iterator[ParsedBlock]:
     """Yield `ParsedBlock`s of whole lines, reading `block_bytes` of (decompressed) text at a time.
 
     Memory stays bounded by the block size. `progress(bytes_read_of_the_raw_file, rows)` is called
     after every block when given. Bad lines raise `CriteoFormatError` naming file and line, or
-    with `on_bad_line="skip"` are dropped and counted in `stats`.
+    with `on_bad_line="skip"` are dropped and counted in `stats`. Blocks are parsed by `threads`
+    threads (default: up to 2; numpy releases the GIL) and yielded in file order.
     """
     if on_bad_line not in ("error", "skip"):
         raise ValueError(f"on_bad_line must be 'error' or 'skip', got {on_bad_line!r}")
@@ -427,70 +444,79 @@ def iter_blocks(
     name = path.name
     fmt = fmt or sniff_format(path, has_label=has_label)
     stats = stats if stats is not None else ParseStats()
+    threads = max(1, threads if threads is not None else min(2, os.cpu_count() or 1))
     stream, raw = open_binary(path)
-    line_no = 1  # 1-based number of the next line to be parsed
-    rest = b""
+    pending: deque = deque()  # (body, first line number, future) in file order
     try:
-        if fmt.header:
-            first = stream.readline()
-            line_no = 2
-            rest = b""
-            del first
-        while True:
-            try:
-                chunk = stream.read(block_bytes)
-            except (OSError, EOFError) as e:
-                raise CriteoFormatError(f"{name}:{line_no}: cannot decompress: {e}") from e
-            eof = not chunk
-            data = rest + chunk
-            if eof:
-                if not data:
-                    break
-                if not data.endswith(b"\n"):
-                    data += b"\n"  # no final newline
-                cut = len(data)
-            else:
-                cut = data.rfind(b"\n") + 1
-                if cut == 0:
-                    if len(data) > 64 * block_bytes:
-                        raise CriteoFormatError(
-                            f"{name}:{line_no}: no line end in {len(data)} bytes; binary data or not a Criteo text file?"
-                        )
-                    rest = data
-                    continue
-            body, rest = data[:cut], data[cut:]
-            if b"\r" in body:
-                body = body.replace(b"\r\n", b"\n")
-            block, bad_idx = _parse_block(body, fmt)
-            n_lines = len(block) + len(bad_idx)
-            if len(bad_idx):
-                starts = None
-                for k, i in enumerate(bad_idx.tolist()):
-                    if on_bad_line == "error" or len(stats.examples) < 5:
-                        if starts is None:
-                            starts = np.r_[0, np.flatnonzero(np.frombuffer(body, np.uint8) == 10)[:-1] + 1]
-                        end = body.index(b"\n", starts[i])
-                        msg = f"{name}:{line_no + i}: {explain_line(body[starts[i]:end], fmt)}"
-                        if on_bad_line == "error":
-                            raise CriteoFormatError(msg)
-                        stats.examples.append(msg)
-                    else:
-                        break
-                stats.skipped += len(bad_idx)
-            block.first_line = line_no
-            line_no += n_lines
-            stats.lines += n_lines
-            stats.rows += len(block)
-            if progress is not None:
-                progress(raw.tell(), stats.rows)
-            if len(block):
-                yield block
-            if eof:
-                break
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            for body, first in _bodies(stream, name, fmt, block_bytes):
+                pending.append((body, first, pool.submit(_parse_block, body, fmt)))
+                while len(pending) > threads:  # bounded: at most `threads` + 1 blocks in flight
+                    yield from _finish(pending.popleft(), name, fmt, on_bad_line, stats, progress, raw)
+            while pending:
+                yield from _finish(pending.popleft(), name, fmt, on_bad_line, stats, progress, raw)
     finally:
         raw.close()
     if stats.lines == 0:
         raise CriteoFormatError(f"{name}: empty file (no data lines)")
+
+
+def _bodies(stream, name: str, fmt: TextFormat, block_bytes: int) -> Iterator[tuple[bytes, int]]:
+    """(whole lines ending in LF, number of the first line) read `block_bytes` at a time."""
+    line_no = 1
+    if fmt.header:
+        stream.readline()
+        line_no = 2
+    rest = b""
+    while True:
+        try:
+            chunk = stream.read(block_bytes)
+        except (OSError, EOFError) as e:
+            raise CriteoFormatError(f"{name}:{line_no}: cannot decompress: {e}") from e
+        data = rest + chunk
+        if not chunk:
+            if data:
+                yield (data if data.endswith(b"\n") else data + b"\n").replace(b"\r\n", b"\n"), line_no
+            return
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:
+            if len(data) > 64 * block_bytes:
+                raise CriteoFormatError(
+                    f"{name}:{line_no}: no line end in {len(data)} bytes; binary data or not a Criteo text file?"
+                )
+            rest = data
+            continue
+        body, rest = data[:cut], data[cut:]
+        n_lines = body.count(b"\n")
+        if b"\r" in body:
+            body = body.replace(b"\r\n", b"\n")
+        yield body, line_no
+        line_no += n_lines
+
+
+def _finish(item, name, fmt, on_bad_line, stats, progress, raw) -> Iterator[ParsedBlock]:
+    """Collect one parsed block: raise for (or count) its bad lines, update stats and progress."""
+    body, line_no, future = item
+    block, bad_idx = future.result()
+    n_lines = len(block) + len(bad_idx)
+    if len(bad_idx):
+        starts = np.r_[0, np.flatnonzero(np.frombuffer(body, np.uint8) == 10)[:-1] + 1]
+        for i in bad_idx.tolist():
+            if on_bad_line == "skip" and len(stats.examples) >= 5:
+                break
+            end = body.index(b"\n", starts[i])
+            msg = f"{name}:{line_no + i}: {explain_line(body[starts[i]:end], fmt)}"
+            if on_bad_line == "error":
+                raise CriteoFormatError(msg)
+            stats.examples.append(msg)
+        stats.skipped += len(bad_idx)
+    block.first_line = line_no
+    stats.lines += n_lines
+    stats.rows += len(block)
+    if progress is not None:
+        progress(raw.tell(), stats.rows)
+    if len(block):
+        yield block
 
 
 def read_file(path, **kwargs) -> tuple[ParsedBlock, ParseStats]:
