@@ -218,11 +218,16 @@ def _words(words: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.ndarr
     """8 bytes of each field, left-padded with '0' to 8 chars (first char in the lowest byte).
 
     start, length: int64 arrays of any shape (lengths 0..8); returns uint64 of the same shape.
+    Shifts stay below 64 bits (a 64-bit shift is undefined); empty fields become all '0'.
     """
     w = words[start]  # unaligned 8-byte reads at every field start
-    w <<= _SHIFT[length]
-    w &= _KEEP[length]
-    w |= _FILL[length]
+    short = np.nonzero(length != 8)  # full 8-char fields (all Kaggle hashes) need nothing more
+    if len(short[0]):
+        lp = np.maximum(length[short], 1).astype(np.uint64) << np.uint64(3)  # 8 * L, L >= 1
+        ws = w[short] << (np.uint64(64) - lp)  # the L chars into the high bytes
+        ws |= (_ASCII_ZEROS >> np.uint64(4)) >> (lp - np.uint64(4))  # '0' in the low 8 - L bytes
+        ws[length[short] == 0] = _ASCII_ZEROS
+        w[short] = ws
     return w
 
 
@@ -322,11 +327,14 @@ def _parse_block(buf: bytes, fmt: TextFormat) -> tuple[ParsedBlock, np.ndarray]:
     n_lines = len(nl_at)
     bad = np.zeros(n_lines, dtype=bool)
 
-    ctrl = ab < 32  # bytes that never belong in a text line: controls but TAB/LF, and >= 0x7f
-    ctrl &= ab != 9
-    ctrl &= ~is_nl
-    ctrl |= ab >= 127
-    if ctrl.any():
+    # Bytes that never belong in a text line: controls other than TAB/LF, and >= 0x7f. Cheap test
+    # first (TABs and LFs are the only bytes < 32 of a clean file), the byte-exact one if it fails.
+    tabs_and_lfs = len(bounds) if fmt.sep == b"\t" else n_lines + int(np.count_nonzero(ab == 9))
+    if n and (ab.max() >= 127 or np.count_nonzero(ab < 32) != tabs_and_lfs):
+        ctrl = ab < 32
+        ctrl &= ab != 9
+        ctrl &= ~is_nl
+        ctrl |= ab >= 127
         nl = bounds[nl_at]
         bad[np.searchsorted(nl, np.flatnonzero(ctrl))] = True
 

@@ -49,17 +49,17 @@ _NEGATIVE_RATE_I2 = 0.03  # Kaggle's I2 has a few small negative values
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    rows: int = 1_500_000
+    rows: int = 1_000_000
     max_table_size: int = 20_000
     seed: int = 0
     positive_rate: float = KAGGLE_POSITIVE_RATE
     zipf_exponent: float = 1.1
     dense_scale: float = 0.5  # std of the linear dense term
-    category_scale: float = 0.16  # typical per-feature std of category effects (frequent values)
+    category_scale: float = 0.18  # typical per-feature std of category effects (frequent values)
     interaction_pairs: int = 8
     interaction_rank: int = 4
-    interaction_scale: float = 0.24  # std of one pair's term (frequent values)
-    rare_reference: float = 1e-4  # p_ref in s(p) = sqrt(p / (p + p_ref))
+    interaction_scale: float = 0.27  # std of one pair's term (frequent values)
+    rare_reference: float = 5e-4  # p_ref in s(p) = sqrt(p / (p + p_ref))
 
     def table_sizes(self) -> list[int]:
         return [min(t, self.max_table_size) for t in KAGGLE_TABLE_SIZES]
