@@ -224,9 +224,11 @@ def load_compressed(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             if e["neg_zeros"]:
                 f.seek(base + e["signs"][0])
                 sbits = np.frombuffer(dctx.decompress(f.read(e["signs"][1])), dtype=np.uint8)
-                zeros = np.flatnonzero(~keep)  # (numel - nnz,) positions of the zeros
-                neg = np.unpackbits(sbits, count=zeros.size).view(bool)
-                elems[zeros[neg]] = _UINT[itemsize](1 << (8 * itemsize - 1))
+                is_zero = ~keep  # (numel,) bool; no int64 positions of table size
+                neg = np.zeros(numel, dtype=bool)
+                neg[is_zero] = np.unpackbits(sbits, count=numel - e["nnz"]).view(bool)
+                del is_zero
+                elems[neg] = _UINT[itemsize](1 << (8 * itemsize - 1))
             out[e["name"]] = t
         return out
 
