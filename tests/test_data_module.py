@@ -32,6 +32,7 @@ def test_synthetic_shape_rates_and_teacher(dm):
     assert dense.min() == 0 and (dense == 0).mean() > 0.1  # missing / negative -> 0
     t = dm.teacher_metrics("test")
     assert set(t) == {"auc", "log_loss", "positive_rate"} and 0.7 < t["auc"] < 0.95
+    assert dm.meta["teacher"]["dense_only_auc"]["test"] < t["auc"] - 0.05  # dense alone is not enough
 
 
 def test_synthetic_is_deterministic_and_seed_dependent():
