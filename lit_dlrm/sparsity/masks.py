@@ -189,7 +189,7 @@ def _num_blocks(n: int, d: int, block_shape: tuple[int, int]) -> int:
 
 def _keep_chunks(weight: torch.Tensor, level: float, block_shape: tuple[int, int], norm: str,
                  ties: str, chunk_elems: int) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield (first row, keep mask of that row chunk: bool (r, d)); None mask = keep all/none."""
+    """Yield (first row, keep mask of that row chunk: bool (r, d)) for 0 < k < num_blocks."""
     n, d = weight.shape
     num_blocks = _num_blocks(n, d, block_shape)
     k = round(level * num_blocks)  # Python round, as the reference
