@@ -8,6 +8,7 @@ example from its ``last.ckpt``); ``--print_config`` shows every option.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -33,12 +34,19 @@ class TrainCLI(LightningCLI):
                 "checkpoint.monitor": "val/auc",
                 "checkpoint.mode": "max",
                 "checkpoint.save_top_k": 1,
-                "checkpoint.save_last": True,
                 "checkpoint.filename": "best-epoch{epoch:02d}-auc{val/auc:.4f}",
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
         parser.add_argument("--ckpt_path", type=str | None, default=None, help="resume from this checkpoint")
+
+    def before_instantiate_classes(self) -> None:
+        # Resuming from runs/train/version_N/checkpoints/*.ckpt logs into version_N again, so the
+        # checkpoint callback finds its own directory and keeps the best score of the whole run.
+        logger, ckpt = self.config.trainer.logger, self.config.ckpt_path
+        found = re.search(r"version_(\d+)[/\\]checkpoints[/\\][^/\\]+$", ckpt or "")
+        if found and getattr(logger, "class_path", "").endswith("TensorBoardLogger") and logger.init_args.version is None:
+            logger.init_args.version = int(found.group(1))
 
 
 def report(metrics: dict[str, float], teacher: dict[str, float] | None) -> str:
@@ -57,6 +65,8 @@ def main(args: list[str] | None = None) -> None:
         args=args,
         parser_kwargs={"default_config_files": [str(DEFAULT_CONFIG)]},
         save_config_kwargs={"overwrite": True},
+        # last.ckpt after every epoch, whatever the validation score did, for resuming.
+        trainer_defaults={"callbacks": [ModelCheckpoint(filename="last", monitor=None, enable_version_counter=False)]},
     )
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
     trainer.fit(model, datamodule=data, ckpt_path=cli.config.ckpt_path)

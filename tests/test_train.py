@@ -43,6 +43,8 @@ def test_fit_writes_tensorboard_curves_and_hparams(run_dir):
 def test_best_checkpoint_reloads_and_resumes(run_dir, tiny_data_args, capsys):
     best = latest_checkpoint(run_dir.parent)
     assert best.parent == run_dir / "checkpoints"
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 1  # written after every epoch, improved or not
     model = build_model(best)
     ckpt = torch.load(best, weights_only=True)
     assert ckpt["callbacks"]  # a Lightning checkpoint, selected on validation
@@ -52,8 +54,12 @@ def test_best_checkpoint_reloads_and_resumes(run_dir, tiny_data_args, capsys):
            "--trainer.enable_progress_bar=false", f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"])
     out = capsys.readouterr().out
     assert "teacher (Bayes)" in out and "best checkpoint:" in out
-    resumed = torch.load(run_dir.parent / "version_1" / "checkpoints" / "last.ckpt", weights_only=True)
+    # the resumed run continues in the same version, with the best score of the whole run
+    assert not (run_dir.parent / "version_1").exists()
+    resumed = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["epoch"] == 2
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert len(checkpoints) == 2 and "last.ckpt" in checkpoints  # one best, one last
 
 
 def test_bad_option_is_named(tiny_data_args, capsys):
