@@ -1,0 +1,102 @@
+"""In-place pruning and series-shared cuts: bit-identical to masks.prune / DataNormSparsifier."""
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from lit_dlrm.sparsity.grid import DEFAULT_LEVELS, GridPoint
+from lit_dlrm.sparsity.masks import prune, prune_tables
+from lit_dlrm.sparsity.series import (
+    StaleCut,
+    _pool_order_ok,
+    _sum_blocks,
+    apply_cuts,
+    cuts_for_levels,
+    prune_tables_,
+)
+from test_sparsity_masks import reference_prune
+
+
+def tables():
+    g = torch.Generator().manual_seed(0)
+    return [
+        torch.randn(1, 16, generator=g),
+        torch.randn(300, 16, generator=g),
+        torch.randint(-2, 3, (500, 16), generator=g).float() * 0.5,  # tie groups at every cut
+        torch.rand(700, 16, generator=g) - 0.5,
+        torch.randn(77, 12, generator=g) * 1e-30,  # L2 scores underflow: ties
+    ]
+
+
+def bits(t):
+    return t.view(torch.int32)
+
+
+@pytest.mark.parametrize("norm", ["L1", "L2"])
+@pytest.mark.parametrize("block_shape", [(1, 1), (1, 4), (2, 4), (1, 5)])
+def test_series_and_in_place_match_prune_bit_for_bit(norm, block_shape):
+    ws = [w for w in tables() if w.shape[0] >= block_shape[0] and w.shape[1] >= block_shape[1]]
+    series = cuts_for_levels(ws, norm, block_shape, DEFAULT_LEVELS, chunk_elems=160)
+    for level in DEFAULT_LEVELS[::3] + (0.99, 1.0):
+        point = GridPoint(norm, block_shape, level)
+        for signed in (False, True):
+            want = prune_tables(ws, point, signed_zeros=signed)
+            out = [torch.full_like(w, 7.0) for w in ws]
+            apply_cuts(ws, series.for_level(level), norm, block_shape, out=out, signed_zeros=signed,
+                       chunk_elems=160)
+            inplace = [w.clone() for w in ws]
+            prune_tables_(inplace, point, signed_zeros=signed, chunk_elems=160)
+            for a, b, c in zip(want, out, inplace):
+                assert torch.equal(bits(a), bits(b)) and torch.equal(bits(a), bits(c))
+
+
+def test_in_place_matches_the_reference_squash_and_keeps_storage():
+    w = torch.randn(400, 16, generator=torch.Generator().manual_seed(5))
+    for bs in [(1, 1), (1, 4)]:
+        for level in [0.3, 0.91]:
+            t = w.clone()
+            ptr = t.data_ptr()
+            prune_tables_([t], GridPoint("L2", bs, level), signed_zeros=True)
+            assert t.data_ptr() == ptr
+            assert torch.equal(bits(t), bits(reference_prune(w, level, bs, "L2")))
+
+
+def test_ties_torch_in_place_matches_prune():
+    w = torch.randint(-2, 3, (3000, 16), generator=torch.Generator().manual_seed(6)).float()
+    for bs in [(1, 1), (1, 4)]:
+        t = w.clone()
+        prune_tables_([t], GridPoint("L1", bs, 0.37), ties="torch")
+        assert torch.equal(bits(t), bits(prune(w, 0.37, bs, "L1", ties="torch")))
+
+
+def test_other_dtypes_fall_back():
+    w = torch.randn(100, 8, dtype=torch.float64)
+    t = w.clone()
+    prune_tables_([t], GridPoint("L1", (1, 4), 0.5))
+    assert torch.equal(t, prune(w, 0.5, (1, 4), "L1"))
+    series = cuts_for_levels([w], "L1", (1, 4), [0.5])
+    out = [torch.empty_like(w)]
+    apply_cuts([w], series.for_level(0.5), "L1", (1, 4), out=out)
+    assert torch.equal(out[0], t)
+
+
+def test_stale_cut_is_detected_not_applied_silently():
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(200, 16, generator=g)
+    series = cuts_for_levels([w], "L1", (1, 1), [0.5])
+    changed = w * 3 + 1
+    with pytest.raises(StaleCut):
+        apply_cuts([changed], series.for_level(0.5), "L1", (1, 1), out=[torch.empty_like(w)])
+    # a cut reused on the same tables (tie position now remembered) stays exact
+    for _ in range(2):
+        out = [torch.empty_like(w)]
+        apply_cuts([w], series.for_level(0.5), "L1", (1, 1), out=out)
+        assert torch.equal(out[0], prune(w, 0.5, (1, 1), "L1"))
+
+
+def test_block_sum_order_is_avg_pool2d_bit_for_bit():
+    assert _pool_order_ok()
+    g = torch.Generator().manual_seed(8)
+    s = (torch.randn(5000, 16, generator=g) * torch.exp(torch.randn(5000, 16, generator=g) * 10)).abs()
+    ref = F.avg_pool2d(s[None, None], (1, 4), (1, 4), ceil_mode=True)[0, 0]
+    assert torch.equal(bits(_sum_blocks(s, 4)), bits(ref.contiguous()))
