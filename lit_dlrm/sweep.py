@@ -118,9 +118,16 @@ def run_sweep(
         else:
             to_copy.append((representative, point))
 
-    for point in tqdm(to_test, desc="sweep", unit="point", disable=not trainer.is_global_zero):
-        sparsify.point = point
-        trainer.test(module, datamodule=datamodule, verbose=False)
+    # Sparsify shares the cuts of a (norm, block shape) series across its levels and reuses its
+    # pruned buffers from point to point; release them when the sweep is over.
+    sparsify.plan, sparsify.keep_buffers = to_test, True
+    try:
+        for point in tqdm(to_test, desc="sweep", unit="point", disable=not trainer.is_global_zero):
+            sparsify.point = point
+            trainer.test(module, datamodule=datamodule, verbose=False)
+    finally:
+        sparsify.plan, sparsify.keep_buffers = None, False
+        sparsify.release()
     if trainer.is_global_zero:
         for source, target in to_copy:
             copy_rows(out_dir, tables, source, target)

@@ -100,3 +100,24 @@ def test_block_sum_order_is_avg_pool2d_bit_for_bit():
     s = (torch.randn(5000, 16, generator=g) * torch.exp(torch.randn(5000, 16, generator=g) * 10)).abs()
     ref = F.avg_pool2d(s[None, None], (1, 4), (1, 4), ceil_mode=True)[0, 0]
     assert torch.equal(bits(_sum_blocks(s, 4)), bits(ref.contiguous()))
+
+
+def test_sparsify_callback_shares_series_cuts_and_survives_changed_tables():
+    from callbacks.sparsification import Sparsify
+
+    g = torch.Generator().manual_seed(9)
+    dense = [torch.randn(n, 8, generator=g) for n in (50, 300)]
+    cb = Sparsify("L1", (1, 4), 0.5)
+    cb.plan = [GridPoint("L1", (1, 4), lv) for lv in (0.5, 0.9)] + [GridPoint("L2", (1, 1), 0.5)]
+    cb.keep_buffers = True
+    first = cb._prune(dense)
+    series = cb._series
+    assert set(series.cuts) == {0.5, 0.9}
+    cb._buffers = first
+    cb.point = GridPoint("L1", (1, 4), 0.9)
+    second = cb._prune(dense)
+    assert cb._series is series and second[0].data_ptr() == first[0].data_ptr()  # reused
+    assert all(torch.equal(a, b) for a, b in zip(second, prune_tables(dense, cb.point)))
+    dense[1].mul_(-2).add_(0.3)  # the tables change under the cache: recomputed, still exact
+    third = cb._prune(dense)
+    assert all(torch.equal(a, b) for a, b in zip(third, prune_tables(dense, cb.point)))

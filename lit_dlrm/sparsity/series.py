@@ -81,6 +81,7 @@ class SeriesCuts:
     block_shape: tuple[int, int]
     shapes: tuple[tuple[int, int], ...]
     cuts: dict[float, list[TableCut]] = field(default_factory=dict)
+    key: tuple | None = None  # free for callers' cache bookkeeping
 
     def for_level(self, level: float) -> list[TableCut]:
         return self.cuts[float(level)]
@@ -219,6 +220,12 @@ def _map_tables(fn, weights: Sequence[torch.Tensor], workers: int | None) -> lis
     """fn(i) for every table, largest first over `workers` threads, torch 1-threaded inside."""
     order = sorted(range(len(weights)), key=lambda i: weights[i].numel(), reverse=True)
     out: list = [None] * len(weights)
+    inference, grad, task = torch.is_inference_mode_enabled(), torch.is_grad_enabled(), fn
+
+    def fn(i: int):  # grad and inference modes are thread-local: carry the caller's
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            return task(i)
+
     with torch_threads(1):
         if _pool(workers) == 1:
             for i in order:
