@@ -13,7 +13,10 @@ the Kaggle architecture), pruned with L1 (1, 1) at levels 0.0, 0.5, 0.9 and 1.0.
 
 Sizes are bytes (MiB floored is the reference's `zip_file_size` column); `size_vs_ref` is ours
 over the reference's bytes on the same data, `write_speedup` the reference's write time over ours. Files go to a temporary folder
-(`--workdir`) and are deleted. Writes `benchmarks/results/compress_<scale>.csv` and `.md`.
+(`--workdir`) and are deleted. Writes `benchmarks/results/compress_<scale>.csv` and `.md` (the
+detailed table above). `run(scale)` returns the common benchmark schema instead: per level and
+zeros, a "compress <level> write" and a "... read" row (lit_dlrm = sparse-shuffle-zstd seconds,
+reference = torch.save+deflate seconds, ratio = speedup) with both sizes in the note.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from sparsify import DIM, RESULTS, build_tables, table_sizes  # noqa: E402
 from lit_dlrm.sparsity.compression import reference_zip_size, zstd_sparse_size  # noqa: E402
 from lit_dlrm.sparsity.grid import GridPoint  # noqa: E402
 from lit_dlrm.sparsity.masks import prune_tables  # noqa: E402
+
+OURS, REF = "sparse-shuffle-zstd", "torch.save+deflate"
 
 LEVELS = (0.0, 0.5, 0.9, 1.0)
 BOT = (13, 512, 256, 64, 16)
@@ -84,7 +89,29 @@ def run(scale: str = "small", out_dir: str | os.PathLike | None = RESULTS,
     if out_dir is not None:
         _write(rows, text, Path(out_dir), f"compress_{scale}")
     print(text)
-    return rows
+    return common_rows(rows)
+
+
+def common_rows(rows: list[dict]) -> list[dict]:
+    """The detailed rows in the common benchmark schema (see the module docstring)."""
+    out = []
+    for r in rows:
+        if r["format"] != OURS:
+            continue
+        ref = next((q for q in rows if q["format"] == REF and q["level"] == r["level"]
+                    and q["zeros"] == r["zeros"]), None)
+        zeros = "" if r["zeros"] == "+0.0" else " signed"
+        sizes = f"{r['zeros']} zeros; sizes MiB: ours {r['bytes'] / 2**20:.1f}"
+        if ref:
+            sizes += f", deflate {ref['bytes'] / 2**20:.1f} (ours/deflate {r['bytes'] / ref['bytes']:.3f})"
+        for op in ("write", "read"):
+            ours_s, ref_s = r[f"{op}_s"], (ref[f"{op}_s"] if ref else None)
+            out.append({"stage": f"compress {r['level']:g}{zeros} {op}", "unit": "s",
+                        "lit_dlrm": ours_s, "reference": ref_s,
+                        "ratio": round(ref_s / ours_s, 1) if ref_s and ours_s else None,
+                        "lit_dlrm_peak_mib": None, "reference_peak_mib": None, "floor": None,
+                        "note": sizes})
+    return out
 
 
 def _markdown(rows, scale, raw) -> str:

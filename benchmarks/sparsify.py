@@ -1,22 +1,29 @@
-"""Time one sparsity grid point: lit_dlrm's masks versus torch's DataNormSparsifier.
+"""Time sparsity grid points: lit_dlrm's in-place pruning versus torch's DataNormSparsifier.
 
-    python benchmarks/sparsify.py --scale kaggle   # 26 tables, 33.8M rows, 2.16 GB (minutes)
+    python benchmarks/sparsify.py --scale kaggle   # 26 tables, 33.8M rows, 2.06 GiB (minutes)
     python benchmarks/sparsify.py --scale small    # tables capped at 200k rows (seconds)
 
 Tables get the Kaggle row counts (capped at `small`/`tiny` scale), width 16 and DLRM's init
 U(-sqrt(1/n), sqrt(1/n)), generated in chunks. Each measured stage runs in a fresh subprocess, so
-its peak RSS (the child's ru_maxrss, tables included) is clean:
+its peak RSS is clean; "extra" = the child's peak RSS (ru_maxrss) minus its RSS once the tables
+are built, i.e. what the stage adds over the loaded tables:
 
-* `floor`: clone every table (the unavoidable read + write of one pruned copy);
-* `lit_dlrm <norm> <block>`: `prune_tables` at level 0.5 (time is flat in the level);
-* `reference <norm> <block>`: DataNormSparsifier `step()` + `squash_mask()` at level 0.5. At the
-  kaggle scale only L1 is run per block shape (its cost does not depend on the norm);
-* `grid lit_dlrm`: the whole 80-point grid. At kaggle scale it is extrapolated from measured
-  levels 0.0, 0.5, 0.99, 1.0 per (norm, block) (interior levels: mean of 0.5 and 0.99, x18);
-  at smaller scales all 80 points are run. The reference's grid is its per-point time x 80.
+* `floor`: clone every table (one read + one write of the tables, fresh memory);
+* `lit_dlrm <norm> <block>`: `prune_tables_` (in place) at level 0.5 (time is flat in the level);
+* `reference <norm> <block>`: DataNormSparsifier `step()` + `squash_mask()` (also in place) at
+  level 0.5. At the kaggle scale only L1 is run per block shape (its cost does not depend on the
+  norm, REFERENCE.md section 1);
+* `grid lit_dlrm`: all 80 points, run as the sweep runs them: per (norm, block) series one
+  `cuts_for_levels` (2 counting passes for all 20 levels), then per level one `apply_cuts` from
+  the untouched dense tables into pruned buffers that are reused from point to point (what
+  `Sparsify` does in a sweep; allocating them is included). Restoring the model after a point is
+  swapping the dense tensors back (free), so nothing else is paid per point. The reference's
+  grid is its measured per-point time x 80 (every point costs the same there).
 
-Writes `benchmarks/results/sparsify_<scale>.csv` and `.md` (atomically). `run("tiny",
-isolate=False)` is the smoke-test entry point.
+`run(scale)` returns rows in the common benchmark schema (stage, unit, lit_dlrm, reference,
+ratio = reference / lit_dlrm, lit_dlrm_peak_mib, reference_peak_mib (extra over the loaded
+tables), floor, note) and writes `benchmarks/results/sparsify_<scale>.csv` and `.md`
+(atomically). `run("tiny", isolate=False)` is the smoke-test entry point.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ import torch
 
 from lit_dlrm.data.kaggle import KAGGLE_TABLE_SIZES
 from lit_dlrm.sparsity.grid import DEFAULT_LEVELS, GridPoint, default_grid
-from lit_dlrm.sparsity.masks import prune_tables
+from lit_dlrm.sparsity.series import apply_cuts, cuts_for_levels, prune_tables_
 
 DIM = 16
 CAPS = {"kaggle": None, "small": 200_000, "tiny": 2_000}
@@ -82,10 +89,8 @@ def stage_floor(tables):
 
 def stage_ours(tables, norm, block, level=0.5):
     t0 = time.perf_counter()
-    out = prune_tables(tables, GridPoint(norm, block, level))
-    dt = time.perf_counter() - t0
-    del out
-    return dt
+    prune_tables_(tables, GridPoint(norm, block, level))
+    return time.perf_counter() - t0
 
 
 def stage_reference(tables, norm, block, level=0.5):
@@ -101,23 +106,21 @@ def stage_reference(tables, norm, block, level=0.5):
     return time.perf_counter() - t0
 
 
-def stage_grid(tables, full: bool):
-    """Whole 80-point grid for lit_dlrm: measured, or extrapolated from 4 levels per combo."""
-    if full:
-        t0 = time.perf_counter()
-        for p in default_grid():
-            out = prune_tables(tables, p)
-            del out
-        return time.perf_counter() - t0, "all 80 points run"
-    total = 0.0
-    interior = len([lv for lv in DEFAULT_LEVELS if 0.0 < lv < 1.0])
+def stage_grid(tables):
+    """All 80 points as the sweep runs them (module docstring) -> (seconds, note)."""
+    t0 = time.perf_counter()
+    buffers = [torch.empty_like(t) for t in tables]
+    points = 0
     for norm, block in COMBOS:
-        t = {lv: stage_ours(tables, norm, block, lv) for lv in (0.0, 0.5, 0.99, 1.0)}
-        total += t[0.0] + t[1.0] + interior * (t[0.5] + t[0.99]) / 2
-    return total, "extrapolated from levels 0, 0.5, 0.99, 1 per (norm, block)"
+        series = cuts_for_levels(tables, norm, block, DEFAULT_LEVELS)
+        for level in DEFAULT_LEVELS:
+            apply_cuts(tables, series.for_level(level), norm, block, out=buffers)
+            points += 1
+    assert points == len(default_grid())
+    return time.perf_counter() - t0, f"all {points} points run"
 
 
-def run_stage(name: str, scale: str, full_grid: bool | None = None) -> dict:
+def run_stage(name: str, scale: str) -> dict:
     """Run one stage in this process: build the tables, time, report peak RSS."""
     torch.manual_seed(0)
     tables = build_tables(table_sizes(scale))
@@ -132,7 +135,7 @@ def run_stage(name: str, scale: str, full_grid: bool | None = None) -> dict:
         _, norm, block = name.split()
         sec = stage_reference(tables, norm, _parse_block(block))
     elif name == "grid lit_dlrm":
-        sec, note = stage_grid(tables, full=scale != "kaggle" if full_grid is None else full_grid)
+        sec, note = stage_grid(tables)
     else:
         raise ValueError(f"unknown stage {name!r}")
     return {"stage": name, "seconds": sec, "peak_rss_mib": _peak_rss_mib(),
@@ -157,66 +160,72 @@ def _run_isolated(name: str, scale: str) -> dict:
 
 def run(scale: str = "small", out_dir: str | os.PathLike | None = RESULTS,
         isolate: bool = True, full_grid: bool | None = None) -> list[dict]:
-    """Measure every stage and write the CSV + Markdown table; returns the rows."""
+    """Measure every stage and write the CSV + Markdown table; returns the rows (common schema).
+
+    `full_grid` is accepted for compatibility and ignored: the grid is always run in full.
+    """
     sizes = table_sizes(scale)
     model_mib = sum(sizes) * DIM * 4 / 2**20
     if isolate:
         measure = lambda n: _run_isolated(n, scale)  # noqa: E731
     else:
-        measure = lambda n: run_stage(n, scale, full_grid)  # noqa: E731
+        measure = lambda n: run_stage(n, scale)  # noqa: E731
+    extra = lambda m: round(m["peak_rss_mib"] - m["tables_rss_mib"], 1)  # noqa: E731
     floor = measure("floor")
-    rows = []
+    fl = floor["seconds"]
+    rows = [_row("floor (clone all tables)", fl, None, extra(floor), None, None,
+                 "one read + one write of the tables into fresh memory")]
     ref_cache: dict[tuple[int, int], dict] = {}
     for norm, block in COMBOS:
         b = f"{block[0]}x{block[1]}"
         ours = measure(f"lit_dlrm {norm} {b}")
+        note = f"in place, level 0.5; {ours['seconds'] / fl:.1f}x floor"
         if scale == "kaggle" and block in ref_cache:  # norm does not change its cost
-            ref, ref_note = ref_cache[block], f"measured with {ref_cache[block]['stage'].split()[1]}"
+            ref = ref_cache[block]
+            note += f"; reference measured with {ref['stage'].split()[1]}"
         else:
-            ref, ref_note = measure(f"reference {norm} {b}"), ""
+            ref = measure(f"reference {norm} {b}")
             ref_cache[block] = ref
-        rows.append(_row(f"point {norm} {block}", ours["seconds"], ref["seconds"],
-                         ours["peak_rss_mib"], ref["peak_rss_mib"], floor["seconds"], ref_note,
-                         ours["peak_rss_mib"] - ours["tables_rss_mib"],
-                         ref["peak_rss_mib"] - ref["tables_rss_mib"]))
+        rows.append(_row(f"one point {norm} {block}", ours["seconds"], ref["seconds"], extra(ours),
+                         extra(ref), fl, note))
     grid = measure("grid lit_dlrm")
-    ref_point = sum(r["reference_s"] for r in rows) / len(rows)
-    rows.append(_row("grid (80 points)", grid["seconds"], ref_point * 80, grid["peak_rss_mib"],
-                     max(r["reference_peak_rss_mib"] for r in rows), floor["seconds"] * 80,
-                     f"lit_dlrm {grid['note']}; reference = mean per point x 80",
-                     grid["peak_rss_mib"] - grid["tables_rss_mib"],
-                     max(r["reference_extra_mib"] for r in rows)))
-    for r in rows:
-        r.update(scale=scale, model_mib=round(model_mib, 1),
-                 tables_rss_mib=round(floor["tables_rss_mib"], 1))
+    points = rows[1:]
+    ref_point = sum(r["reference"] for r in points) / len(points)
+    rows.append(_row("grid (80 points)", grid["seconds"], ref_point * 80, extra(grid),
+                     max(r["reference_peak_mib"] for r in points), fl * 80,
+                     f"lit_dlrm: {grid['note']}, per series 2 counting passes for all 20 levels + "
+                     "1 apply per level into reused buffers (allocation included; restore = "
+                     "swapping the dense tensors back, free); reference = mean measured point "
+                     "x 80; floor = clone x 80"))
     if out_dir is not None:
-        _write(rows, Path(out_dir), f"sparsify_{scale}")
-    print(_markdown(rows, scale, model_mib, floor))
+        _write(rows, Path(out_dir), f"sparsify_{scale}", _header(scale, model_mib, floor))
+    print(_markdown(rows, _header(scale, model_mib, floor)))
     return rows
 
 
-def _row(stage, ours_s, ref_s, ours_rss, ref_rss, floor_s, note, ours_extra, ref_extra):
-    """One table row; *_extra_mib = peak RSS minus RSS with the tables built (output included)."""
-    return {"stage": stage, "lit_dlrm_s": round(ours_s, 3), "reference_s": round(ref_s, 3),
-            "speedup": round(ref_s / ours_s, 1) if ours_s > 0 else float("nan"),
-            "lit_dlrm_peak_rss_mib": round(ours_rss, 1),
-            "reference_peak_rss_mib": round(ref_rss, 1),
-            "lit_dlrm_extra_mib": round(ours_extra, 1), "reference_extra_mib": round(ref_extra, 1),
-            "floor_s": round(floor_s, 3), "note": note}
+def _row(stage, ours_s, ref_s, ours_extra, ref_extra, floor_s, note) -> dict:
+    """One row of the common schema; *_peak_mib = peak RSS over the loaded tables."""
+    return {"stage": stage, "unit": "s", "lit_dlrm": round(ours_s, 3),
+            "reference": None if ref_s is None else round(ref_s, 3),
+            "ratio": round(ref_s / ours_s, 1) if ref_s is not None and ours_s > 0 else None,
+            "lit_dlrm_peak_mib": ours_extra, "reference_peak_mib": ref_extra,
+            "floor": None if floor_s is None else round(floor_s, 3), "note": note}
 
 
-def _markdown(rows, scale, model_mib, floor) -> str:
-    head = (f"Sparsify one grid point, scale={scale}: 26 tables x {DIM}, {model_mib:.0f} MiB fp32; "
-            f"level 0.5; torch {torch.__version__}, {torch.get_num_threads()} threads. Floor = clone "
-            f"all tables ({floor['seconds']:.2f} s). Peak RSS = child's ru_maxrss, tables "
-            f"included (process with tables alone: {floor['tables_rss_mib']:.0f} MiB); extra = "
-            f"peak - that (pruned copies + temporaries).\n\n")
-    cols = ["stage", "lit_dlrm_s", "reference_s", "speedup", "lit_dlrm_peak_rss_mib",
-            "reference_peak_rss_mib", "lit_dlrm_extra_mib", "reference_extra_mib", "floor_s",
-            "note"]
+def _header(scale, model_mib, floor) -> str:
+    return (f"Sparsify, scale={scale}: 26 tables x {DIM}, {model_mib:.0f} MiB fp32; torch "
+            f"{torch.__version__}, lit_dlrm single-threaded torch ops over 2 worker threads. "
+            f"ratio = reference / lit_dlrm (speedup). *_peak_mib = EXTRA peak RSS over the loaded "
+            f"tables (process with tables alone: {floor['tables_rss_mib']:.0f} MiB), each stage in "
+            f"a fresh process. Both sides prune in place for one point.\n\n")
+
+
+def _markdown(rows, header) -> str:
+    cols = list(rows[0])
+    fmt = lambda v: "" if v is None else str(v)  # noqa: E731
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
-    return head + "\n".join(lines) + "\n"
+    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
+    return header + "\n".join(lines) + "\n"
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -225,16 +234,14 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _write(rows: list[dict], out_dir: Path, stem: str) -> None:
+def _write(rows: list[dict], out_dir: Path, stem: str, header: str) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]))
     w.writeheader()
     w.writerows(rows)
     _atomic_write(out_dir / f"{stem}.csv", buf.getvalue())
-    model_mib = rows[0]["model_mib"]
-    floor = {"seconds": rows[0]["floor_s"], "tables_rss_mib": rows[0]["tables_rss_mib"]}
-    _atomic_write(out_dir / f"{stem}.md", _markdown(rows, rows[0]["scale"], model_mib, floor))
+    _atomic_write(out_dir / f"{stem}.md", _markdown(rows, header))
 
 
 def main(argv=None) -> None:

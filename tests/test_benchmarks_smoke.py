@@ -3,6 +3,8 @@
 import importlib.util
 from pathlib import Path
 
+SCHEMA = {"stage", "unit", "lit_dlrm", "reference", "ratio", "lit_dlrm_peak_mib", "reference_peak_mib",
+          "floor", "note"}
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -14,14 +16,16 @@ def load(name):
 
 
 def test_sparsify_benchmark_tiny(tmp_path):
-    rows = load("sparsify").run("tiny", out_dir=tmp_path, isolate=False, full_grid=False)
-    assert [r["stage"] for r in rows][-1] == "grid (80 points)" and len(rows) == 5
-    assert all(r["lit_dlrm_s"] > 0 and r["reference_s"] > 0 for r in rows)
+    rows = load("sparsify").run("tiny", out_dir=tmp_path, isolate=False)
+    assert [r["stage"] for r in rows][-1] == "grid (80 points)" and len(rows) == 6
+    assert all(set(r) == SCHEMA for r in rows)
+    assert all(r["lit_dlrm"] > 0 and r["reference"] > 0 for r in rows[1:])
     assert (tmp_path / "sparsify_tiny.csv").exists() and (tmp_path / "sparsify_tiny.md").exists()
 
 
 def test_compress_benchmark_tiny(tmp_path):
     rows = load("compress").run("tiny", out_dir=tmp_path, workdir=str(tmp_path), levels=(0.0, 1.0))
-    assert {r["format"] for r in rows} == {"torch.save+deflate", "sparse-shuffle-zstd"}
+    assert all(set(r) == SCHEMA for r in rows) and len(rows) == 8  # 2 levels x 2 zeros x write/read
+    assert rows[0]["stage"] == "compress 0 write" and rows[0]["reference"] > 0
     assert (tmp_path / "compress_tiny.csv").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["compress_tiny.csv", "compress_tiny.md"]
