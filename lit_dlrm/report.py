@@ -63,7 +63,9 @@ def plot(table: pd.DataFrame, panels: list[tuple[str, str]], path: Path, title: 
     for ax, (column, label) in zip(axes[0], panels):
         for (norm, shape), series in table.groupby(SERIES, sort=True):
             series = series.sort_values("sparsity_level")
-            ax.plot(series["sparsity_level"] * 100, series[column], marker=".", label=f"{norm} {shape}")
+            values = series[column] / 2**20 if column.endswith("_bytes") else series[column]
+            style = "--" if norm == "L2" else "-"  # identical masks draw L2 over L1: keep both visible
+            ax.plot(series["sparsity_level"] * 100, values, style, marker=".", label=f"{norm} {shape}")
         ax.set_xlabel("sparsity level (%)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -103,11 +105,13 @@ def write_report(out_dir: str | Path) -> pd.DataFrame:
     table = table[table["norm"] != "dense"]  # a lone dense row has no level axis to plot
     sizes = size_columns(table)
     if sizes:
-        plot(table, [(c, c.replace("_", " ")) for c in sizes], out_dir / "disk_size.png", "checkpoint size on disk")
+        labels = {"zip_bytes": "torch.save + deflate (MiB)", "zstd_sparse_bytes": "zstd_sparse (MiB)"}
+        plot(table, [(c, labels.get(c, c)) for c in sizes], out_dir / "disk_size.png", "checkpoint size on disk")
     plot(table, [("roc_auc", "test AUC"), ("log_loss", "test log loss")], out_dir / "quality.png", "model quality")
     times = [c for c in ("forward_s_dense", "forward_s_coo") if c in table]
     if times:
-        plot(table, [(c, c.replace("_", " ")) for c in times], out_dir / "forward_time.png", "forward time (median)")
+        labels = {"forward_s_dense": "dense forward (s, median)", "forward_s_coo": "reference COO forward (s, median)"}
+        plot(table, [(c, labels[c]) for c in times], out_dir / "forward_time.png", "forward time on one test batch")
     tags = ["roc_auc", "log_loss", "accuracy", "ne", *sizes, *times]
     write_tensorboard(table, out_dir / "tensorboard", [t for t in tags if t in table])
     return table
