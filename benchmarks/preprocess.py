@@ -143,6 +143,61 @@ def _row(impl: str, file_rows: int, r: dict) -> dict:
             "rows_per_cpu_s": round(r["rows"] / r["cpu_seconds"]), "peak_rss_mib": round(r["peak_rss_mib"], 1)}
 
 
+def measure(rows: int, line_rows: int, scale_check: bool, scale_rows: int | None, max_table_size: int,
+            workdir: str | None, verbose: bool = True) -> list[dict]:
+    """Generate the file, run each implementation in a fresh process; one dict per run."""
+    tmp = tempfile.TemporaryDirectory(dir=workdir)
+    work = Path(tmp.name)
+    copies = max(1, (scale_rows or 4 * rows) // rows)
+    sizes = [rows] + ([rows * copies] if scale_check else [])
+    rows_out = []
+    base = work / f"train-{rows}.txt"
+    gen = make_file(rows, max_table_size, base)
+    verbose and print(f"generated {base.name}: {rows:,} rows, {base.stat().st_size / 2**20:,.0f} MiB in {gen:.1f} s", flush=True)
+    for n in sizes:
+        f = work / f"train-{n}.txt"
+        if n != rows:  # the scale-check file: the base file repeated (same distinct values)
+            with open(f, "wb") as out_f:
+                for _ in range(copies):
+                    with open(base, "rb") as in_f:
+                        while chunk := in_f.read(64 << 20):
+                            out_f.write(chunk)
+        lit = run_child(["--child", "lit", str(f), str(work / f"cache-{n}")])
+        rows_out.append(_row("lit_dlrm", n, lit))
+        verbose and print(rows_out[-1], flush=True)
+        if n == rows:
+            for kind, label in (("dlrm", "line-by-line, dlrm data_utils style"), ("line", "line-by-line, tight Python")):
+                rows_out.append(_row(label, n, run_child(["--child", kind, str(f), str(line_rows)])))
+                verbose and print(rows_out[-1], flush=True)
+        if n != rows:
+            f.unlink()
+
+    tmp.cleanup()
+    return rows_out
+
+
+# scale: (file rows, rows for the line-by-line baselines, run the 4x scale check)
+SCALES = {"tiny": (20_000, 5_000, False), "small": (2_000_000, 200_000, False), "kaggle": (2_000_000, 200_000, True)}
+
+
+def run(scale: str = "small") -> list[dict]:
+    """Rows for benchmarks/run.py: lit_dlrm against each line-by-line baseline, and the RSS check."""
+    rows, line_rows, scale_check = SCALES[scale]
+    out = measure(rows, line_rows, scale_check, None, 100_000, None, verbose=False)
+    lit, big = out[0], out[-1]
+    table = [
+        {"stage": f"preprocess vs {r['impl']}", "unit": "rows/s", "lit_dlrm": lit["rows_per_s"], "reference": r["rows_per_s"],
+         "ratio": lit["rows_per_s"] / r["rows_per_s"], "lit_dlrm_peak_mib": lit["peak_rss_mib"], "reference_peak_mib": r["peak_rss_mib"],
+         "note": f"{rows:,}-row Kaggle-format file; the baseline on its first {r['rows']:,} rows"}
+        for r in out if r["impl"].startswith("line")
+    ]
+    if scale_check:
+        table.append({"stage": "preprocess peak RSS, 4x rows", "unit": "MiB", "lit_dlrm": big["peak_rss_mib"],
+                      "reference": lit["peak_rss_mib"], "ratio": lit["peak_rss_mib"] / big["peak_rss_mib"],
+                      "note": f"lit_dlrm at {big['file_rows']:,} rows vs {lit['file_rows']:,} rows (target: within 20%)"})
+    return table
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=2_000_000)
@@ -163,32 +218,7 @@ def main() -> None:
         print(json.dumps(res))
         return
 
-    tmp = tempfile.TemporaryDirectory(dir=a.workdir)
-    work = Path(tmp.name)
-    copies = max(1, (a.scale_rows or 4 * a.rows) // a.rows)
-    sizes = [a.rows] + ([a.rows * copies] if a.scale_check else [])
-    rows_out = []
-    base = work / f"train-{a.rows}.txt"
-    gen = make_file(a.rows, a.max_table_size, base)
-    print(f"generated {base.name}: {a.rows:,} rows, {base.stat().st_size / 2**20:,.0f} MiB in {gen:.1f} s", flush=True)
-    for n in sizes:
-        f = work / f"train-{n}.txt"
-        if n != a.rows:  # the scale-check file: the base file repeated (same distinct values)
-            with open(f, "wb") as out_f:
-                for _ in range(copies):
-                    with open(base, "rb") as in_f:
-                        while chunk := in_f.read(64 << 20):
-                            out_f.write(chunk)
-        lit = run_child(["--child", "lit", str(f), str(work / f"cache-{n}")])
-        rows_out.append(_row("lit_dlrm", n, lit))
-        print(rows_out[-1], flush=True)
-        if n == a.rows:
-            for kind, label in (("dlrm", "line-by-line, dlrm data_utils style"), ("line", "line-by-line, tight Python")):
-                rows_out.append(_row(label, n, run_child(["--child", kind, str(f), str(a.line_rows)])))
-                print(rows_out[-1], flush=True)
-        if n != a.rows:
-            f.unlink()
-
+    rows_out = measure(a.rows, a.line_rows, a.scale_check, a.scale_rows, a.max_table_size, a.workdir)
     lit0 = rows_out[0]
     base_rows = [r for r in rows_out if r["impl"].startswith("line")]
     lines = [

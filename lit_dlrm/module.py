@@ -5,7 +5,7 @@ Thin on purpose: the loss, the optimiser and the metrics live here; the data liv
 
 A batch is ``(dense (B, 13) float, sparse (B, 26) int, labels (B,) float)``. Logged names are
 ``{train,val,test}/{auc,log_loss,ne,accuracy,precision,recall,f1,calibration}`` plus
-``train/loss`` per step; ``hp/*`` repeats the validation metrics for TensorBoard's HParams tab.
+``train/loss`` (mean over each ``log_every_n_steps`` interval); ``hp/*`` repeats the validation metrics for TensorBoard's HParams tab.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ class DLRMModule(L.LightningModule):
         self.train_metrics = ClickMetrics(auc_bins=200)
         self.val_metrics = ClickMetrics()
         self.test_metrics = ClickMetrics()
+        self._loss_sum, self._loss_steps = 0.0, 0
 
     @classmethod
     def from_weights(cls, path: str) -> DLRMModule:
@@ -76,7 +77,12 @@ class DLRMModule(L.LightningModule):
         logits = self.model(dense, sparse)
         loss = F.binary_cross_entropy_with_logits(logits, labels)
         self.train_metrics.update(logits, labels)
-        self.log("train/loss", loss, prog_bar=True, batch_size=labels.numel())
+        # self.log costs more than a batch-128 step, and Lightning writes step values only every
+        # log_every_n_steps: log the mean loss of those steps when it is about to write them.
+        self._loss_sum, self._loss_steps = self._loss_sum + loss.detach(), self._loss_steps + 1
+        if (self.trainer.global_step + 1) % self.trainer.log_every_n_steps == 0:
+            self.log("train/loss", self._loss_sum / self._loss_steps, prog_bar=True)
+            self._loss_sum, self._loss_steps = 0.0, 0
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:

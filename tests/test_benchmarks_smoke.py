@@ -29,3 +29,13 @@ def test_compress_benchmark_tiny(tmp_path):
     assert rows[0]["stage"] == "compress 0 write" and rows[0]["reference"] > 0
     assert (tmp_path / "compress_tiny.csv").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["compress_tiny.csv", "compress_tiny.md"]
+
+
+def test_harness_runs_every_benchmark_into_one_table(tmp_path):
+    rows = load("run").main(["--scale", "tiny", "--only", "train", "evaluate", "--out-dir", str(tmp_path)])
+    stages = [r["stage"] for r in rows]
+    assert "train batch 128" in stages and "test loop (one grid point)" in stages
+    assert all(r["lit_dlrm"] > 0 and r["reference"] > 0 for r in rows)
+    table = (tmp_path / "run_tiny.md").read_text()
+    assert table.count("\n| ") == len(rows) + 1  # a header and one line per stage
+    assert (tmp_path / "run_tiny.csv").exists()
