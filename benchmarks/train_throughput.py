@@ -70,7 +70,7 @@ def lightning_fit(module: DLRMModule, batches: list[tuple]) -> float:
     return timer.seconds
 
 
-def measure(batch_size: int, steps: int, cap: int, rounds: int = 2) -> dict:
+def measure(batch_size: int, steps: int, cap: int, rounds: int = 3) -> dict:
     sizes = [min(n, cap) for n in KAGGLE_TABLE_SIZES]
     batches = random_batches(sizes, batch_size, steps)
     best = {"lightning": float("inf"), "plain": float("inf")}
