@@ -8,7 +8,7 @@
 and the other metrics from torchmetrics) against a loop written the way the reference's
 ``evaluate_model_metrics.py`` evaluates: a per-sample dataset, a Python collate that builds each batch
 from lists, no ``no_grad``, predictions gathered into numpy and scikit-learn metrics at the end.
-Same arrays, same model, batch 16384; each side in a fresh process (peak RSS = its ``ru_maxrss``).
+Same arrays, same model, batch 16384; each side in a fresh process (peak RSS = its ``VmHWM``).
 The reference-style loop runs on the first ``--reference-rows`` rows; its rate is compared.
 
 *forward*: median forward time of the dense model and of the reference's COO path
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.memory import peak_rss_mib  # noqa: E402
 from lit_dlrm.data.kaggle import KAGGLE_TABLE_SIZES  # noqa: E402
 
 # scale: (table cap, test rows, forward-timing batch, forward repeats)
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
         kind, directory, rows, scale = argv[1], argv[2], int(argv[3]), argv[4]
         torch.set_grad_enabled(True)
         result = (child_lit if kind == "lit" else child_reference)(directory, rows, table_sizes(scale))
-        result["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result["peak_mib"] = peak_rss_mib()
         print(json.dumps(result))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

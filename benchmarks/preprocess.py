@@ -28,6 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.memory import peak_rss_mib  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -106,17 +109,6 @@ def child_line_by_line(path: str, limit: int) -> dict:
             x_int[i] = [max(int(v), 0) if v else 0 for v in fields[1:14]]
             x_cat[i] = [d.setdefault(int(v, 16) if v else 0, len(d)) for d, v in zip(dicts, fields[14:])]
     return {"rows": n, "seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - c}
-
-
-def _vm_hwm_mib() -> float:
-    """This process's peak RSS (VmHWM). Read in the child itself: ru_maxrss of a forked child
-    would include the parent's RSS from before exec."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_child(args: list[str]) -> dict:
@@ -214,7 +206,7 @@ def main() -> None:
         kind, path, extra = a.child
         res = {"lit": lambda: child_lit(path, extra), "dlrm": lambda: child_dlrm_style(path, int(extra)),
                "line": lambda: child_line_by_line(path, int(extra))}[kind]()
-        res["peak_rss_mib"] = _vm_hwm_mib()
+        res["peak_rss_mib"] = peak_rss_mib()
         print(json.dumps(res))
         return
 

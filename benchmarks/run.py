@@ -2,7 +2,7 @@
 
     python benchmarks/run.py --scale small                 # a few minutes
     python benchmarks/run.py --scale kaggle                # Kaggle table sizes, synthetic weights and data
-    python benchmarks/run.py --scale small --only sparsify evaluate
+    python benchmarks/run.py --scale small --only sparsify evaluate   # rerun two, keep the other rows
 
 Each stage is measured against its reference in the same run (these machines are noisy, so only
 ratios measured side by side are worth quoting). The table (stage, lit_dlrm, reference, ratio,
@@ -36,7 +36,7 @@ BENCHMARKS = {
     "compress": compress.run,
     "evaluate": evaluate.run,
 }
-COLUMNS = ["stage", "unit", "lit_dlrm", "reference", "ratio", "lit_dlrm_peak_mib", "reference_peak_mib", "floor", "note"]
+COLUMNS = ["benchmark", "stage", "unit", "lit_dlrm", "reference", "ratio", "lit_dlrm_peak_mib", "reference_peak_mib", "floor", "note"]
 
 
 def sweep_estimate(rows: list[dict], scale: str) -> list[dict]:
@@ -58,11 +58,21 @@ def sweep_estimate(rows: list[dict], scale: str) -> list[dict]:
     ours = point["lit_dlrm"] + ours_zip + deflate + test_rows / loop["lit_dlrm"] + 11 * (forward["lit_dlrm"] + forward["reference"])
     theirs = point["reference"] + deflate + test_rows / loop["reference"] + 100 * (forward["lit_dlrm"] + forward["reference"])
     return [{
-        "stage": "full sweep, 80 points (estimate)", "unit": "s", "lit_dlrm": 56 * ours, "reference": 80 * theirs,
+        "benchmark": "estimate", "stage": "full sweep, 80 points (estimate)", "unit": "s", "lit_dlrm": 56 * ours, "reference": 80 * theirs,
         "ratio": 80 * theirs / (56 * ours),
         "note": "per point: sparsify + deflate (+ zstd for lit_dlrm) + one pass over the test split + dense/COO timing; "
         "lit_dlrm tests 56 distinct masks, the reference 80 points",
     }]
+
+
+def kept_rows(table: Path, rerun: set[str]) -> list[dict]:
+    """Rows of an earlier table at this scale from benchmarks not rerun now (``--only``)."""
+    if not table.exists():
+        return []
+    with open(table, newline="") as fh:
+        old = [row for row in csv.DictReader(fh) if row["benchmark"] not in rerun and row["benchmark"] != "estimate"]
+    numbers = ("lit_dlrm", "reference", "ratio", "lit_dlrm_peak_mib", "reference_peak_mib", "floor")
+    return [{k: (float(v) if k in numbers and v != "" else v or None) for k, v in row.items()} for row in old]
 
 
 def fmt(value) -> str:
@@ -103,8 +113,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows: list[dict] = []
     for name in args.only:
         start = time.perf_counter()
-        rows += BENCHMARKS[name](args.scale)
+        rows += [{"benchmark": name, **row} for row in BENCHMARKS[name](args.scale)]
         print(f"{name}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    rows = kept_rows(args.out_dir / f"run_{args.scale}.csv", set(args.only)) + rows
     rows += sweep_estimate(rows, args.scale)
     path = write(rows, args.scale, args.out_dir)
     print(path.read_text())

@@ -5,7 +5,7 @@
 
 Tables get the Kaggle row counts (capped at `small`/`tiny` scale), width 16 and DLRM's init
 U(-sqrt(1/n), sqrt(1/n)), generated in chunks. Each measured stage runs in a fresh subprocess, so
-its peak RSS is clean; "extra" = the child's peak RSS (ru_maxrss) minus its RSS once the tables
+its peak RSS is clean; "extra" = the child's peak RSS (VmHWM) minus its RSS once the tables
 are built, i.e. what the stage adds over the loaded tables:
 
 * `floor`: clone every table (one read + one write of the tables, fresh memory);
@@ -33,13 +33,15 @@ import csv
 import io
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.memory import peak_rss_mib  # noqa: E402
 
 from lit_dlrm.data.kaggle import KAGGLE_TABLE_SIZES
 from lit_dlrm.sparsity.grid import DEFAULT_LEVELS, GridPoint, default_grid
@@ -72,8 +74,6 @@ def build_tables(sizes: list[int], dim: int = DIM, seed: int = 0,
     return tables
 
 
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 # ------------------------------------------------------------------------------------ stages
@@ -124,7 +124,7 @@ def run_stage(name: str, scale: str) -> dict:
     """Run one stage in this process: build the tables, time, report peak RSS."""
     torch.manual_seed(0)
     tables = build_tables(table_sizes(scale))
-    rss_tables = _peak_rss_mib()
+    rss_tables = peak_rss_mib()
     note = ""
     if name == "floor":
         sec = stage_floor(tables)
@@ -138,7 +138,7 @@ def run_stage(name: str, scale: str) -> dict:
         sec, note = stage_grid(tables)
     else:
         raise ValueError(f"unknown stage {name!r}")
-    return {"stage": name, "seconds": sec, "peak_rss_mib": _peak_rss_mib(),
+    return {"stage": name, "seconds": sec, "peak_rss_mib": peak_rss_mib(),
             "tables_rss_mib": rss_tables, "note": note}
 
 

@@ -42,8 +42,9 @@ def point_id(point: GridPoint) -> tuple:
     return (point.norm, point.block_shape_str, float(point.level))
 
 
-def _ids(table: pd.DataFrame) -> set[tuple]:
-    return set(zip(table["norm"], table["sparse_block_shape"], table["sparsity_level"].astype(float)))
+def row_ids(table: pd.DataFrame) -> list[tuple]:
+    """The grid point of each row, comparable with :func:`point_id`."""
+    return list(zip(table["norm"], table["sparse_block_shape"], table["sparsity_level"].astype(float)))
 
 
 def written_tables(trainer: L.Trainer) -> list[str]:
@@ -58,10 +59,10 @@ def done_points(out_dir: Path, tables: list[str]) -> set[tuple]:
     for name in tables:
         table = read_table(out_dir, name)
         if name == FORWARD_TIME_CSV:
-            ids = [_ids(table[table["dlrm_type"] == kind]) for kind in ("with_torch_sparse", "without_torch_sparse")]
+            ids = [set(row_ids(table[table["dlrm_type"] == kind])) for kind in ("with_torch_sparse", "without_torch_sparse")]
             ids = ids[0] & ids[1]
         else:
-            ids = _ids(table)
+            ids = set(row_ids(table))
         done = ids if done is None else done & ids
     return done or set()
 
@@ -70,8 +71,7 @@ def copy_rows(out_dir: Path, tables: list[str], source: GridPoint, target: GridP
     """Write ``source``'s rows again under ``target``'s point columns (identical masks)."""
     for name in tables:
         table = read_table(out_dir, name)
-        ids = list(zip(table["norm"], table["sparse_block_shape"], table["sparsity_level"].astype(float)))
-        rows = table[[i == point_id(source) for i in ids]].copy()
+        rows = table[[i == point_id(source) for i in row_ids(table)]].copy()
         rows[POINT_COLUMNS] = [target.norm, target.block_shape_str, target.level]
         rows["same_mask_as"] = source.key
         upsert_rows(out_dir, name, rows.to_dict("records"))
@@ -82,8 +82,7 @@ def sort_tables(out_dir: Path, tables: list[str], grid: list[GridPoint]) -> None
     order = {point_id(p): i for i, p in enumerate(grid)}
     for name in tables:
         table = read_table(out_dir, name)
-        ids = zip(table["norm"], table["sparse_block_shape"], table["sparsity_level"].astype(float))
-        rank = [order.get(i, len(order)) for i in ids]
+        rank = [order.get(i, len(order)) for i in row_ids(table)]
         sort_cols = ["dlrm_type"] if name == FORWARD_TIME_CSV else []
         table = table.assign(_rank=rank).sort_values(["_rank", *sort_cols], kind="stable").drop(columns="_rank")
         write_table(out_dir, name, table)

@@ -69,6 +69,9 @@ def test_tables_have_reference_columns_and_every_point(full_run):
 
 
 def test_report_files_and_tensorboard_runs(full_run):
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (full_run / "results.csv").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
     results = pd.read_csv(full_run / "results.csv")
     assert len(results) == 16 and {"roc_auc", "zip_bytes", "zstd_sparse_bytes", "forward_s_dense", "forward_s_coo"} <= set(results)
     for png in ("disk_size.png", "quality.png", "forward_time.png"):
