@@ -21,7 +21,6 @@ Trainer is still the clearest setting. The memory maps are opened lazily in each
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Iterator, Literal
@@ -276,7 +275,3 @@ class CriteoDataModule(LightningDataModule):
         prob = np.load(self._dir / "prob.npy", mmap_mode="r")[a:b]
         label = np.load(self._dir / "label.npy", mmap_mode="r")[a:b]
         return binary_metrics(prob, label)
-
-    def describe(self) -> str:
-        m = self._ensure()
-        return json.dumps({k: m[k] for k in ("source", "rows", "table_sizes", "splits")})

@@ -15,12 +15,12 @@ from .compression import (
     save_compressed,
     zstd_sparse_size,
 )
-from .grid import GridPoint, default_grid, distinct_masks, make_grid, squares_preserve_order
+from .grid import GridPoint, default_grid, make_grid, squares_preserve_order
 from .masks import keep_mask, prune, prune_tables
 from .series import SeriesCuts, StaleCut, apply_cuts, cuts_for_levels, prune_tables_
 
 __all__ = [
-    "GridPoint", "default_grid", "make_grid", "distinct_masks", "squares_preserve_order",
+    "GridPoint", "default_grid", "make_grid", "squares_preserve_order",
     "keep_mask", "prune", "prune_tables",
     "prune_tables_", "cuts_for_levels", "apply_cuts", "SeriesCuts", "StaleCut",
     "SizeResult", "reference_zip_size", "zstd_sparse_size", "save_compressed", "load_compressed",

@@ -219,11 +219,3 @@ def make_grid(
 def default_grid() -> list[GridPoint]:
     """The benchmark's 80 points (2 norms x 2 block shapes x 20 levels)."""
     return make_grid()
-
-
-def distinct_masks(points: Iterable[GridPoint]) -> dict[str, list[GridPoint]]:
-    """Group points by `mask_key` (data independent): one mask computation per group."""
-    groups: dict[str, list[GridPoint]] = {}
-    for p in points:
-        groups.setdefault(p.mask_key, []).append(p)
-    return groups
