@@ -22,9 +22,7 @@ reference = torch.save+deflate seconds, ratio = speedup) with both sizes in the 
 from __future__ import annotations
 
 import argparse
-import csv
 import gc
-import io
 import os
 import sys
 import tempfile
@@ -32,8 +30,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sparsify import DIM, RESULTS, build_tables, table_sizes  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.sparsify import DIM, RESULTS, build_tables, table_sizes  # noqa: E402
+from benchmarks.tables import markdown_table, write_results  # noqa: E402
 
 from lit_dlrm.sparsity.compression import reference_zip_size, zstd_sparse_size  # noqa: E402
 from lit_dlrm.sparsity.grid import GridPoint  # noqa: E402
@@ -87,7 +86,7 @@ def run(scale: str = "small", out_dir: str | os.PathLike | None = RESULTS,
         r["write_speedup"] = round(base["write_s"] / r["write_s"], 1) if base and r["write_s"] else ""
     text = _markdown(rows, scale, raw)
     if out_dir is not None:
-        _write(rows, text, Path(out_dir), f"compress_{scale}")
+        write_results(out_dir, f"compress_{scale}", rows, text)
     print(text)
     return common_rows(rows)
 
@@ -115,24 +114,9 @@ def common_rows(rows: list[dict]) -> list[dict]:
 
 
 def _markdown(rows, scale, raw) -> str:
-    cols = list(rows[0])
     head = (f"Checkpoint compression, scale={scale}: state_dict {raw / 2**20:.0f} MiB raw fp32 "
             f"(26 tables x {DIM} + MLPs), L1 (1, 1) pruning; torch {torch.__version__}.\n\n")
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
-    return head + "\n".join(lines) + "\n"
-
-
-def _write(rows, text, out_dir: Path, stem: str) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-    for suffix, content in ((".csv", buf.getvalue()), (".md", text)):
-        tmp = out_dir / f".{stem}{suffix}.tmp"
-        tmp.write_text(content)
-        os.replace(tmp, out_dir / f"{stem}{suffix}")
+    return head + markdown_table(rows, list(rows[0]))
 
 
 def main(argv=None) -> None:

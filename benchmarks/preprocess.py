@@ -16,7 +16,6 @@ repeated, so the same distinct values) to show that peak RSS does not grow with 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -30,6 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.memory import peak_rss_mib  # noqa: E402
+from benchmarks.tables import write_results  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -234,15 +234,7 @@ def main() -> None:
         lines.append(f"Peak RSS at {big['file_rows']:,} rows vs {lit0['file_rows']:,}: {growth:+.1%} (target within 20%).")
     text = "\n".join(lines) + "\n"
     print("\n" + text)
-    out = Path(a.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "preprocess.csv.part", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows_out[0]))
-        w.writeheader()
-        w.writerows(rows_out)
-    os.replace(out / "preprocess.csv.part", out / "preprocess.csv")
-    (out / "preprocess.md.part").write_text(text)
-    os.replace(out / "preprocess.md.part", out / "preprocess.md")
+    write_results(a.out_dir, "preprocess", rows_out, text)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from benchmarks import compress, evaluate, preprocess, sparsify, train_throughput  # noqa: E402
+from benchmarks.tables import markdown_table, write_results  # noqa: E402
 
 BENCHMARKS = {
     "preprocess": preprocess.run,
@@ -84,24 +85,13 @@ def fmt(value) -> str:
 
 
 def write(rows: list[dict], scale: str, out: Path) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
     header = (
         f"# lit_dlrm vs the reference approach, scale `{scale}`\n\n"
         f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; "
         f"`python benchmarks/run.py --scale {scale}`. ratio > 1: lit_dlrm is better (faster, or more samples/s); "
         "for forward rows it is COO time over dense time.\n\n"
     )
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(fmt(r.get(c)) for c in COLUMNS) + " |" for r in rows]
-    md, table = out / f"run_{scale}.md", out / f"run_{scale}.csv"
-    md.with_suffix(".md.part").write_text(header + "\n".join(lines) + "\n")
-    os.replace(md.with_suffix(".md.part"), md)
-    with open(table.with_suffix(".csv.part"), "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(table.with_suffix(".csv.part"), table)
-    return md
+    return write_results(out, f"run_{scale}", rows, header + markdown_table(rows, COLUMNS, fmt), COLUMNS)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

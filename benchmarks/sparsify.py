@@ -29,8 +29,6 @@ tables), floor, note) and writes `benchmarks/results/sparsify_<scale>.csv` and `
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import os
 import subprocess
@@ -42,6 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.memory import peak_rss_mib  # noqa: E402
+from benchmarks.tables import markdown_table, write_results  # noqa: E402
 
 from lit_dlrm.data.kaggle import KAGGLE_TABLE_SIZES
 from lit_dlrm.sparsity.grid import DEFAULT_LEVELS, GridPoint, default_grid
@@ -197,9 +196,10 @@ def run(scale: str = "small", out_dir: str | os.PathLike | None = RESULTS,
                      "1 apply per level into reused buffers (allocation included; restore = "
                      "swapping the dense tensors back, free); reference = mean measured point "
                      "x 80; floor = clone x 80"))
+    text = _header(scale, model_mib, floor) + markdown_table(rows, list(rows[0]))
     if out_dir is not None:
-        _write(rows, Path(out_dir), f"sparsify_{scale}", _header(scale, model_mib, floor))
-    print(_markdown(rows, _header(scale, model_mib, floor)))
+        write_results(out_dir, f"sparsify_{scale}", rows, text)
+    print(text)
     return rows
 
 
@@ -218,30 +218,6 @@ def _header(scale, model_mib, floor) -> str:
             f"ratio = reference / lit_dlrm (speedup). *_peak_mib = EXTRA peak RSS over the loaded "
             f"tables (process with tables alone: {floor['tables_rss_mib']:.0f} MiB), each stage in "
             f"a fresh process. Both sides prune in place for one point.\n\n")
-
-
-def _markdown(rows, header) -> str:
-    cols = list(rows[0])
-    fmt = lambda v: "" if v is None else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
-    return header + "\n".join(lines) + "\n"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _write(rows: list[dict], out_dir: Path, stem: str, header: str) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-    _atomic_write(out_dir / f"{stem}.csv", buf.getvalue())
-    _atomic_write(out_dir / f"{stem}.md", _markdown(rows, header))
 
 
 def main(argv=None) -> None:

@@ -1,0 +1,28 @@
+"""Writing a benchmark's results: one CSV and one Markdown file, each atomically."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+from lit_dlrm.results import atomic_write
+
+
+def markdown_table(rows: list[dict], columns: list[str], fmt: Callable = lambda v: "" if v is None else str(v)) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(out_dir: str | Path, stem: str, rows: list[dict], markdown: str, columns: list[str] | None = None) -> Path:
+    """``<stem>.csv`` (``columns``, default the first row's keys) and ``<stem>.md`` in ``out_dir``."""
+    out_dir = Path(out_dir)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns or list(rows[0]), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(out_dir / f"{stem}.csv", lambda tmp: tmp.write_text(buffer.getvalue()))
+    atomic_write(out_dir / f"{stem}.md", lambda tmp: tmp.write_text(markdown))
+    return out_dir / f"{stem}.md"
