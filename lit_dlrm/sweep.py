@@ -35,7 +35,7 @@ from lit_dlrm.results import (
     upsert_rows,
     write_table,
 )
-from lit_dlrm.sparsity.grid import GridPoint
+from lit_dlrm.sparsity.grid import GridPoint, squares_preserve_order
 
 
 def point_id(point: GridPoint) -> tuple:
@@ -103,13 +103,13 @@ def run_sweep(
     tables = written_tables(trainer)
     for stale in out_dir.glob(".*.tmp"):  # tables half-written by a killed run
         stale.unlink()
-    weights = [table.weight.detach() for table in module.model.emb_l]
+    squares_keep_order = squares_preserve_order(table.weight.detach() for table in module.model.emb_l)
     # Decided once, before any test, so that every process of a DDP run takes the same steps.
     done = done_points(out_dir, tables)
     first_of_mask: dict[str, GridPoint] = {}
     to_test, to_copy = [], []
     for point in grid:
-        representative = first_of_mask.setdefault(point.mask_key_for(weights), point)
+        representative = first_of_mask.setdefault(point.mask_key_for(squares_keep_order), point)
         if point_id(point) in done:
             continue
         if representative is point:

@@ -31,7 +31,7 @@ half an ulp, so the rounded squares stay distinct and ordered. Checked exhaustiv
 `tests/test_sparsity_grid.py` re-checks the two end binades). So for a table whose nonzero magnitudes all lie in
 [2**-63, 2**64) the two rankings are the same and, because our tie-break (and torch.sort's, which
 is comparison based) only sees comparison results, so are the masks. That is a property of the
-data, so it lives in `GridPoint.mask_key_for(weights)`, which merges L2 (1, 1) into L1 (1, 1)
+data, so it lives in `GridPoint.mask_key_for(squares_keep_order)`, which merges L2 (1, 1) into L1 (1, 1)
 only after `squares_preserve_order` has checked every table.
 
 Block shapes
@@ -92,16 +92,16 @@ class GridPoint:
             return "prune_all"
         return self.key
 
-    def mask_key_for(self, weights: Iterable[torch.Tensor]) -> str:
-        """`mask_key`, also merging L2 (1, 1) into L1 (1, 1) when these tables allow it.
+    def mask_key_for(self, squares_keep_order: bool) -> str:
+        """`mask_key`, also merging L2 (1, 1) into L1 (1, 1) when the tables allow it.
 
         The merge is exact only when every nonzero |w| is in [2**-63, 2**64) (squaring is then
-        strictly increasing), which `squares_preserve_order` checks table by table.
+        strictly increasing): pass `squares_preserve_order(tables)`, computed once per model.
         """
         base = self.mask_key
         if base in ("keep_all", "prune_all") or self.norm != "L2" or self.block_shape != (1, 1):
             return base
-        if squares_preserve_order(weights):
+        if squares_keep_order:
             return GridPoint("L1", self.block_shape, self.level).key
         return base
 
