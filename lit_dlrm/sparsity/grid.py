@@ -1,19 +1,37 @@
-"""The sparsity sweep grid: which (norm, block shape, level) points are pruned.
+"""The sparsity sweep grid: which points are pruned, and how.
 
 One source of truth for the default grid of the PyTorch data-sparsifier DLRM benchmark:
 norms L1 and L2, block shapes (1, 1) and (1, 4), and 20 levels
 0.0, 0.1, ..., 0.9, 0.91, ..., 0.99, 1.0 -- 80 nominal points.
 
-`make_grid` validates user options before any work starts and raises a `ValueError` that names
-the option (`sweep.levels`, `sweep.block_shapes`, `sweep.norms`) and what was expected.
+Past the reference, a point has four more dimensions, each defaulting to the reference's choice:
+
+* ``threshold``: ``per_table`` (the reference: every table loses ``level`` of its blocks) or
+  ``global`` (one score threshold across all tables removes ``level`` of all blocks together);
+* ``weight_bits``: 32 (float tables), or 8 / 4 (row-wise symmetric integer quantisation of the
+  pruned tables, :mod:`lit_dlrm.sparsity.quantize`);
+* ``activation``: fraction of the interaction output ``z`` zeroed per row (smallest ``|z|``)
+  before the top MLP (:func:`lit_dlrm.model.sparsify_activations`);
+* ``finetune_steps``: training steps after pruning, masks held fixed
+  (:mod:`lit_dlrm.sparsity.finetune`).
+
+`make_grid` takes the product of its options, plus one product per entry of ``studies``
+(:class:`Study`: any option left unset is the main grid's). That keeps the default sweep the
+reference's 80 points and adds each follow-up only where it is informative. It validates every
+option before any work starts and raises a `ValueError` that names the option (`sweep.levels`,
+`sweep.studies[2].weight_bits`, ...) and what was expected.
 
 Which points share a mask
 -------------------------
 `GridPoint.mask_key` is equal for two points only when their masks are identical for *every*
 table, whatever its values:
 
-* level 0.0 keeps everything (``round(0 * n) == 0`` blocks pruned) for any norm and block shape;
-* level 1.0 prunes everything (``round(1 * n) == n``) for any norm and block shape.
+* level 0.0 keeps everything (``round(0 * n) == 0`` blocks pruned) for any norm, block shape
+  and threshold;
+* level 1.0 prunes everything (``round(1 * n) == n``) for any norm, block shape and threshold.
+
+Two points are tested once when their masks and their other dimensions agree
+(`GridPoint.test_key_for`).
 
 L1 versus L2 with (1, 1) blocks is *not* merged by `mask_key`. The benchmark skips L2 (1, 1)
 claiming |w| and w^2 rank the same; in exact arithmetic they do, but in float32 squaring can
@@ -44,6 +62,7 @@ embedding dimension and height against the smallest table when those are given, 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -64,19 +83,44 @@ def default_levels() -> tuple[float, ...]:
 DEFAULT_LEVELS: tuple[float, ...] = default_levels()
 
 
+THRESHOLDS: tuple[str, ...] = ("per_table", "global")
+WEIGHT_BITS: tuple[int, ...] = (32, 8, 4)
+
+
 @dataclass(frozen=True, order=True)
 class GridPoint:
-    """One sweep point: prune every table with this norm, block shape and level."""
+    """One sweep point: prune every table with this norm, block shape and level (and, past the
+    reference, threshold scope, weight bits, activation sparsity and fine-tuning steps)."""
 
     norm: str
     block_shape: tuple[int, int]
     level: float
+    threshold: str = "per_table"
+    weight_bits: int = 32
+    activation: float = 0.0
+    finetune_steps: int = 0
 
     @property
     def key(self) -> str:
-        """Stable, file-name-safe identifier, e.g. ``L1_1x4_0.91``."""
+        """Stable, file-name-safe identifier, e.g. ``L1_1x4_0.91`` or ``L2_1x4_0.9_global_int8``."""
         bh, bw = self.block_shape
-        return f"{self.norm}_{bh}x{bw}_{self.level:g}"
+        return f"{self.norm}_{bh}x{bw}_{self.level:g}{self._mask_suffix}{self._model_suffix}"
+
+    @property
+    def _mask_suffix(self) -> str:
+        return "_global" if self.threshold == "global" else ""
+
+    @property
+    def _model_suffix(self) -> str:
+        """The dimensions that change the model but not the mask."""
+        parts = []
+        if self.weight_bits != 32:
+            parts.append(f"_int{self.weight_bits}")
+        if self.activation:
+            parts.append(f"_act{self.activation:g}")
+        if self.finetune_steps:
+            parts.append(f"_ft{self.finetune_steps}")
+        return "".join(parts)
 
     @property
     def block_shape_str(self) -> str:
@@ -90,20 +134,40 @@ class GridPoint:
             return "keep_all"
         if self.level >= 1.0:
             return "prune_all"
-        return self.key
+        bh, bw = self.block_shape
+        return f"{self.norm}_{bh}x{bw}_{self.level:g}{self._mask_suffix}"
 
     def mask_key_for(self, squares_keep_order: bool) -> str:
         """`mask_key`, also merging L2 (1, 1) into L1 (1, 1) when the tables allow it.
 
         The merge is exact only when every nonzero |w| is in [2**-63, 2**64) (squaring is then
-        strictly increasing): pass `squares_preserve_order(tables)`, computed once per model.
+        strictly increasing, over all tables together too): pass `squares_preserve_order(tables)`,
+        computed once per model.
         """
         base = self.mask_key
         if base in ("keep_all", "prune_all") or self.norm != "L2" or self.block_shape != (1, 1):
             return base
         if squares_keep_order:
-            return GridPoint("L1", self.block_shape, self.level).key
+            return GridPoint("L1", self.block_shape, self.level, self.threshold).mask_key
         return base
+
+    def test_key_for(self, squares_keep_order: bool) -> str:
+        """Equal for points whose tests give the same results: same mask, same other dimensions."""
+        return self.mask_key_for(squares_keep_order) + self._model_suffix
+
+
+@dataclass(frozen=True)
+class Study:
+    """Extra points for the grid: the product of these options, each unset one (None) taken from
+    the main grid (see :func:`make_grid`)."""
+
+    levels: list[float] | None = None
+    block_shapes: list[list[int]] | None = None
+    norms: list[str] | None = None
+    thresholds: list[str] | None = None
+    weight_bits: list[int] | None = None
+    activation_levels: list[float] | None = None
+    finetune_steps: list[int] | None = None
 
 
 # float32 bounds inside which w -> w*w is strictly increasing on |w| (module docstring).
@@ -132,41 +196,53 @@ def squares_preserve_order(weights: Iterable[torch.Tensor], chunk_elems: int = 1
     return True
 
 
-def _check_levels(levels: Sequence[float]) -> tuple[float, ...]:
+def _check_levels(levels: Sequence[float], option: str = "sweep.levels") -> tuple[float, ...]:
     out = []
     if len(levels) == 0:
-        raise ValueError("sweep.levels: empty list (expected at least one level in [0, 1])")
+        raise ValueError(f"{option}: empty list (expected at least one level in [0, 1])")
     for lv in levels:
         if isinstance(lv, bool) or not isinstance(lv, (int, float)):
-            raise ValueError(f"sweep.levels: {lv!r} is not a number (expected a float in [0, 1])")
+            raise ValueError(f"{option}: {lv!r} is not a number (expected a float in [0, 1])")
         lv = float(lv)
         if math.isnan(lv) or not 0.0 <= lv <= 1.0:
-            raise ValueError(f"sweep.levels: {lv} is outside [0, 1]")
+            raise ValueError(f"{option}: {lv} is outside [0, 1]")
         out.append(lv)
-    if len(set(out)) != len(out):
-        dup = sorted({x for x in out if out.count(x) > 1})
-        raise ValueError(f"sweep.levels: duplicate levels {dup} (expected each level once)")
-    return tuple(out)
+    return _unique(out, option)
 
 
-def _check_norms(norms: Sequence[str]) -> tuple[str, ...]:
-    if len(norms) == 0:
-        raise ValueError("sweep.norms: empty list (expected L1 and/or L2)")
-    for n in norms:
-        if n not in NORMS:
-            raise ValueError(f"sweep.norms: unknown norm {n!r} (expected L1 or L2)")
-    if len(set(norms)) != len(norms):
-        raise ValueError(f"sweep.norms: duplicate norms in {list(norms)}")
-    return tuple(norms)
+def _unique(values: list, option: str) -> tuple:
+    if len(set(values)) != len(values):
+        dup = sorted({x for x in values if values.count(x) > 1})
+        raise ValueError(f"{option}: duplicate values {dup} (expected each once)")
+    return tuple(values)
+
+
+def _check_choices(values: Sequence, choices: Sequence, option: str) -> tuple:
+    if len(values) == 0:
+        raise ValueError(f"{option}: empty list (expected some of {list(choices)})")
+    for v in values:
+        if v not in choices or isinstance(v, bool):
+            raise ValueError(f"{option}: unknown value {v!r} (expected some of {list(choices)})")
+    return _unique(list(values), option)
+
+
+def _check_steps(steps: Sequence[int], option: str) -> tuple[int, ...]:
+    if len(steps) == 0:
+        raise ValueError(f"{option}: empty list (expected step counts >= 0, e.g. [0, 200])")
+    for n in steps:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"{option}: {n!r} is not a step count (expected an integer >= 0)")
+    return _unique(list(steps), option)
 
 
 def _check_block_shapes(
     block_shapes: Sequence[Sequence[int]],
     embedding_dim: int | None,
     min_rows: int | None,
+    option: str = "sweep.block_shapes",
 ) -> tuple[tuple[int, int], ...]:
     if len(block_shapes) == 0:
-        raise ValueError("sweep.block_shapes: empty list (expected e.g. [[1, 1], [1, 4]])")
+        raise ValueError(f"{option}: empty list (expected e.g. [[1, 1], [1, 4]])")
     out = []
     for bs in block_shapes:
         shape = tuple(bs) if isinstance(bs, (list, tuple)) else (bs,)
@@ -174,26 +250,26 @@ def _check_block_shapes(
             isinstance(x, int) and not isinstance(x, bool) for x in shape
         ):
             raise ValueError(
-                f"sweep.block_shapes: {bs!r} is not a (height, width) pair of integers"
+                f"{option}: {bs!r} is not a (height, width) pair of integers"
             )
         bh, bw = shape
         if bh < 1 or bw < 1:
             raise ValueError(
-                f"sweep.block_shapes: {shape} has a side < 1 (expected height >= 1, width >= 1)"
+                f"{option}: {shape} has a side < 1 (expected height >= 1, width >= 1)"
             )
         if embedding_dim is not None and bw > embedding_dim:
             raise ValueError(
-                f"sweep.block_shapes: {shape} is wider than the embedding dimension "
+                f"{option}: {shape} is wider than the embedding dimension "
                 f"{embedding_dim} (expected width <= {embedding_dim})"
             )
         if min_rows is not None and bh > min_rows:
             raise ValueError(
-                f"sweep.block_shapes: {shape} is taller than the smallest table ({min_rows} rows)"
+                f"{option}: {shape} is taller than the smallest table ({min_rows} rows)"
                 f" (expected height <= {min_rows})"
             )
         out.append((bh, bw))
     if len(set(out)) != len(out):
-        raise ValueError(f"sweep.block_shapes: duplicate block shapes in {out}")
+        raise ValueError(f"{option}: duplicate block shapes in {out}")
     return tuple(out)
 
 
@@ -201,19 +277,45 @@ def make_grid(
     levels: Sequence[float] = DEFAULT_LEVELS,
     block_shapes: Sequence[Sequence[int]] = DEFAULT_BLOCK_SHAPES,
     norms: Sequence[str] = NORMS,
+    thresholds: Sequence[str] = ("per_table",),
+    weight_bits: Sequence[int] = (32,),
+    activation_levels: Sequence[float] = (0.0,),
+    finetune_steps: Sequence[int] = (0,),
+    studies: Sequence[Study] = (),
     *,
     embedding_dim: int | None = None,
     min_rows: int | None = None,
 ) -> list[GridPoint]:
-    """Validate the sweep options and return the points, ordered norm, block shape, level.
+    """Validate the sweep options and return the points: the product of the options, then the
+    product of each study's (each ordered norm, block shape, threshold, bits, activation,
+    fine-tuning, level), without repeats.
 
     `embedding_dim` (table width) and `min_rows` (rows of the smallest table), when given, are
     checked against every block shape. Raises ValueError naming the offending option.
     """
-    lv = _check_levels(levels)
-    ns = _check_norms(norms)
-    bss = _check_block_shapes(block_shapes, embedding_dim, min_rows)
-    return [GridPoint(n, bs, level) for n in ns for bs in bss for level in lv]
+    main = dict(levels=levels, block_shapes=block_shapes, norms=norms, thresholds=thresholds,
+                weight_bits=weight_bits, activation_levels=activation_levels, finetune_steps=finetune_steps)
+    products = [("sweep", main)]
+    for i, study in enumerate(studies):
+        if isinstance(study, dict):
+            unknown = set(study) - set(main)
+            if unknown:
+                raise ValueError(f"sweep.studies[{i}]: unknown options {sorted(unknown)} (expected some of {list(main)})")
+            study = Study(**study)
+        overrides = {k: v for k, v in vars(study).items() if v is not None}
+        products.append((f"sweep.studies[{i}]", {**main, **overrides}))
+    points: dict[GridPoint, None] = {}
+    for prefix, o in products:
+        lv = _check_levels(o["levels"], f"{prefix}.levels")
+        ns = _check_choices(o["norms"], NORMS, f"{prefix}.norms")
+        bss = _check_block_shapes(o["block_shapes"], embedding_dim, min_rows, f"{prefix}.block_shapes")
+        ths = _check_choices(o["thresholds"], THRESHOLDS, f"{prefix}.thresholds")
+        bits = _check_choices(o["weight_bits"], WEIGHT_BITS, f"{prefix}.weight_bits")
+        acts = _check_levels(o["activation_levels"], f"{prefix}.activation_levels")
+        fts = _check_steps(o["finetune_steps"], f"{prefix}.finetune_steps")
+        for n, bs, th, b, a, ft, level in itertools.product(ns, bss, ths, bits, acts, fts, lv):
+            points.setdefault(GridPoint(n, bs, level, th, b, a, ft))
+    return list(points)
 
 
 def default_grid() -> list[GridPoint]:
