@@ -13,6 +13,10 @@ triangle of ``T @ T^T`` for ``T = [x, e_1 .. e_26]`` (27 vectors: 351 pairs, row
 The reference ends with a sigmoid; this network returns the logit and the loss is
 BCE-with-logits (the same math, numerically stable).
 
+``activation_sparsity`` (a plain attribute, 0 by default, not part of the state dict) zeroes
+that fraction of each row of ``z`` before the top MLP, keeping the largest ``|z|``: the
+reference benchmark's "sparsify the activations" follow-up (:func:`sparsify_activations`).
+
 State-dict keys are the reference's (``emb_l.k.weight``, ``bot_l.i.{weight,bias}``,
 ``top_l.i.{weight,bias}``), so a facebookresearch/dlrm checkpoint loads as it is
 (see :mod:`lit_dlrm.checkpoint`).
@@ -56,6 +60,20 @@ def interaction_size(num_vectors: int, dim: int, interaction: Interaction) -> in
     return dim * num_vectors
 
 
+def sparsify_activations(z: Tensor, level: float) -> Tensor:
+    """z (B, F) with the ``round(level * F)`` smallest-magnitude entries of each row set to 0.
+
+    Top-k per row rather than one threshold: every sample keeps the same number of features,
+    so the work of a sparse top MLP is the same for every row. Ties at the cut are broken by
+    ``torch.topk``.
+    """
+    keep = z.shape[1] - round(level * z.shape[1])
+    if keep >= z.shape[1]:
+        return z
+    index = z.abs().topk(keep, dim=1, sorted=False).indices  # (B, keep)
+    return torch.zeros_like(z).scatter_(1, index, z.gather(1, index))
+
+
 class DLRM(nn.Module):
     """The DLRM network.
 
@@ -87,6 +105,7 @@ class DLRM(nn.Module):
         self.bot_l = mlp([num_dense, *bottom_mlp, embedding_dim], relu_last=True)
         z_size = interaction_size(len(table_sizes) + 1, embedding_dim, interaction)
         self.top_l = mlp([z_size, *top_mlp, 1], relu_last=False)
+        self.activation_sparsity = 0.0  # fraction of each row of z zeroed before the top MLP
         self.reset_parameters()
 
     @torch.no_grad()
@@ -116,7 +135,8 @@ class DLRM(nn.Module):
 
     def features(self, dense: Tensor, sparse: Tensor) -> Tensor:
         """dense (B, 13) float, sparse (B, 26) int -> z (B, 367): the top MLP's input."""
-        return self.interact(self.bot_l(dense), self.embed(sparse))
+        z = self.interact(self.bot_l(dense), self.embed(sparse))
+        return sparsify_activations(z, self.activation_sparsity) if self.activation_sparsity else z
 
     def forward(self, dense: Tensor, sparse: Tensor) -> Tensor:
         """dense (B, 13) float, sparse (B, 26) int -> click logits (B,)."""

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lit_dlrm.model import DLRM
+from lit_dlrm.model import DLRM, sparsify_activations
 
 KAGGLE_KEYS = (
     [f"emb_l.{k}.weight" for k in range(26)]
@@ -89,3 +89,35 @@ def test_click_metrics_match_scikit_learn_whatever_the_batching():
         entropy = -(rate * math.log(rate) + (1 - rate) * math.log(1 - rate))
         assert values["ne"] == pytest.approx(values["log_loss"] / entropy, rel=1e-9)
         assert values["calibration"] == pytest.approx(probs.mean() / rate, rel=1e-6)
+
+
+def test_activation_sparsity_zeroes_the_smallest_entries_of_each_row():
+    torch.manual_seed(0)
+    z = torch.randn(64, 367)
+    for level in (0.0, 0.3, 0.9, 1.0):
+        out = sparsify_activations(z, level)
+        pruned = round(level * 367)
+        assert ((out == 0).sum(dim=1) == pruned).all()
+        kept = out != 0
+        assert torch.equal(out[kept], z[kept])  # survivors untouched
+        if 0 < pruned < 367:  # every zeroed entry is no larger than every survivor, row by row
+            largest_zeroed = z.abs().masked_fill(kept, 0).amax(dim=1)
+            smallest_kept = z.abs().masked_fill(~kept, float("inf")).amin(dim=1)
+            assert (largest_zeroed <= smallest_kept).all()
+
+
+def test_activation_sparsity_reaches_the_top_mlp_only_when_set():
+    torch.manual_seed(0)
+    model = DLRM(table_sizes=[20] * 26).eval()
+    dense, sparse = torch.rand(8, 13), torch.randint(0, 20, (8, 26))
+    with torch.no_grad():
+        before = model(dense, sparse)
+        model.activation_sparsity = 0.9
+        z = model.features(dense, sparse)
+        after = model(dense, sparse)
+        model.activation_sparsity = 0.0
+        again = model(dense, sparse)
+    assert ((z == 0).sum(dim=1) == round(0.9 * 367)).all()
+    assert torch.equal(after, model.top_l(z).squeeze(1)) and not torch.allclose(before, after)
+    assert torch.equal(before, again)
+    assert "activation_sparsity" not in "".join(model.state_dict())
