@@ -9,6 +9,8 @@ num_blocks)`` lowest block scores, ties broken by block index), computed with le
   levels together (each bin gets a slot of 65536 counters; other blocks go to a dump slot). Two
   counting passes give every level's threshold ``t`` (a score bit pattern), how many blocks
   score below it and how many of the blocks equal to ``t`` are pruned.
+* **Given block counts** (:func:`cuts_for_counts`): the same two passes for per-table counts
+  ``k`` instead of levels (e.g. a global threshold's, :mod:`global_threshold`).
 * **One apply pass per level** (:func:`apply_cuts`): per row chunk, score bits ``b`` (int32),
   then ``keep = -1 if b > u else 0`` with ``u = t`` (ties pruned) or ``t - 1`` (ties kept) via
   ``(b - u - 1) >> 31`` and a not, then ``dst_bits = src_bits & keep`` (+0.0 zeros). Only
@@ -33,7 +35,7 @@ generator of :mod:`masks` when a tie group straddles a cut.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -143,45 +145,37 @@ def _row_chunks(n: int, d: int, bh: int, chunk_elems: int):
 # ------------------------------------------------------------------------------------ counting
 
 
-def _table_cuts(w: torch.Tensor, norm: str, block_shape: tuple[int, int],
-                levels: Sequence[float], chunk_elems: int) -> list[TableCut]:
-    """Cuts of one float32 table for every level: 2 counting passes (0 if all levels trivial)."""
+def _hist_hi(w: torch.Tensor, block_shape: tuple[int, int], norm: str, chunk_elems: int) -> torch.Tensor:
+    """Counting pass 1: histogram of the score bits' high digit -> int64 (2**15,) (bits < 2**31)."""
     n, d = w.shape
-    nb = _num_blocks(n, d, block_shape)
-    out: list[TableCut] = []
-    todo = []
-    for lv in levels:
-        k = round(float(lv) * nb)
-        if w.dtype != torch.float32:
-            out.append(TableCut(k=k, num_blocks=nb, trivial="fallback", level=float(lv)))
-        elif lv <= 0 or k <= 0:
-            out.append(TableCut(k=0, num_blocks=nb, trivial="keep", level=float(lv)))
-        elif lv >= 1 or k >= nb:
-            out.append(TableCut(k=nb, num_blocks=nb, trivial="prune", level=float(lv)))
-        else:
-            out.append(TableCut(k=k, num_blocks=nb, level=float(lv)))
-            todo.append(out[-1])
-    if not todo:
-        return out
-    bh = block_shape[0]
-    # pass 1: histogram of the high digit (bits < 2**31, so 2**15 bins)
     hist1 = torch.zeros(1 << (31 - _HI), dtype=torch.int64)
-    for r0, r1 in _row_chunks(n, d, bh, chunk_elems):
+    for r0, r1 in _row_chunks(n, d, block_shape[0], chunk_elems):
         b = _bits(w[r0:r1], block_shape, norm)
         hist1 += torch.bincount(b.view(-1).bitwise_right_shift_(_HI), minlength=hist1.numel())
-    cum1 = torch.cumsum(hist1, 0)
-    ks = torch.tensor([c.k for c in todo], dtype=torch.int64)
-    bins = torch.searchsorted(cum1, ks).tolist()  # first bin with cum >= k
+    return hist1
+
+
+def _slot_lut(bins: Sequence[int]) -> tuple[list[int], torch.Tensor]:
+    """Distinct high-digit bins (sorted) and a lookup high digit -> slot (others: the dump slot)."""
     slots = sorted(set(bins))
-    nslot = len(slots)
-    lut = torch.full((hist1.numel(),), nslot, dtype=torch.int32)  # others -> dump slot
-    lut[torch.tensor(slots, dtype=torch.int64)] = torch.arange(nslot, dtype=torch.int32)
-    # pass 2: histogram of (slot, low digit), keys gathered in a buffer between bincounts
+    lut = torch.full((1 << (31 - _HI),), len(slots), dtype=torch.int32)
+    lut[torch.tensor(slots, dtype=torch.int64)] = torch.arange(len(slots), dtype=torch.int32)
+    return slots, lut
+
+
+def _hist_lo(w: torch.Tensor, block_shape: tuple[int, int], norm: str, lut: torch.Tensor,
+             nslot: int, chunk_elems: int) -> torch.Tensor:
+    """Counting pass 2: histogram of (slot, low digit) -> int64 (nslot + 1, 2**16); last = dump.
+
+    Keys are gathered in a buffer between bincounts.
+    """
+    n, d = w.shape
+    nb = _num_blocks(n, d, block_shape)
     nbins = (nslot + 1) << _HI
     hist2 = torch.zeros(nbins, dtype=torch.int64)
     buf = torch.empty(min(_KEY_BUF, nb), dtype=torch.int32)
     fill = 0
-    for r0, r1 in _row_chunks(n, d, bh, chunk_elems):
+    for r0, r1 in _row_chunks(n, d, block_shape[0], chunk_elems):
         b = _bits(w[r0:r1], block_shape, norm).view(-1)
         m = b.numel()
         if fill + m > buf.numel():
@@ -193,9 +187,42 @@ def _table_cuts(w: torch.Tensor, norm: str, block_shape: tuple[int, int],
         fill += m
     if fill:
         hist2 += torch.bincount(buf[:fill], minlength=nbins)
-    del buf
-    hist2 = hist2.view(nslot + 1, 1 << _HI)
-    cum2 = torch.cumsum(hist2[:nslot], 1)  # (nslot, 65536)
+    return hist2.view(nslot + 1, 1 << _HI)
+
+
+def _table_cuts(w: torch.Tensor, norm: str, block_shape: tuple[int, int],
+                levels: Sequence[float], chunk_elems: int,
+                ks: Sequence[int] | None = None) -> list[TableCut]:
+    """Cuts of one float32 table for every level: 2 counting passes (0 if all levels trivial).
+
+    Level j prunes ``ks[j]`` blocks if ``ks`` is given, else ``round(levels[j] * num_blocks)``.
+    """
+    n, d = w.shape
+    nb = _num_blocks(n, d, block_shape)
+    out: list[TableCut] = []
+    todo = []
+    for j, lv in enumerate(levels):
+        k = round(float(lv) * nb) if ks is None else int(ks[j])
+        if w.dtype != torch.float32:
+            # masks.prune takes a level: k / nb gives back k (|k/nb*nb - k| << 0.5)
+            out.append(TableCut(k=k, num_blocks=nb, trivial="fallback",
+                                level=float(lv) if ks is None else k / nb))
+        elif k <= 0:  # levels are in [0, 1]: level 0 <=> k = 0, level 1 <=> k = nb
+            out.append(TableCut(k=0, num_blocks=nb, trivial="keep", level=float(lv)))
+        elif k >= nb:
+            out.append(TableCut(k=nb, num_blocks=nb, trivial="prune", level=float(lv)))
+        else:
+            out.append(TableCut(k=k, num_blocks=nb, level=float(lv)))
+            todo.append(out[-1])
+    if not todo:
+        return out
+    hist1 = _hist_hi(w, block_shape, norm, chunk_elems)
+    cum1 = torch.cumsum(hist1, 0)
+    ks_todo = torch.tensor([c.k for c in todo], dtype=torch.int64)
+    bins = torch.searchsorted(cum1, ks_todo).tolist()  # first bin with cum >= k
+    slots, lut = _slot_lut(bins)
+    hist2 = _hist_lo(w, block_shape, norm, lut, len(slots), chunk_elems)
+    cum2 = torch.cumsum(hist2[: len(slots)], 1)  # (nslot, 65536)
     for cut, hi in zip(todo, bins):
         before = int(cum1[hi - 1]) if hi > 0 else 0
         s = slots.index(hi)
@@ -255,7 +282,41 @@ def cuts_for_levels(weights: Sequence[torch.Tensor], norm: str, block_shape: Seq
     def one(i: int) -> list[TableCut]:
         return _table_cuts(ws[i], norm, bs, levels, chunk_elems)
 
-    per_table = _map_tables(one, ws, workers)
+    return _series(ws, norm, bs, levels, _map_tables(one, ws, workers))
+
+
+def cuts_for_counts(weights: Sequence[torch.Tensor], norm: str, block_shape: Sequence[int],
+                    counts_by_level: Mapping[float, Sequence[int]], *,
+                    chunk_elems: int = FAST_CHUNK_ELEMS, workers: int | None = None) -> SeriesCuts:
+    """Like :func:`cuts_for_levels`, but table i loses ``counts_by_level[level][i]`` blocks.
+
+    The level is only a label here (e.g. a global level, :mod:`global_threshold`); each table's
+    mask is its ``k`` lowest blocks, ties broken by block index. ``apply_cuts(dense,
+    series.for_level(level), ...)`` applies them. 2 counting passes per table.
+    """
+    bs = tuple(int(x) for x in block_shape)
+    ws = [w.detach() for w in weights]
+    levels = [float(lv) for lv in counts_by_level]
+    ks = [list(counts_by_level[lv]) for lv in counts_by_level]  # (levels, tables)
+    for w in ws:
+        _check_args(w, 0.0, bs, norm, "stable")
+    for lv, row in zip(levels, ks):
+        if len(row) != len(ws):
+            raise ValueError(f"counts_by_level[{lv}]: {len(row)} counts for {len(ws)} tables")
+        for i, (k, w) in enumerate(zip(row, ws)):
+            nb = _num_blocks(*w.shape, bs)
+            if not 0 <= int(k) <= nb:
+                raise ValueError(f"counts_by_level[{lv}][{i}]: {k} blocks is outside [0, {nb}] "
+                                 f"(table {i} has {nb} blocks of {bs})")
+
+    def one(i: int) -> list[TableCut]:
+        return _table_cuts(ws[i], norm, bs, levels, chunk_elems, ks=[row[i] for row in ks])
+
+    return _series(ws, norm, bs, levels, _map_tables(one, ws, workers))
+
+
+def _series(ws, norm, bs, levels, per_table: list[list[TableCut]]) -> SeriesCuts:
+    """per_table[i][j] (table i, level j) -> SeriesCuts with cuts[level j] = [table 0, 1, ...]."""
     series = SeriesCuts(norm, bs, tuple(tuple(w.shape) for w in ws))
     for j, lv in enumerate(levels):
         series.cuts[lv] = [cuts[j] for cuts in per_table]
