@@ -361,7 +361,7 @@ def _parse_block(buf: bytes, fmt: TextFormat) -> tuple[ParsedBlock, np.ndarray]:
     p = 0
     if fmt.has_id:
         _, b = _parse_dec(a, words, S[:, 0], L[:, 0])
-        bad |= b | (L[:, 0] == 0)
+        bad |= b | (L[:, 0] == 0) | (a[S[:, 0]] == 45)  # 1-16 digits, no minus sign
         p += 1
     label = None
     if fmt.has_label:
@@ -407,8 +407,8 @@ def explain_line(line: bytes, fmt: TextFormat) -> str:
     for name, value in zip(names, fields):
         shown = repr(value if len(value) <= 40 else value[:40] + "...")
         if name == "Id":
-            if not value.isdigit():
-                return f"Id: expected a non-negative integer, got {shown}"
+            if not value.isdigit() or len(value) > 16:
+                return f"Id: expected a non-negative integer of at most 16 digits, got {shown}"
         elif name == "label":
             if value not in ("0", "1"):
                 return f"label: expected 0 or 1, got {shown}"
