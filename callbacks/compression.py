@@ -8,7 +8,10 @@ Measured as the test epoch starts, after ``Sparsify`` has pruned the tables (its
 - ``zstd_sparse``: lit_dlrm's sparsity-aware format (bitmask of nonzero values + byte-shuffled
   survivors + zstandard, :mod:`lit_dlrm.sparsity.compression`);
 
-each with its write and read-back time. Files are deleted after measuring unless
+each with its write and read-back time. At a point with ``weight_bits`` 8 or 4 the measured
+state holds the integer tables and their row scales
+(:func:`lit_dlrm.sparsity.quantize.quantized_state_dict`), what such a model would store.
+Files are deleted after measuring unless
 ``keep_files``; kept ones go to ``<out_dir>/checkpoints/``. With ``out_dir`` set, the row goes
 to ``sparse_model_metadata.csv``. Only the first process measures under DDP.
 """
@@ -55,6 +58,10 @@ class CheckpointCompression(Callback):
             return
         state = {name: tensor.detach().cpu() for name, tensor in pl_module.model.state_dict().items()}
         sparsify = find_sparsify(trainer)
+        if sparsify and sparsify.point.weight_bits < 32:
+            from lit_dlrm.sparsity.quantize import quantized_state_dict  # TODO(lead): top-level once it lands
+
+            state = quantized_state_dict(state, sparsify.point.weight_bits)
         stem = sparsify.point.key if sparsify else "dense"
         keep = Path(self.out_dir) / "checkpoints" if self.keep_files else None
         reference = reference_zip_size(state, self.scratch, keep_dir=keep, stem=stem)

@@ -6,9 +6,12 @@ uninterrupted one's and never holds duplicated events.
 
 - ``results.csv``: one row per grid point: quality, sizes, forward times (dense and COO);
 - ``disk_size.png``, ``quality.png``, ``forward_time.png``: against the sparsity level, one line
-  per norm x block shape;
-- ``tensorboard/<norm>_<h>x<w>/``: one run per norm x block shape, step = level in percent, so
-  the runs overlay in one chart per tag (``auc``, ``log_loss``, ``zip_bytes``, ...).
+  per norm x block shape (the reference's dimensions);
+- ``followups.png``: one panel per further dimension the sweep varied (global threshold, weight
+  bits, activation sparsity, fine-tuning), each line against its reference series;
+- ``tensorboard/<series>/``: one run per series (``L1_1x4``, ``L2_1x4_global``,
+  ``L2_1x4_int8``, ``L2_1x4_act0.5``, ``L2_1x4_ft200``, ...), step = level in percent, so the runs
+  overlay in one chart per tag (``roc_auc``, ``log_loss``, ``zip_bytes``, ...).
 """
 
 from __future__ import annotations
@@ -25,15 +28,41 @@ from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 from lit_dlrm.results import (  # noqa: E402
     FORWARD_TIME_CSV,
+    KEY,
     METADATA_CSV,
     METRICS_CSV,
-    POINT_COLUMNS,
+    STUDY_COLUMNS,
     atomic_write,
     read_table,
 )
 
 RESULTS_CSV = "results.csv"
-SERIES = ["norm", "sparse_block_shape"]
+SERIES = [column for column in KEY if column != "sparsity_level"]
+FOLLOWUPS = {  # column -> panel title
+    "threshold": "global threshold vs per table",
+    "weight_bits": "row-wise int8 / int4 tables",
+    "activation_sparsity": "activation sparsity",
+    "finetune_steps": "fine-tuned, masks fixed",
+}
+
+
+def series_name(row) -> str:
+    """``L2 (1, 4)`` plus what differs from the reference: ``global``, ``int8``, ``act0.5``, ``ft200``."""
+    parts = [row["norm"], row["sparse_block_shape"]]
+    if row["threshold"] != STUDY_COLUMNS["threshold"]:
+        parts.append(row["threshold"])
+    if int(row["weight_bits"]) != 32:
+        parts.append(f"int{int(row['weight_bits'])}")
+    if float(row["activation_sparsity"]):
+        parts.append(f"act{float(row['activation_sparsity']):g}")
+    if int(row["finetune_steps"]):
+        parts.append(f"ft{int(row['finetune_steps'])}")
+    return " ".join(parts)
+
+
+def is_reference(table: pd.DataFrame):
+    """Rows whose further dimensions all have the reference's values."""
+    return (table[list(STUDY_COLUMNS)].astype(str) == pd.Series(STUDY_COLUMNS).astype(str)).all(axis=1)
 
 
 def joined_results(out_dir: Path) -> pd.DataFrame:
@@ -42,13 +71,13 @@ def joined_results(out_dir: Path) -> pd.DataFrame:
     metadata = read_table(out_dir, METADATA_CSV)
     if len(metadata):
         table = table.merge(
-            metadata.drop(columns=["step_time_sec", "same_mask_as"], errors="ignore"), on=POINT_COLUMNS, how="left"
+            metadata.drop(columns=["step_time_sec", "same_mask_as"], errors="ignore"), on=KEY, how="left"
         )
     times = read_table(out_dir, FORWARD_TIME_CSV)
     if len(times):
-        wide = times.pivot_table(index=POINT_COLUMNS, columns="dlrm_type", values="time_taken").reset_index()
+        wide = times.pivot_table(index=KEY, columns="dlrm_type", values="time_taken").reset_index()
         wide = wide.rename(columns={"without_torch_sparse": "forward_s_dense", "with_torch_sparse": "forward_s_coo"})
-        table = table.merge(wide, on=POINT_COLUMNS, how="left")
+        table = table.merge(wide, on=KEY, how="left")
     return table
 
 
@@ -58,18 +87,24 @@ def size_columns(table: pd.DataFrame) -> list[str]:
 
 
 def plot(table: pd.DataFrame, panels: list[tuple[str, str]], path: Path, title: str) -> None:
-    """One panel per (column, y label), one line per norm x block shape, level (%) on x."""
+    """One panel per (column, y label), one line per series, level (%) on x."""
+    plot_panels([(table, column, label) for column, label in panels], path, title)
+
+
+def plot_panels(panels: list[tuple[pd.DataFrame, str, str]], path: Path, title: str) -> None:
+    """One panel per (rows, column, y label or panel title), one line per series in its rows."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    for ax, (column, label) in zip(axes[0], panels):
-        for (norm, shape), series in table.groupby(SERIES, sort=True):
+    for ax, (table, column, label) in zip(axes[0], panels):
+        for _, series in table.groupby(SERIES, sort=True):
             series = series.sort_values("sparsity_level")
             values = series[column] / 2**20 if column.endswith("_bytes") else series[column]
-            style = "--" if norm == "L2" else "-"  # identical masks draw L2 over L1: keep both visible
-            ax.plot(series["sparsity_level"] * 100, values, style, marker=".", label=f"{norm} {shape}")
+            first = series.iloc[0]
+            style = "--" if first["norm"] == "L2" else "-"  # identical masks draw L2 over L1: keep both visible
+            ax.plot(series["sparsity_level"] * 100, values, style, marker=".", label=series_name(first))
         ax.set_xlabel("sparsity level (%)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[0][0].legend()
+        ax.legend(fontsize="small")
     fig.suptitle(title)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
@@ -80,8 +115,8 @@ def write_tensorboard(table: pd.DataFrame, log_dir: Path, tags: list[str]) -> No
     """One run per norm x block shape; step = sparsity level in percent."""
     fresh = log_dir.with_name(log_dir.name + ".tmp")
     shutil.rmtree(fresh, ignore_errors=True)
-    for (norm, shape), series in table.groupby(SERIES, sort=True):
-        run = f"{norm}_{shape.strip('()').replace(', ', 'x')}"
+    for _, series in table.groupby(SERIES, sort=True):
+        run = series_name(series.iloc[0]).replace(" (", "_").replace(", ", "x").replace(") ", "_").replace(")", "").replace(" ", "_")
         with SummaryWriter(str(fresh / run)) as writer:
             for row in series.itertuples(index=False):
                 step = round(row.sparsity_level * 100)
@@ -103,6 +138,8 @@ def write_report(out_dir: str | Path) -> pd.DataFrame:
     if table.empty:
         return table
     table = table[table["norm"] != "dense"]  # a lone dense row has no level axis to plot
+    write_followups(table, out_dir / "followups.png")
+    everything, table = table, table[is_reference(table)]
     sizes = size_columns(table)
     if sizes:
         labels = {"zip_bytes": "torch.save + deflate (MiB)", "zstd_sparse_bytes": "zstd_sparse (MiB)"}
@@ -113,5 +150,22 @@ def write_report(out_dir: str | Path) -> pd.DataFrame:
         labels = {"forward_s_dense": "dense forward (s, median)", "forward_s_coo": "reference COO forward (s, median)"}
         plot(table, [(c, labels[c]) for c in times], out_dir / "forward_time.png", "forward time on one test batch")
     tags = ["roc_auc", "log_loss", "accuracy", "ne", *sizes, *times]
-    write_tensorboard(table, out_dir / "tensorboard", [t for t in tags if t in table])
-    return table
+    write_tensorboard(everything, out_dir / "tensorboard", [t for t in tags if t in everything])
+    return everything
+
+
+def write_followups(table: pd.DataFrame, path: Path) -> None:
+    """One AUC panel per further dimension the sweep varied: its series next to the reference
+    series of the same norm and block shape (nothing when the sweep varied none)."""
+    reference = table[is_reference(table)]
+    panels = []
+    for column, title in FOLLOWUPS.items():
+        others = [c for c in STUDY_COLUMNS if c != column]
+        varied = table[~is_reference(table) & (table[others].astype(str) == pd.Series(STUDY_COLUMNS)[others].astype(str)).all(axis=1)]
+        if varied.empty:
+            continue
+        shapes = varied[["norm", "sparse_block_shape"]].drop_duplicates()
+        base = reference.merge(shapes, on=["norm", "sparse_block_shape"])
+        panels.append((pd.concat([base, varied]), "roc_auc", f"test AUC: {title}"))
+    if panels:
+        plot_panels(panels, path, "past the reference: each further dimension against its reference series")

@@ -6,8 +6,9 @@ prune, measure and write their rows. This driver only decides which points still
 - a point is *done* when every table that an attached callback writes has its row, so a sweep
   killed at any moment and run again computes just the missing points (rows are replaced, never
   duplicated: :func:`lit_dlrm.results.upsert_rows`);
-- a point whose mask is provably identical to one already done (level 0 or 1 for every norm and
-  block shape, and L2 (1, 1) = L1 (1, 1) when the tables allow it: ``GridPoint.mask_key_for``)
+- a point whose test is provably identical to one already done (the same mask -- level 0 or 1
+  for every norm, block shape and threshold, and L2 (1, 1) = L1 (1, 1) when the tables allow
+  it -- and the same bits, activation sparsity and fine-tuning: ``GridPoint.test_key_for``)
   is not tested again: the done point's rows are copied under its name, with ``same_mask_as``
   saying where they came from.
 
@@ -28,10 +29,12 @@ from callbacks.sparsification import Sparsify
 from callbacks.timing import SparseCooTiming
 from lit_dlrm.results import (
     FORWARD_TIME_CSV,
+    KEY,
     METADATA_CSV,
     METRICS_CSV,
-    POINT_COLUMNS,
+    point_row,
     read_table,
+    row_key,
     upsert_rows,
     write_table,
 )
@@ -39,12 +42,12 @@ from lit_dlrm.sparsity.grid import GridPoint, squares_preserve_order
 
 
 def point_id(point: GridPoint) -> tuple:
-    return (point.norm, point.block_shape_str, float(point.level))
+    return row_key(point_row(point))
 
 
 def row_ids(table: pd.DataFrame) -> list[tuple]:
     """The grid point of each row, comparable with :func:`point_id`."""
-    return list(zip(table["norm"], table["sparse_block_shape"], table["sparsity_level"].astype(float)))
+    return [row_key(row) for row in table[KEY].to_dict("records")]
 
 
 def written_tables(trainer: L.Trainer) -> list[str]:
@@ -72,7 +75,8 @@ def copy_rows(out_dir: Path, tables: list[str], source: GridPoint, target: GridP
     for name in tables:
         table = read_table(out_dir, name)
         rows = table[[i == point_id(source) for i in row_ids(table)]].copy()
-        rows[POINT_COLUMNS] = [target.norm, target.block_shape_str, target.level]
+        for column, value in point_row(target).items():
+            rows[column] = value
         rows["same_mask_as"] = source.key
         upsert_rows(out_dir, name, rows.to_dict("records"))
 
@@ -106,10 +110,10 @@ def run_sweep(
     squares_keep_order = squares_preserve_order(table.weight.detach() for table in module.model.emb_l)
     # Decided once, before any test, so that every process of a DDP run takes the same steps.
     done = done_points(out_dir, tables)
-    first_of_mask: dict[str, GridPoint] = {}
+    first_of_test: dict[str, GridPoint] = {}
     to_test, to_copy = [], []
     for point in grid:
-        representative = first_of_mask.setdefault(point.mask_key_for(squares_keep_order), point)
+        representative = first_of_test.setdefault(point.test_key_for(squares_keep_order), point)
         if point_id(point) in done:
             continue
         if representative is point:

@@ -63,13 +63,7 @@ def main(args: list[str] | None = None) -> None:
             f"--data: the data's table sizes {list(data.table_sizes)} differ from the checkpoint's {sizes}; "
             "pass the --data.* options the model was trained with"
         )
-    grid = make_grid(
-        config.sweep.levels,
-        config.sweep.block_shapes,
-        config.sweep.norms,
-        embedding_dim=model.hparams.embedding_dim,
-        min_rows=min(sizes),
-    )
+    grid = make_grid(**config.sweep.as_dict(), embedding_dim=model.hparams.embedding_dim, min_rows=min(sizes))
     run_sweep(cli.trainer, model, data, grid, config.out_dir)
     if cli.trainer.is_global_zero:
         table = write_report(config.out_dir)

@@ -19,7 +19,7 @@ from lit_dlrm.results import FORWARD_TIME_CSV, METADATA_CSV, METRICS_CSV, REFERE
 
 SCRIPT = REPO / "scripts" / "sweep.py"
 sweep = runpy.run_path(str(SCRIPT))["main"]
-GRID = ["--sweep.levels=[0.0, 0.5, 0.9, 1.0]", "--timing.warmup=0", "--timing.repeats=2", "--timing.batch_size=256"]
+GRID = ["--sweep.levels=[0.0, 0.5, 0.9, 1.0]", "--sweep.studies=[]", "--timing.warmup=0", "--timing.repeats=2", "--timing.batch_size=256"]
 # Columns that must not depend on the run: everything but wall-clock times and kept paths.
 STABLE = {
     METRICS_CSV: ["norm", "sparse_block_shape", "sparsity_level", "precision", "recall", "f1", "roc_auc", "accuracy", "log_loss", "ne"],
