@@ -416,6 +416,8 @@ def explain_line(line: bytes, fmt: TextFormat) -> str:
             body = value[1:] if value.startswith("-") else value
             if value and not (body.isdigit() and body.isascii()):
                 return f"{name}: expected an integer, got {shown}"
+            if len(body) > 16:  # the vectorised decoder reads at most 16 digits, leading zeros too
+                return f"{name}: expected an integer of at most 16 digits, got {shown}"
             if value and abs(int(value)) > _INT32_MAX:
                 return f"{name}: integer out of int32 range: {shown}"
         else:
