@@ -14,8 +14,10 @@ from typing import Literal
 
 import lightning as L
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lit_dlrm.checkpoint import architecture, load_state_dict
@@ -69,6 +71,20 @@ class DLRMModule(L.LightningModule):
         module.model.load_state_dict(state)
         return module
 
+    def setup(self, stage: str) -> None:
+        # DDP all-reduces every gradient. Gloo (CPU) all-reduces the tables' sparse gradients;
+        # stock NCCL (the GPU default) cannot, so there the tables get dense gradients: the same
+        # SGD and Adagrad updates, but every step all-reduces the whole tables.
+        if stage == "fit" and dist.is_available() and dist.is_initialized() and dist.get_backend() != "gloo":
+            for table in self.model.emb_l:
+                table.sparse = False
+            mib = sum(table.weight.numel() * table.weight.element_size() for table in self.model.emb_l) / 2**20
+            rank_zero_warn(
+                f"the {dist.get_backend()} backend cannot all-reduce sparse gradients: the embedding tables "
+                f"train with dense ones ({mib:.0f} MiB all-reduced per step). To keep them sparse, run with "
+                "--trainer.strategy=DDPStrategy --trainer.strategy.process_group_backend=gloo"
+            )
+
     def forward(self, dense: Tensor, sparse: Tensor) -> Tensor:
         return self.model(dense, sparse)
 
@@ -93,10 +109,16 @@ class DLRMModule(L.LightningModule):
         dense, sparse, labels = batch
         self.test_metrics.update(self.model(dense, sparse), labels)
 
+    def _log_global(self, values: dict[str, float], **kwargs) -> None:
+        """Log values that are already exact over all processes and the same on each.
+        ``sync_dist`` with ``max`` keeps them bit-exact (a mean of copies may round) and tells
+        Lightning they are synchronised, so it does not warn under DDP."""
+        self.log_dict(values, sync_dist=True, reduce_fx="max", **kwargs)
+
     def _log_epoch(self, stage: str, metrics: ClickMetrics) -> dict[str, float]:
-        values = metrics.compute()  # already reduced over all processes
+        values = metrics.compute()  # gathered over all processes: exact, identical on each
         metrics.reset()
-        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val")
+        self._log_global({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val")
         return values
 
     def on_train_epoch_end(self) -> None:
@@ -105,7 +127,7 @@ class DLRMModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         values = self._log_epoch("val", self.val_metrics)
         if not self.trainer.sanity_checking:
-            self.log_dict({"hp/val_auc": values["auc"], "hp/val_log_loss": values["log_loss"]})
+            self._log_global({"hp/val_auc": values["auc"], "hp/val_log_loss": values["log_loss"]})
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test", self.test_metrics)

@@ -12,9 +12,10 @@ Batches are whole slices of the memory-mapped arrays, never per-sample `__getite
 a sampler yields one batch's rows at a time (a contiguous [start, stop) for val/test, a sorted
 gather of a seeded per-epoch permutation for train), and the dataset turns them into
     dense: float32 (B, 13) = log(x + 1),  sparse: int64 (B, 26),  label: float32 (B,)
-DDP: every rank reads its own shard. Train: an equal share of the epoch's permutation (the
-remainder of n_train % world_size rows is left out that epoch). Val/test: contiguous shards with no
-padding and no duplicates, so metrics over the split are exact. The sampler subclasses
+DDP: every rank reads its own shard (rules in `ShardedBatchSampler`). Train: an equal share of the
+split, so every rank runs the same number of steps (the remainder of n_train % world_size rows is
+left out that epoch). Val/test: contiguous shards with no padding and no duplicates, so metrics over
+the split are exact. The sampler subclasses
 `DistributedSampler`, which makes Lightning leave it alone; `use_distributed_sampler=False` in the
 Trainer is still the clearest setting. The memory maps are opened lazily in each worker process.
 """
@@ -81,11 +82,24 @@ class CriteoBatches(Dataset):
 class ShardedBatchSampler(DistributedSampler):
     """Yields this rank's batches of one split: (start, stop) pairs, or sorted row-number arrays.
 
-    A `DistributedSampler` only so that Lightning does not wrap it in another one; it shards itself.
+    How the split's ``n`` rows are shared among ``world_size`` ranks (rows, never batches):
+
+    - ``drop_last=True`` (training): every rank gets exactly ``n // world_size`` rows, so every
+      rank runs the same number of batches. DDP all-reduces the gradients of every step, so a
+      rank with one batch more would wait forever. The ``n % world_size`` (< world_size) rows
+      left over are skipped that epoch: with ``shuffle``, a different few every epoch.
+    - ``drop_last=False`` (validation, test): rank ``r`` gets rows ``[n*r // w, n*(r+1) // w)``.
+      No row is dropped or repeated, so metrics over the split are exact. Shards differ by one
+      row at most and ranks may run different numbers of batches, which is safe: evaluation has
+      no per-batch collective, the metrics are gathered once at the end of the epoch.
+
+    Within its share a rank reads contiguous slices, or with ``shuffle`` its part of the epoch's
+    seeded permutation, in sorted batches. A `DistributedSampler` only so that Lightning does not
+    wrap it in another one; it shards itself.
     """
 
     def __init__(self, start: int, end: int, batch_size: int, *, shuffle: bool, rank: int = 0,
-                 world_size: int = 1, seed: int = 0):
+                 world_size: int = 1, seed: int = 0, drop_last: bool = False):
         # (DistributedSampler.__init__ is not called: it wants a dataset and a process group.)
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
@@ -94,14 +108,15 @@ class ShardedBatchSampler(DistributedSampler):
         self.start, self.end, self.batch_size = int(start), int(end), int(batch_size)
         self.shuffle, self.rank, self.num_replicas, self.seed = shuffle, rank, world_size, seed
         self.epoch = 0
-        self.drop_last = False
+        self.drop_last = drop_last
         n = self.end - self.start
-        if shuffle:
-            per = n // world_size  # equal shares: every rank runs the same number of steps
-            self.lo, self.hi = rank * per, (rank + 1) * per
+        if drop_last:  # equal shares: every rank runs the same number of steps
+            bounds = [(n // world_size) * r for r in range(world_size + 1)]
         else:
-            bounds = [self.start + (n * r) // world_size for r in range(world_size + 1)]
-            self.lo, self.hi = bounds[rank], bounds[rank + 1]
+            bounds = [(n * r) // world_size for r in range(world_size + 1)]
+        # [lo, hi): offsets into the split (shuffle) or row numbers (contiguous slices)
+        offset = 0 if shuffle else self.start
+        self.lo, self.hi = offset + bounds[rank], offset + bounds[rank + 1]
         self.num_samples = self.hi - self.lo
         self.total_size = self.num_samples * world_size
 
@@ -242,7 +257,8 @@ class CriteoDataModule(LightningDataModule):
         world_size = w if world_size is None else world_size
         shuffle = (self.shuffle and split == "train") if shuffle is None else shuffle
         batch = self.batch_size if split == "train" else self.eval_batch_size
-        sampler = ShardedBatchSampler(start, end, batch, shuffle=shuffle, rank=rank, world_size=world_size, seed=self.seed)
+        sampler = ShardedBatchSampler(start, end, batch, shuffle=shuffle, rank=rank, world_size=world_size,
+                                      seed=self.seed, drop_last=split == "train")
         return DataLoader(
             CriteoBatches(self._dir),
             batch_size=None,
