@@ -1,0 +1,245 @@
+"""Row-wise post-training quantization of (pruned) embedding tables that keeps pruned zeros zero.
+
+PyTorch pairs pruning with quantization in ``post_training_sparse_quantize``
+(``torch.ao.pruning._experimental.data_sparsifier.quantization_utils``): prune, then convert
+every embedding with ``float_qparams_weight_only_qconfig``, i.e. per-row *affine* quint8 with a
+float scale and a float zero point taken from the row's min and max. An affine grid need not
+hold 0.0, so pruned weights come back non-zero after dequantization (tests/test_quantize.py
+shows it on this torch). Here the grid is *symmetric* per row:
+
+    scale_r = max_j |w_rj| / qmax          qmax = 127 (8 bits) or 7 (4 bits)
+    q_rj    = clamp(round(w_rj / scale_r), -qmax, qmax)
+    w'_rj   = q_rj * scale_r
+
+so 0.0 (either sign) maps to q = 0 and back to +0.0 exactly: the pruned blocks stay pruned and
+the bitmask of :mod:`compression` still finds them. An all-zero row gets scale 0 and q = 0. The
+error is at most scale_r / 2 per element (the grid reaches the row's largest |w|).
+
+Storage (:class:`QuantizedTable`):
+
+* 8 bits: ``q`` int8 (n, d), values in [-127, 127];
+* 4 bits: ``q`` uint8 (n, d / 2), two values per byte in two's complement nibbles, column 2j
+  in the low nibble and 2j+1 in the high one, so a pair of zeros is the byte 0 (cheap for the
+  zstd format's bitmask). Odd widths are refused at 4 bits (no padding to account for);
+* ``scale`` (n,) bfloat16 by default. Why not float32: at width 16 a float32 scale adds 25% to
+  an int8 row and 50% to an int4 row; 2 bytes halve that (raw bytes per row against float32's
+  64: 18 = 3.6x smaller at 8 bits, 10 = 6.4x at 4 bits). Why bfloat16 rather than float16 (what
+  fbgemm's 4-bit tables use): float16 lacks range for small rows. DLRM initialises a 10M-row
+  table in +-3.2e-4, so its int8 scales (~2.5e-6) are float16 subnormals, spaced 6e-8 apart
+  (a grid up to 2.4% coarser after rounding up), and a row below 127 x 6e-8 = 7.6e-6 gets a
+  grid coarser than the row itself; untouched rows of big tables keep such values after
+  training. bfloat16 has float32's range and 8 significant bits everywhere. The scale is
+  rounded *up* to the storage dtype (never down), so round(w / scale) stays within +-qmax and
+  the scale / 2 bound holds for the stored scale, at most 2**-7 relatively coarser than a
+  float32 scale. ``scale_dtype=torch.float16`` or ``torch.float32`` are accepted.
+
+``quantize_dequantize`` (what a sweep evaluates: the float32 table the quantized one stands for)
+works in row chunks, into a preallocated buffer or in place, and equals
+``dequantize(quantize_rows(w))`` bit for bit. ``quantized_state_dict`` swaps every
+``emb_l.K.weight`` for ``emb_l.K.weight.q`` + ``emb_l.K.weight.scale`` (what is measured on
+disk; the int8/uint8/bfloat16 tensors round-trip through both size formats of
+:mod:`compression` unchanged), ``load_quantized_state_dict`` reverses it into float32 tables.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .masks import torch_threads
+from .series import _map_tables
+
+QMAX = {8: 127, 4: 7}
+SCALE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+DEFAULT_CHUNK_ELEMS = 1 << 18  # 1 MiB of float32 rows per chunk
+_EMB_KEY = re.compile(r"(^|\.)emb_l\.\d+\.weight$")
+_Q_DTYPE = {8: torch.int8, 4: torch.uint8}
+
+
+@dataclass(frozen=True)
+class QuantizedTable:
+    """A row-wise symmetric quantized table: ``w ~ q * scale[:, None]`` (module docstring)."""
+
+    q: torch.Tensor  # int8 (n, d) at 8 bits; uint8 (n, d // 2) at 4 bits (packed nibbles)
+    scale: torch.Tensor  # (n,) scale_dtype, >= 0; 0 for an all-zero row
+    bits: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        n, c = self.q.shape
+        return n, c * 2 if self.bits == 4 else c
+
+
+def _check(weight: torch.Tensor, bits: int, scale_dtype: torch.dtype) -> None:
+    if bits not in QMAX:
+        raise ValueError(f"bits: {bits} is not supported (expected 8 or 4)")
+    if scale_dtype not in SCALE_DTYPES:
+        raise ValueError(f"scale_dtype: {scale_dtype} (expected bfloat16, float16 or float32)")
+    if weight.dim() != 2 or weight.dtype != torch.float32:
+        raise ValueError(f"weight: expected a float32 table (rows, dim), got {weight.dtype} "
+                         f"of shape {tuple(weight.shape)}")
+    if bits == 4 and weight.shape[1] % 2:
+        raise ValueError(f"weight: 4-bit rows pack two values per byte, so the width must be even; "
+                         f"got width {weight.shape[1]} (use bits=8)")
+
+
+def _rows(n: int, d: int, chunk_elems: int):
+    step = max(1, chunk_elems // max(d, 1))
+    for r0 in range(0, n, step):
+        yield r0, min(n, r0 + step)
+
+
+def _scales(w: torch.Tensor, qmax: int, scale_dtype: torch.dtype, r0: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scales of a row chunk ``w: (r, d)`` -> (stored scale (r,) scale_dtype, its float32 value)."""
+    amax = w.abs().amax(1) if w.shape[1] else w.new_zeros(w.shape[0])  # (r,)
+    if not torch.isfinite(amax).all():
+        bad = r0 + int((~torch.isfinite(amax)).nonzero()[0])
+        raise ValueError(f"weight: row {bad} holds inf or NaN; it cannot be quantized")
+    exact = amax / qmax
+    s = exact.to(scale_dtype)
+    s = torch.where(s.float() < exact, torch.nextafter(s, s.new_tensor(float("inf"))), s)  # round up
+    if not torch.isfinite(s).all():
+        bad = r0 + int((~torch.isfinite(s)).nonzero()[0])
+        raise ValueError(f"weight: row {bad}'s scale {float(exact[bad - r0]):.3g} overflows "
+                         f"{scale_dtype} (use scale_dtype=torch.bfloat16 or float32)")
+    return s, s.float()
+
+
+def _grid(w: torch.Tensor, sf: torch.Tensor, qmax: int, out: torch.Tensor) -> torch.Tensor:
+    """out = clamp(round(w / scale), -qmax, qmax) in float32, for a row chunk (all-zero rows: 0).
+
+    ``+ 0.0`` turns the -0.0 of small negatives into +0.0, as an integer q = 0 dequantizes.
+    """
+    div = torch.where(sf == 0, torch.ones_like(sf), sf)  # w is 0 wherever the scale is
+    torch.div(w, div[:, None], out=out)
+    return out.round_().clamp_(-qmax, qmax).add_(0.0)
+
+
+def _pack(q: torch.Tensor) -> torch.Tensor:
+    """int8 (r, d) in [-7, 7] -> uint8 (r, d / 2): low nibble column 2j, high nibble 2j + 1."""
+    u = q.view(torch.uint8).view(q.shape[0], -1, 2) & 0x0F
+    return u[..., 0] | (u[..., 1] << 4)
+
+
+def _unpack(p: torch.Tensor) -> torch.Tensor:
+    """uint8 (r, c) -> int8 (r, 2c): the nibbles, sign-extended from 4 bits."""
+    u = torch.stack([p & 0x0F, p >> 4], dim=-1).view(torch.int8)  # (r, c, 2) in [0, 15]
+    return ((u ^ 8) - 8).view(p.shape[0], -1)
+
+
+def quantize_rows(weight: torch.Tensor, bits: int = 8, *, scale_dtype: torch.dtype = torch.bfloat16,
+                  chunk_elems: int = DEFAULT_CHUNK_ELEMS, threads: int | None = 1) -> QuantizedTable:
+    """Quantize ``weight: float32 (n, d)`` row by row (symmetric, 8 or 4 bits; module docstring)."""
+    _check(weight, bits, scale_dtype)
+    w = weight.detach()
+    n, d = w.shape
+    qmax = QMAX[bits]
+    q = torch.empty((n, d if bits == 8 else d // 2), dtype=_Q_DTYPE[bits])
+    scale = torch.empty(n, dtype=scale_dtype)
+    with torch_threads(threads):
+        buf = torch.empty(0)
+        for r0, r1 in _rows(n, d, chunk_elems):
+            s, sf = _scales(w[r0:r1], qmax, scale_dtype, r0)
+            scale[r0:r1] = s
+            g = _grid(w[r0:r1], sf, qmax, buf.resize_(r1 - r0, d)).to(torch.int8)  # (r, d)
+            q[r0:r1] = g if bits == 8 else _pack(g)
+    return QuantizedTable(q, scale, bits)
+
+
+def dequantize(table: QuantizedTable, *, chunk_elems: int = DEFAULT_CHUNK_ELEMS,
+               threads: int | None = 1) -> torch.Tensor:
+    """``q * scale[:, None]`` -> float32 (n, d); pruned (q = 0) entries are +0.0."""
+    n, d = table.shape
+    out = torch.empty(n, d)
+    with torch_threads(threads):
+        for r0, r1 in _rows(n, d, chunk_elems):
+            q = table.q[r0:r1]
+            q = q if table.bits == 8 else _unpack(q)
+            torch.mul(q.to(torch.float32), table.scale[r0:r1].float()[:, None], out=out[r0:r1])
+    return out
+
+
+def quantize_dequantize(weight: torch.Tensor, bits: int = 8, out: torch.Tensor | None = None, *,
+                        scale_dtype: torch.dtype = torch.bfloat16,
+                        chunk_elems: int = DEFAULT_CHUNK_ELEMS, threads: int | None = 1) -> torch.Tensor:
+    """The float32 table the quantized one stands for, written into ``out`` (None: a new tensor;
+    ``out`` may be ``weight``: in place). Row chunks: temporaries O(chunk_elems). Returns ``out``.
+
+    Bit-identical to ``dequantize(quantize_rows(weight, bits))``.
+    """
+    _check(weight, bits, scale_dtype)
+    w = weight.detach()
+    n, d = w.shape
+    if out is None:
+        out = torch.empty(n, d)
+    elif out.shape != w.shape or out.dtype != torch.float32:
+        raise ValueError(f"out: expected float32 {tuple(w.shape)}, got {out.dtype} {tuple(out.shape)}")
+    qmax = QMAX[bits]
+    with torch_threads(threads):
+        buf = torch.empty(0)
+        for r0, r1 in _rows(n, d, chunk_elems):
+            _, sf = _scales(w[r0:r1], qmax, scale_dtype, r0)
+            g = _grid(w[r0:r1], sf, qmax, buf.resize_(r1 - r0, d))
+            torch.mul(g, sf[:, None], out=out.detach()[r0:r1])
+    return out
+
+
+def quantize_dequantize_tables(weights: Sequence[torch.Tensor], bits: int = 8,
+                               out: Sequence[torch.Tensor] | None = None, *,
+                               scale_dtype: torch.dtype = torch.bfloat16,
+                               chunk_elems: int = DEFAULT_CHUNK_ELEMS,
+                               workers: int | None = None) -> list[torch.Tensor]:
+    """:func:`quantize_dequantize` of every table, into ``out`` (None: in place), over
+    ``workers`` threads (largest tables first, torch single-threaded inside, as :mod:`series`)."""
+    ws = [w.detach() for w in weights]
+    dst = ws if out is None else [o.detach() for o in out]
+
+    def one(i: int) -> torch.Tensor:
+        return quantize_dequantize(ws[i], bits, dst[i], scale_dtype=scale_dtype,
+                                   chunk_elems=chunk_elems, threads=None)
+
+    return _map_tables(one, ws, workers)
+
+
+def quantized_state_dict(state: dict[str, torch.Tensor], bits: int = 8, *,
+                         scale_dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
+    """``state`` with every ``emb_l.K.weight`` replaced, in place in the key order, by
+    ``emb_l.K.weight.q`` and ``emb_l.K.weight.scale``; other entries are the same objects."""
+    out: dict[str, torch.Tensor] = {}
+    for name, t in state.items():
+        if _EMB_KEY.search(name):
+            try:
+                qt = quantize_rows(t, bits, scale_dtype=scale_dtype)
+            except ValueError as e:
+                raise ValueError(f"state[{name!r}]: {e}") from None
+            out[f"{name}.q"], out[f"{name}.scale"] = qt.q, qt.scale
+        else:
+            out[name] = t
+    return out
+
+
+def load_quantized_state_dict(qstate: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Reverse :func:`quantized_state_dict`: float32 ``emb_l.K.weight`` tables (the bit width is
+    read from ``q``'s dtype: int8 = 8 bits, uint8 = 4 bits), other entries unchanged."""
+    bits_of = {v: k for k, v in _Q_DTYPE.items()}
+    out: dict[str, torch.Tensor] = {}
+    for name, t in qstate.items():
+        base = name.rsplit(".", 1)[0]
+        if _EMB_KEY.search(base) and name.endswith((".q", ".scale")):
+            if base in out:
+                continue
+            q, scale = qstate.get(f"{base}.q"), qstate.get(f"{base}.scale")
+            if q is None or scale is None:
+                raise ValueError(f"state[{name!r}]: {base}.q and {base}.scale come in pairs; "
+                                 f"the other is missing")
+            if q.dtype not in bits_of or q.dim() != 2 or scale.shape != (q.shape[0],):
+                raise ValueError(f"state[{base}.q]: expected int8 or uint8 (rows, cols) with a "
+                                 f"(rows,) scale, got {q.dtype} {tuple(q.shape)} and scale "
+                                 f"{tuple(scale.shape)}")
+            out[base] = dequantize(QuantizedTable(q, scale, bits_of[q.dtype]))
+        else:
+            out[name] = t
+    return out
