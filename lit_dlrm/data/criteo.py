@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -124,6 +125,30 @@ def open_binary(path: str | os.PathLike) -> tuple[BinaryIO, BinaryIO]:
     return raw, raw
 
 
+# What a damaged stream raises on read: truncated gzip (EOFError), bad header or CRC (BadGzipFile,
+# an OSError), invalid deflate data (zlib.error).
+_UNREADABLE = (OSError, EOFError, zlib.error)
+
+
+def _read(stream: BinaryIO, size: int) -> tuple[bytes, Exception | None]:
+    """Up to `size` bytes, and the error that stopped a damaged stream early (None when it did not).
+
+    Read in `read1` pieces: a plain `read(size)` drops the piece it was reading when the error
+    comes, so the lines just before the damage would never be looked at.
+    """
+    parts, got = [], 0
+    try:
+        while got < size:
+            part = stream.read1(size - got)
+            if not part:
+                break
+            parts.append(part)
+            got += len(part)
+    except _UNREADABLE as e:
+        return b"".join(parts), e
+    return b"".join(parts), None
+
+
 def _header_names(has_id: bool, has_label: bool) -> list[str]:
     names = (["id"] if has_id else []) + (["label"] if has_label else [])
     return names + [n.lower() for n in _feature_names()]
@@ -145,17 +170,16 @@ def sniff_format(path: str | os.PathLike, has_label: bool | None = None) -> Text
         raise CriteoFormatError(f"{name}: empty file")
     stream, raw = open_binary(path)
     try:
-        try:
-            sample = stream.read(1 << 20)
-        except (OSError, EOFError) as e:  # corrupt gzip
-            raise CriteoFormatError(f"{name}: cannot decompress: {e}") from e
+        sample, damage = _read(stream, 1 << 20)
     finally:
         raw.close()
     is_gz = _is_gzip(path)
     if not sample.strip(b"\r\n\t, "):
+        if damage is not None:  # nothing readable; damage later on is reported by `iter_blocks`
+            raise CriteoFormatError(f"{name}:1: cannot decompress: {damage}") from damage
         raise CriteoFormatError(f"{name}: empty file (no data lines)")
     lines = sample.split(b"\n")
-    if len(lines) > 1 and len(sample) == 1 << 20:
+    if len(lines) > 1 and (len(sample) == 1 << 20 or damage is not None):
         lines = lines[:-1]  # the last one may be cut
     lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines[:1001]]
     first = lines[0]
@@ -457,9 +481,17 @@ def iter_blocks(
     threads = max(1, threads if threads is not None else min(2, os.cpu_count() or 1))
     stream, raw = open_binary(path)
     pending: deque = deque()  # (body, first line number, future) in file order
+    unreadable: list[CriteoFormatError] = []
+
+    def bodies():  # an unreadable rest of the file is reported after the lines before it
+        try:
+            yield from _bodies(stream, name, fmt, block_bytes)
+        except CriteoFormatError as e:
+            unreadable.append(e)
+
     try:
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            for body, first in _bodies(stream, name, fmt, block_bytes):
+            for body, first in bodies():
                 pending.append((body, first, pool.submit(_parse_block, body, fmt)))
                 while len(pending) > threads:  # bounded: at most `threads` + 1 blocks in flight
                     yield from _finish(pending.popleft(), name, fmt, on_bad_line, stats, progress, raw)
@@ -467,6 +499,8 @@ def iter_blocks(
                 yield from _finish(pending.popleft(), name, fmt, on_bad_line, stats, progress, raw)
     finally:
         raw.close()
+    if unreadable:
+        raise unreadable[0]
     if stats.lines == 0:
         raise CriteoFormatError(f"{name}: empty file (no data lines)")
 
@@ -475,15 +509,21 @@ def _bodies(stream, name: str, fmt: TextFormat, block_bytes: int) -> Iterator[tu
     """(whole lines ending in LF, number of the first line) read `block_bytes` at a time."""
     line_no = 1
     if fmt.header:
-        stream.readline()
+        try:
+            stream.readline()
+        except _UNREADABLE as e:
+            raise CriteoFormatError(f"{name}:1: cannot decompress: {e}") from e
         line_no = 2
     rest = b""
     while True:
-        try:
-            chunk = stream.read(block_bytes)
-        except (OSError, EOFError) as e:
-            raise CriteoFormatError(f"{name}:{line_no}: cannot decompress: {e}") from e
+        chunk, damage = _read(stream, block_bytes)
         data = rest + chunk
+        if damage is not None:  # the whole lines before the damage first, then where it stops
+            cut = data.rfind(b"\n") + 1
+            if cut:
+                yield data[:cut].replace(b"\r\n", b"\n"), line_no
+                line_no += data.count(b"\n", 0, cut)
+            raise CriteoFormatError(f"{name}:{line_no}: cannot decompress: {damage}") from damage
         if not chunk:
             if data:
                 yield (data if data.endswith(b"\n") else data + b"\n").replace(b"\r\n", b"\n"), line_no
