@@ -161,8 +161,10 @@ def _feature_names() -> list[str]:
 def sniff_format(path: str | os.PathLike, has_label: bool | None = None) -> TextFormat:
     """Look at the first lines of `path` to find separator, header, Id and label columns.
 
-    Without a header, a file is labelled when any of its first 1000 lines has 40 fields (Kaggle
-    train) and unlabelled otherwise (Kaggle test: at most 39). Pass `has_label` to override.
+    Without a header, each of the first 1000 lines votes: exactly 40 fields fits only a labelled
+    file (Kaggle train), a first field other than 0 or 1 only an unlabelled one (Kaggle test, whose
+    I1 is often empty or > 1). The file is labelled unless the unlabelled votes win, so a few
+    malformed lines cannot flip the layout of the rest. Pass `has_label` to override.
     """
     path = Path(path)
     name = path.name
@@ -181,7 +183,7 @@ def sniff_format(path: str | os.PathLike, has_label: bool | None = None) -> Text
     lines = sample.split(b"\n")
     if len(lines) > 1 and (len(sample) == 1 << 20 or damage is not None):
         lines = lines[:-1]  # the last one may be cut
-    lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines[:1001]]
+    lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines[:1000]]
     first = lines[0]
     suffixes = [s.lower() for s in path.suffixes]
     if b"\t" in first:
@@ -208,8 +210,10 @@ def sniff_format(path: str | os.PathLike, has_label: bool | None = None) -> Text
             raise CriteoFormatError(f"{name}:1: header says label={has_lab}, option has_label={has_label}")
         return TextFormat(sep=sep, header=True, has_id=has_id, has_label=has_lab, gzip=is_gz)
     if has_label is None:
-        counts = [ln.count(sep) + 1 for ln in lines if ln]
-        has_label = any(c >= NUM_DENSE + NUM_SPARSE + 1 for c in counts)
+        data_lines = [ln for ln in lines[:1000] if ln]
+        labelled_only = sum(ln.count(sep) == NUM_DENSE + NUM_SPARSE for ln in data_lines)
+        unlabelled_only = sum(ln.split(sep, 1)[0] not in (b"0", b"1") for ln in data_lines)
+        has_label = labelled_only >= unlabelled_only
     return TextFormat(sep=sep, header=False, has_id=False, has_label=bool(has_label), gzip=is_gz)
 
 
