@@ -411,7 +411,7 @@ def preprocess_text(
     block_bytes: int | None = None,
 ) -> dict:
     """Parse a Kaggle-format text file (TSV/CSV, gzip or not) into `out_dir`; returns its metadata."""
-    from .criteo import ParseStats, iter_blocks, sniff_format
+    from .criteo import CriteoFormatError, ParseStats, iter_blocks, sniff_format
 
     path = Path(path)
     fmt = sniff_format(path, has_label=has_label)
@@ -423,6 +423,11 @@ def preprocess_text(
         meta = build_arrays(blocks, out_dir, options)
     finally:
         bar.close()
+    if stats.rows == 0:  # every line skipped: say so here, not later as "has no labels"
+        raise CriteoFormatError(
+            f"{path.name}: no valid rows: all {stats.lines} line(s) were malformed and skipped "
+            f"(on_bad_line='skip'); first: {stats.examples[0]}"
+        )
     if stats.skipped:
         log.warning(
             "%s: skipped %d bad line(s) of %d (on_bad_line='skip'); first: %s",
