@@ -28,6 +28,7 @@ from lightning.pytorch.callbacks import Callback
 from callbacks.sparsification import find_sparsify, point_columns
 from lit_dlrm.results import METADATA_CSV, upsert_rows
 from lit_dlrm.sparsity.compression import reference_zip_size, zstd_sparse_size
+from lit_dlrm.sparsity.quantize import quantized_state_dict
 
 
 class CheckpointCompression(Callback):
@@ -59,8 +60,6 @@ class CheckpointCompression(Callback):
         state = {name: tensor.detach().cpu() for name, tensor in pl_module.model.state_dict().items()}
         sparsify = find_sparsify(trainer)
         if sparsify and sparsify.point.weight_bits < 32:
-            from lit_dlrm.sparsity.quantize import quantized_state_dict  # TODO(lead): top-level once it lands
-
             state = quantized_state_dict(state, sparsify.point.weight_bits)
         stem = sparsify.point.key if sparsify else "dense"
         keep = Path(self.out_dir) / "checkpoints" if self.keep_files else None

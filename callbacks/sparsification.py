@@ -47,7 +47,9 @@ from lightning.pytorch.callbacks import Callback
 
 from lit_dlrm.results import METRICS_CSV, STUDY_COLUMNS, point_row, upsert_rows
 from lit_dlrm.sparsity.finetune import finetune
+from lit_dlrm.sparsity.global_threshold import global_cuts
 from lit_dlrm.sparsity.grid import GridPoint, make_grid
+from lit_dlrm.sparsity.quantize import quantize_dequantize
 from lit_dlrm.sparsity.series import SeriesCuts, StaleCut, apply_cuts, cuts_for_levels
 
 DENSE = {"norm": "dense", "sparse_block_shape": "(1, 1)", "sparsity_level": 0.0, **STUDY_COLUMNS}
@@ -115,8 +117,6 @@ class Sparsify(Callback):
             finetune(pl_module, batches, point.finetune_steps)
             self.finetune_s = time.perf_counter() - start
         if point.weight_bits < 32:
-            from lit_dlrm.sparsity.quantize import quantize_dequantize  # TODO(lead): top-level once it lands
-
             for param in params:
                 quantize_dequantize(param.data, point.weight_bits, out=param.data)
         model.activation_sparsity = point.activation
@@ -152,10 +152,7 @@ class Sparsify(Callback):
         """The cuts of ``levels`` for this point's norm, block shape and threshold."""
         p = self.point
         if p.threshold == "global":
-            from lit_dlrm.sparsity.global_threshold import cuts_for_counts, global_counts  # TODO(lead): top-level
-
-            counts = global_counts(dense, p.norm, p.block_shape, levels)
-            return cuts_for_counts(dense, p.norm, p.block_shape, counts)
+            return global_cuts(dense, p.norm, p.block_shape, levels)
         return cuts_for_levels(dense, p.norm, p.block_shape, levels)
 
     def release(self) -> None:

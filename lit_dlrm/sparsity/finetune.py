@@ -12,8 +12,9 @@ trained float32 weight is exactly zero with negligible probability, and holding 
 nothing the sweep reports). Memory: one bool per table weight (a quarter of the tables' bytes).
 
 A plain loop rather than a nested ``trainer.fit``: it runs inside the sweep's ``trainer.test``
-(:class:`callbacks.Sparsify`), one process, on the model's device. Under DDP the ranks would
-need their gradients averaged; the sweep refuses fine-tuning points there.
+(:class:`callbacks.Sparsify`), on the model's device. Under DDP every process runs the same
+steps on the same batches, so the replicas stay equal without exchanging gradients (the
+fine-tuning is not faster for it; a few hundred steps do not need to be).
 """
 
 from __future__ import annotations
