@@ -281,7 +281,7 @@ def make_grid(
     weight_bits: Sequence[int] = (32,),
     activation_levels: Sequence[float] = (0.0,),
     finetune_steps: Sequence[int] = (0,),
-    studies: Sequence[Study] = (),
+    studies: Sequence[dict] = (),  # of Study fields; plain dicts so a CLI list replaces the config's
     *,
     embedding_dim: int | None = None,
     min_rows: int | None = None,
