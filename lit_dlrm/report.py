@@ -4,7 +4,9 @@ Written from the tables alone, as a whole, every time (each file atomically; the
 directory is rebuilt beside the old one and swapped in), so a resumed sweep's report equals an
 uninterrupted one's and never holds duplicated events.
 
-- ``results.csv``: one row per grid point: quality, sizes, forward times (dense and COO);
+- ``results.csv``: one row per grid point: quality, sizes, forward times (dense, COO, compact
+  tables) and the embedding tables' bytes in memory (``table_bytes_*``);
+- ``memory.png``: the tables' bytes in memory, dense, compact and as ``torch.sparse_coo``;
 - ``disk_size.png``, ``quality.png``, ``forward_time.png``: against the sparsity level, one line
   per norm x block shape (the reference's dimensions);
 - ``followups.png``: one panel per further dimension the sweep varied (global threshold, weight
@@ -37,6 +39,15 @@ from lit_dlrm.results import (  # noqa: E402
 )
 
 RESULTS_CSV = "results.csv"
+WIDE_COLUMNS = {  # (column of dlrm_forward_time_info.csv, dlrm_type) -> column of results.csv
+    ("time_taken", "without_torch_sparse"): "forward_s_dense",
+    ("time_taken", "with_torch_sparse"): "forward_s_coo",
+    ("time_taken", "compact"): "forward_s_compact",
+    ("table_bytes", "without_torch_sparse"): "table_bytes_dense",
+    ("table_bytes", "with_torch_sparse"): "table_bytes_coo",  # the reference's COO path keeps dense tables
+    ("table_bytes", "compact"): "table_bytes_compact",
+    ("coo_table_bytes", "with_torch_sparse"): "table_bytes_as_coo",  # what torch.sparse_coo tables would take
+}
 SERIES = [column for column in KEY if column != "sparsity_level"]
 FOLLOWUPS = {  # column -> panel title
     "threshold": "global threshold vs per table",
@@ -75,8 +86,12 @@ def joined_results(out_dir: Path) -> pd.DataFrame:
         )
     times = read_table(out_dir, FORWARD_TIME_CSV)
     if len(times):
-        wide = times.pivot_table(index=KEY, columns="dlrm_type", values="time_taken").reset_index()
-        wide = wide.rename(columns={"without_torch_sparse": "forward_s_dense", "with_torch_sparse": "forward_s_coo"})
+        values = [c for c in ("time_taken", "table_bytes", "coo_table_bytes") if c in times]
+        numeric = times.assign(**{c: pd.to_numeric(times[c], errors="coerce") for c in values})  # "" where a path lacks one
+        wide = numeric.pivot_table(index=KEY, columns="dlrm_type", values=values)
+        wide = wide[[c for c in wide.columns if c in WIDE_COLUMNS]]
+        wide.columns = [WIDE_COLUMNS[c] for c in wide.columns]
+        wide = wide.reset_index()
         table = table.merge(wide, on=KEY, how="left")
     return table
 
@@ -145,11 +160,18 @@ def write_report(out_dir: str | Path) -> pd.DataFrame:
         labels = {"zip_bytes": "torch.save + deflate (MiB)", "zstd_sparse_bytes": "zstd_sparse (MiB)"}
         plot(table, [(c, labels.get(c, c)) for c in sizes], out_dir / "disk_size.png", "checkpoint size on disk")
     plot(table, [("roc_auc", "test AUC"), ("log_loss", "test log loss")], out_dir / "quality.png", "model quality")
-    times = [c for c in ("forward_s_dense", "forward_s_coo") if c in table]
+    times = [c for c in ("forward_s_dense", "forward_s_coo", "forward_s_compact") if c in table]
     if times:
-        labels = {"forward_s_dense": "dense forward (s, median)", "forward_s_coo": "reference COO forward (s, median)"}
+        labels = {"forward_s_dense": "dense forward (s, median)", "forward_s_coo": "reference COO forward (s, median)",
+                  "forward_s_compact": "compact tables forward (s, median)"}
         plot(table, [(c, labels[c]) for c in times], out_dir / "forward_time.png", "forward time on one test batch")
-    tags = ["roc_auc", "log_loss", "accuracy", "ne", *sizes, *times]
+    memory = [c for c in ("table_bytes_dense", "table_bytes_compact", "table_bytes_as_coo") if c in table]
+    if memory:
+        labels = {"table_bytes_dense": "dense tables (MiB)", "table_bytes_compact": "compact tables (MiB)",
+                  "table_bytes_as_coo": "as torch.sparse_coo (MiB)"}
+        mib = table.assign(**{c: table[c] / 2**20 for c in memory})
+        plot(mib, [(c, labels[c]) for c in memory], out_dir / "memory.png", "embedding tables in memory")
+    tags = ["roc_auc", "log_loss", "accuracy", "ne", *sizes, *times, *memory]
     write_tensorboard(everything, out_dir / "tensorboard", [t for t in tags if t in everything])
     return everything
 

@@ -57,13 +57,13 @@ def written_tables(trainer: L.Trainer) -> list[str]:
 
 
 def done_points(out_dir: Path, tables: list[str]) -> set[tuple]:
-    """Points with a row in each of ``tables`` (for the timings: both forward paths)."""
+    """Points with a row in each of ``tables`` (for the timings: all three forward paths)."""
     done = None
     for name in tables:
         table = read_table(out_dir, name)
         if name == FORWARD_TIME_CSV:
-            ids = [set(row_ids(table[table["dlrm_type"] == kind])) for kind in ("with_torch_sparse", "without_torch_sparse")]
-            ids = ids[0] & ids[1]
+            ids = [set(row_ids(table[table["dlrm_type"] == kind])) for kind in ("with_torch_sparse", "without_torch_sparse", "compact")]
+            ids = set.intersection(*ids)
         else:
             ids = set(row_ids(table))
         done = ids if done is None else done & ids

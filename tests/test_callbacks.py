@@ -102,7 +102,14 @@ def test_timing_rows_for_both_paths(module, loader, tmp_path):
     run_test(module, loader, [Sparsify("L1", (1, 4), 0.9), SparseCooTiming(str(tmp_path), batch_size=100, warmup=1, repeats=3)])
     table = read_table(tmp_path, FORWARD_TIME_CSV)
     assert list(table.columns[:5]) == REFERENCE_COLUMNS[FORWARD_TIME_CSV]
-    assert sorted(table.dlrm_type) == ["with_torch_sparse", "without_torch_sparse"]
+    assert sorted(table.dlrm_type) == ["compact", "with_torch_sparse", "without_torch_sparse"]
+    rows = table.set_index("dlrm_type")
+    dense_bytes = sum(t * 8 * 4 for t in TABLES)
+    assert rows.table_bytes["without_torch_sparse"] == rows.table_bytes["with_torch_sparse"] == dense_bytes
+    survivors = sum(4 * (2 * t - round(0.9 * 2 * t)) for t in TABLES)  # floats left in 2 blocks of 4 per row
+    assert float(rows.coo_table_bytes["with_torch_sparse"]) == survivors * (2 * 8 + 4)
+    assert 0 < rows.table_bytes["compact"] < 0.25 * dense_bytes
+    assert float(rows.max_abs_diff["compact"]) < 1e-5 and float(rows.build_s["compact"]) > 0
     assert (table.time_taken > 0).all() and (table.p10_s <= table.p90_s).all()
     assert set(table.batch_size) == {100} and set(table.sparsity_level) == {0.9}
     with pytest.raises(ValueError, match="timing.repeats"):

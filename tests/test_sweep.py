@@ -54,7 +54,7 @@ def test_tables_have_reference_columns_and_every_point(full_run):
     for name, columns in REFERENCE_COLUMNS.items():
         table = read_table(full_run, name)
         assert list(table.columns[: len(columns)]) == columns
-        rows_per_point = 2 if name == FORWARD_TIME_CSV else 1
+        rows_per_point = 3 if name == FORWARD_TIME_CSV else 1  # dense, COO, compact
         assert len(table) == 16 * rows_per_point  # 2 norms x 2 block shapes x 4 levels
     metrics = read_table(full_run, METRICS_CSV)
     assert set(metrics.sparse_block_shape) == {"(1, 1)", "(1, 4)"}
@@ -73,8 +73,8 @@ def test_report_files_and_tensorboard_runs(full_run):
     os.umask(umask)
     assert (full_run / "results.csv").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
     results = pd.read_csv(full_run / "results.csv")
-    assert len(results) == 16 and {"roc_auc", "zip_bytes", "zstd_sparse_bytes", "forward_s_dense", "forward_s_coo"} <= set(results)
-    for png in ("disk_size.png", "quality.png", "forward_time.png"):
+    assert len(results) == 16 and {"roc_auc", "zip_bytes", "zstd_sparse_bytes", "forward_s_dense", "forward_s_coo", "forward_s_compact", "table_bytes_compact"} <= set(results)
+    for png in ("disk_size.png", "quality.png", "forward_time.png", "memory.png"):
         assert (full_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     runs = sorted(p.name for p in (full_run / "tensorboard").iterdir())
     assert runs == ["L1_1x1", "L1_1x4", "L2_1x1", "L2_1x4"]
