@@ -93,7 +93,21 @@ def joined_results(out_dir: Path) -> pd.DataFrame:
         wide.columns = [WIDE_COLUMNS[c] for c in wide.columns]
         wide = wide.reset_index()
         table = table.merge(wide, on=KEY, how="left")
-    return table
+    return with_quality_before_finetuning(table)
+
+
+def with_quality_before_finetuning(table: pd.DataFrame) -> pd.DataFrame:
+    """Fine-tuned rows get ``roc_auc_before_finetune`` and ``log_loss_before_finetune``: the same
+    point's figures without fine-tuning (empty where the sweep did not test that point)."""
+    if not (table["finetune_steps"].astype(int) > 0).any():
+        return table
+    key = [c for c in KEY if c != "finetune_steps"]
+    before = table[table["finetune_steps"].astype(int) == 0][[*key, "roc_auc", "log_loss"]]
+    before = before.rename(columns={"roc_auc": "roc_auc_before_finetune", "log_loss": "log_loss_before_finetune"})
+    merged = table.merge(before, on=key, how="left")
+    tuned = merged["finetune_steps"].astype(int) > 0
+    merged.loc[~tuned, ["roc_auc_before_finetune", "log_loss_before_finetune"]] = float("nan")
+    return merged
 
 
 def size_columns(table: pd.DataFrame) -> list[str]:

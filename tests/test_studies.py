@@ -101,6 +101,11 @@ def test_each_dimension_changes_what_it_should(run, table_bytes):
 def test_report_has_one_run_per_series_and_the_followups_plot(run):
     results = pd.read_csv(run / "results.csv")
     assert len(results) == len(POINTS)
+    tuned = results[results.finetune_steps > 0].iloc[0]
+    untuned = results[(results.finetune_steps == 0) & (results.sparsity_level == tuned.sparsity_level)
+                      & (results.weight_bits == 32) & (results.activation_sparsity == 0) & (results.threshold == "per_table")]
+    assert tuned.log_loss_before_finetune == untuned.log_loss.item() != tuned.log_loss
+    assert results[results.finetune_steps == 0].roc_auc_before_finetune.isna().all()
     runs = sorted(p.name for p in (run / "tensorboard").iterdir())
     assert runs == sorted(["L2_1x4", "L2_1x4_global", "L2_1x4_int8", "L2_1x4_int4", "L2_1x4_act0.8", "L2_1x4_ft40"])
     acc = EventAccumulator(str(run / "tensorboard" / "L2_1x4_int8"))
