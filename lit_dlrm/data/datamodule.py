@@ -31,6 +31,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from ..paths import check_directory
 from .kaggle import NUM_DENSE
 from .preprocess import PreprocessOptions, cached_text
 from .synthetic import SyntheticConfig, binary_metrics, cached_synthetic
@@ -184,6 +185,10 @@ class CriteoDataModule(LightningDataModule):
             raise ValueError("data.batch_size and data.eval_batch_size must be positive")
         if num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+        for name, value, least in (("synthetic_rows", synthetic_rows, 1), ("max_table_size", max_table_size, 1), ("seed", seed, 0)):
+            if value < least:
+                raise ValueError(f"data.{name}: expected an integer >= {least}, got {value}")
+        check_directory("data.cache_dir", cache_dir)
         self.save_hyperparameters()
         self.source, self.path, self.cache_dir = source, path, cache_dir
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size

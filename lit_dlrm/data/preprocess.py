@@ -62,11 +62,11 @@ class PreprocessOptions:
 
     def __post_init__(self):
         if self.max_ind_range is not None and self.max_ind_range < 1:
-            raise ValueError(f"max_ind_range must be a positive integer or None, got {self.max_ind_range}")
+            raise ValueError(f"data.max_ind_range: expected a positive integer or None, got {self.max_ind_range}")
         if self.min_frequency < 1:
-            raise ValueError(f"min_frequency must be >= 1, got {self.min_frequency}")
+            raise ValueError(f"data.min_frequency: expected an integer >= 1, got {self.min_frequency}")
         if self.on_bad_line not in ("error", "skip"):
-            raise ValueError(f"on_bad_line must be 'error' or 'skip', got {self.on_bad_line!r}")
+            raise ValueError(f"data.on_bad_line: expected 'error' or 'skip', got {self.on_bad_line!r}")
 
 
 # ----------------------------------------------------------------------------------------------
