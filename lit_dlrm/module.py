@@ -20,7 +20,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from lit_dlrm.checkpoint import architecture, load_state_dict
+from lit_dlrm.checkpoint import CheckpointError, architecture, load_state_dict
 from lit_dlrm.metrics import ClickMetrics
 from lit_dlrm.model import DLRM, Interaction
 
@@ -55,6 +55,9 @@ class DLRMModule(L.LightningModule):
             raise ValueError(f"model.optimizer: expected 'sgd' or 'adagrad', got {optimizer!r}")
         if not lr > 0:
             raise ValueError(f"model.lr: expected a positive learning rate, got {lr}")
+        for name, value in (("num_dense", num_dense), ("embedding_dim", embedding_dim), ("bottom_mlp", bottom_mlp), ("top_mlp", top_mlp)):
+            if any(width < 1 for width in ([value] if isinstance(value, int) else value)):
+                raise ValueError(f"model.{name}: expected positive sizes, got {value}")
         self.save_hyperparameters()
         self.model = DLRM(table_sizes, num_dense, embedding_dim, bottom_mlp, top_mlp, interaction)
         self.train_metrics = ClickMetrics(auc_bins=200)
@@ -67,11 +70,20 @@ class DLRMModule(L.LightningModule):
         """A module holding the DLRM weights in ``path``: a lit_dlrm checkpoint, a
         facebookresearch/dlrm ``--save-model`` file or a bare state_dict (read safely)."""
         state = load_state_dict(path)
-        module = cls(**architecture(state))
-        module.model.load_state_dict(state)
+        try:
+            module = cls(**architecture(state))
+            module.model.load_state_dict(state)
+        except (CheckpointError, RuntimeError) as err:
+            raise CheckpointError(f"{path}: not a DLRM this code can rebuild: {err}") from err
         return module
 
     def setup(self, stage: str) -> None:
+        # Options the steps depend on, checked before the first batch rather than failing in it.
+        data_dense = getattr(self.trainer.datamodule, "num_dense", self.hparams.num_dense)
+        if data_dense != self.hparams.num_dense:
+            raise ValueError(f"model.num_dense: the model takes {self.hparams.num_dense} dense features, the data has {data_dense}")
+        if stage == "fit" and not self.trainer.log_every_n_steps >= 1:
+            raise ValueError(f"trainer.log_every_n_steps: expected an integer >= 1, got {self.trainer.log_every_n_steps}")
         # DDP all-reduces every gradient. Gloo (CPU) all-reduces the tables' sparse gradients;
         # stock NCCL (the GPU default) cannot, so there the tables get dense gradients: the same
         # SGD and Adagrad updates, but every step all-reduces the whole tables.
