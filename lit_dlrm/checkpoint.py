@@ -42,25 +42,31 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read, or does not hold a DLRM."""
 
 
-def load_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """The DLRM state_dict (reference key names, CPU tensors) stored in ``path``."""
-    path = Path(path)
+def _load(path: Path, mmap: bool = False):
+    """``torch.load(path, weights_only=True)`` with the numpy allow-list; errors name the file."""
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, expected a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         with torch.serialization.safe_globals(NUMPY_ALLOW_LIST):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            # mmap needs torch's zip format; anything else is read whole (and refused if garbage)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as err:
         # torch's message is long; keep the line that names what was refused.
-        lines = str(err).splitlines()
-        reason = next((ln.strip() for ln in lines if "GLOBAL" in ln or "but got" in ln), lines[0])
+        reason = next((ln.strip() for ln in str(err).splitlines() if "GLOBAL" in ln or "but got" in ln), None)
+        if reason is None:  # not a pickle of objects at all: garbage
+            raise CheckpointError(f"{path}: not a readable torch checkpoint (corrupt pickle data)") from err
         raise CheckpointError(
             f"{path}: refused, it needs more than tensors and numpy scalars to load "
             f"(weights_only=True): {reason}"
         ) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({err})") from err
+    except Exception as err:  # a damaged or foreign file makes torch.load raise almost anything
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {err})") from err
 
+
+def _dlrm_state(obj, path: Path) -> dict[str, Tensor]:
+    """The DLRM state_dict (reference key names) inside a loaded checkpoint object."""
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not state:
         raise CheckpointError(f"{path}: holds no state_dict (got {type(obj).__name__})")
@@ -71,6 +77,30 @@ def load_state_dict(path: str | Path) -> dict[str, Tensor]:
             f"{path}: not a DLRM state_dict (no 'emb_l.*' keys; found e.g. {sorted(state)[:3]})"
         )
     return state
+
+
+def load_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """The DLRM state_dict (reference key names, CPU tensors) stored in ``path``."""
+    path = Path(path)
+    return _dlrm_state(_load(path), path)
+
+
+def check_resumable(path: str | Path, model_options: dict) -> None:
+    """Refuse, naming ``--ckpt_path``, a file ``trainer.fit`` could not resume from: missing,
+    unreadable, unsafe, not a Lightning checkpoint of a DLRM, or holding another architecture
+    than ``model_options`` (``--model.*``) describe. The tensors are memory-mapped, not read."""
+    path = Path(path)
+    try:
+        obj = _load(path, mmap=True)
+        if not (isinstance(obj, dict) and "pytorch-lightning_version" in obj):
+            raise CheckpointError(f"{path}: not a Lightning checkpoint to resume (a last.ckpt or best-*.ckpt of scripts/train.py)")
+        arch = architecture(_dlrm_state(obj, path))
+    except CheckpointError as err:
+        raise CheckpointError(f"--ckpt_path: {err}") from err
+    for key in ("num_dense", "embedding_dim", "bottom_mlp", "top_mlp", "interaction"):
+        wanted = model_options.get(key, arch[key])
+        if (list(wanted) if isinstance(wanted, (list, tuple)) else wanted) != arch[key]:
+            raise CheckpointError(f"--ckpt_path: {path} holds a model with {key}={arch[key]}, but --model.{key}={wanted}")
 
 
 def _linear_widths(state: dict[str, Tensor], prefix: str) -> list[int]:
