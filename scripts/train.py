@@ -17,8 +17,10 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
+from lit_dlrm.checkpoint import check_resumable  # noqa: E402
 from lit_dlrm.data import CriteoDataModule  # noqa: E402
 from lit_dlrm.module import DLRMModule  # noqa: E402
+from lit_dlrm.paths import check_directory  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train.yaml"
 
@@ -40,7 +42,17 @@ class TrainCLI(LightningCLI):
         )
         parser.add_argument("--ckpt_path", type=str | None, default=None, help="resume from this checkpoint")
 
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except UnicodeDecodeError as err:  # jsonargparse reads --config files as text, unguarded
+            parser.error(f"--config: not a UTF-8 text (YAML) file: {err}")
+
     def before_instantiate_classes(self) -> None:
+        # Path options checked before the data and the model are built, each error naming its option.
+        if self.config.ckpt_path:
+            check_resumable(self.config.ckpt_path, self.config.model.as_dict())
+        check_directory("--checkpoint.dirpath", self.config.checkpoint.dirpath)
         # Resuming from runs/train/version_N/checkpoints/*.ckpt logs into version_N again, so the
         # checkpoint callback finds its own directory and keeps the best score of the whole run.
         logger, ckpt = self.config.trainer.logger, self.config.ckpt_path
