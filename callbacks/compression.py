@@ -26,6 +26,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from callbacks.sparsification import find_sparsify, point_columns
+from lit_dlrm.paths import check_directory
 from lit_dlrm.results import METADATA_CSV, upsert_rows
 from lit_dlrm.sparsity.compression import reference_zip_size, zstd_sparse_size
 from lit_dlrm.sparsity.quantize import quantized_state_dict
@@ -40,6 +41,7 @@ class CheckpointCompression(Callback):
     def __init__(self, out_dir: str | None = None, keep_files: bool = False) -> None:
         if keep_files and not out_dir:
             raise ValueError("compression.keep_files needs compression.out_dir to keep them in")
+        check_directory("out_dir", out_dir)
         self.out_dir, self.keep_files = out_dir, keep_files
         self.row: dict | None = None
 

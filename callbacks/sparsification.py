@@ -45,6 +45,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from lit_dlrm.paths import check_directory
 from lit_dlrm.results import METRICS_CSV, STUDY_COLUMNS, point_row, upsert_rows
 from lit_dlrm.sparsity.finetune import finetune
 from lit_dlrm.sparsity.global_threshold import global_cuts
@@ -53,6 +54,14 @@ from lit_dlrm.sparsity.quantize import quantize_dequantize
 from lit_dlrm.sparsity.series import SeriesCuts, StaleCut, apply_cuts, cuts_for_levels
 
 DENSE = {"norm": "dense", "sparse_block_shape": "(1, 1)", "sparsity_level": 0.0, **STUDY_COLUMNS}
+
+
+# make_grid's option -> the Sparsify argument it checks
+OWN_OPTION = {
+    "sweep.levels": "sparsify.level", "sweep.block_shapes": "sparsify.block_shape", "sweep.norms": "sparsify.norm",
+    "sweep.thresholds": "sparsify.threshold", "sweep.weight_bits": "sparsify.weight_bits",
+    "sweep.activation_levels": "sparsify.activation", "sweep.finetune_steps": "sparsify.finetune_steps",
+}
 
 
 class Sparsify(Callback):
@@ -84,7 +93,12 @@ class Sparsify(Callback):
         signed_zeros: bool = False,
         out_dir: str | None = None,
     ) -> None:
-        (self.point,) = make_grid([level], [block_shape], [norm], [threshold], [weight_bits], [activation], [finetune_steps])
+        try:
+            (self.point,) = make_grid([level], [block_shape], [norm], [threshold], [weight_bits], [activation], [finetune_steps])
+        except ValueError as err:  # make_grid names the sweep's list options: name this callback's own
+            option, _, reason = str(err).partition(": ")
+            raise ValueError(f"{OWN_OPTION.get(option, option)}: {reason}") from err
+        check_directory("out_dir", out_dir)
         self.signed_zeros = signed_zeros
         self.out_dir = out_dir
         self.step_time_sec: float | None = None

@@ -35,6 +35,7 @@ from torch import Tensor
 
 from callbacks.sparsification import find_sparsify, point_columns
 from lit_dlrm.model import DLRM
+from lit_dlrm.paths import check_directory
 from lit_dlrm.results import FORWARD_TIME_CSV, upsert_rows
 from lit_dlrm.sparsity.compact import compact_model, coo_nbytes, table_bytes
 
@@ -84,6 +85,7 @@ class SparseCooTiming(Callback):
             raise ValueError(f"timing.repeats must be >= 1 and timing.warmup >= 0, got {repeats}, {warmup}")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"timing.batch_size must be >= 1, got {batch_size}")
+        check_directory("out_dir", out_dir)
         self.out_dir, self.batch_size, self.warmup, self.repeats = out_dir, batch_size, warmup, repeats
         self.rows: list[dict] = []
 

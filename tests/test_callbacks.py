@@ -86,9 +86,9 @@ def test_sparsify_restores_after_a_failing_test(module, loader):
 
 
 def test_invalid_point_is_refused_naming_the_option():
-    with pytest.raises(ValueError, match="levels"):
+    with pytest.raises(ValueError, match="sparsify.level"):
         Sparsify(level=1.5)
-    with pytest.raises(ValueError, match="norms"):
+    with pytest.raises(ValueError, match="sparsify.norm"):
         Sparsify(norm="L3")
 
 
