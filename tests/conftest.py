@@ -15,3 +15,20 @@ def tiny_data_args(tmp_path_factory) -> list[str]:
     """CLI options of the tiny synthetic data set, with a cache shared by the whole session."""
     cache = tmp_path_factory.mktemp("cache")
     return [*TINY_DATA, f"--data.cache_dir={cache}"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fresh_function_classes():
+    """Let each test module run its own copy of scripts/sweep.py (loaded with runpy).
+
+    The script hands LightningCLI a function (`trained_model`); jsonargparse turns it into a class
+    registered in lightning.pytorch.cli under the function's name, and refuses another function of
+    the same name ("already defines 'trained_model_class'"). So a second test module calling its
+    own copy of `main` failed; the previous module's registration is dropped here.
+    """
+    import lightning.pytorch.cli as lightning_cli
+
+    for name, value in list(vars(lightning_cli).items()):
+        if isinstance(value, type) and hasattr(value, "wrapped_function"):
+            delattr(lightning_cli, name)
+    yield
