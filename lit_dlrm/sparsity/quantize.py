@@ -137,10 +137,10 @@ def quantize_rows(weight: torch.Tensor, bits: int = 8, *, scale_dtype: torch.dty
     w = weight.detach()
     n, d = w.shape
     qmax = QMAX[bits]
-    q = torch.empty((n, d if bits == 8 else d // 2), dtype=_Q_DTYPE[bits])
-    scale = torch.empty(n, dtype=scale_dtype)
+    q = torch.empty((n, d if bits == 8 else d // 2), dtype=_Q_DTYPE[bits], device=w.device)
+    scale = torch.empty(n, dtype=scale_dtype, device=w.device)
     with torch_threads(threads):
-        buf = torch.empty(0)
+        buf = w.new_empty(0)
         for r0, r1 in _rows(n, d, chunk_elems):
             s, sf = _scales(w[r0:r1], qmax, scale_dtype, r0)
             scale[r0:r1] = s
@@ -153,7 +153,7 @@ def dequantize(table: QuantizedTable, *, chunk_elems: int = DEFAULT_CHUNK_ELEMS,
                threads: int | None = 1) -> torch.Tensor:
     """``q * scale[:, None]`` -> float32 (n, d); pruned (q = 0) entries are +0.0."""
     n, d = table.shape
-    out = torch.empty(n, d)
+    out = torch.empty(n, d, device=table.q.device)
     with torch_threads(threads):
         for r0, r1 in _rows(n, d, chunk_elems):
             q = table.q[r0:r1]
@@ -174,12 +174,12 @@ def quantize_dequantize(weight: torch.Tensor, bits: int = 8, out: torch.Tensor |
     w = weight.detach()
     n, d = w.shape
     if out is None:
-        out = torch.empty(n, d)
+        out = torch.empty(n, d, device=w.device)
     elif out.shape != w.shape or out.dtype != torch.float32:
         raise ValueError(f"out: expected float32 {tuple(w.shape)}, got {out.dtype} {tuple(out.shape)}")
     qmax = QMAX[bits]
     with torch_threads(threads):
-        buf = torch.empty(0)
+        buf = w.new_empty(0)
         for r0, r1 in _rows(n, d, chunk_elems):
             _, sf = _scales(w[r0:r1], qmax, scale_dtype, r0)
             g = _grid(w[r0:r1], sf, qmax, buf.resize_(r1 - r0, d))
