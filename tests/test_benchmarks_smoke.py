@@ -39,3 +39,16 @@ def test_harness_runs_every_benchmark_into_one_table(tmp_path):
     table = (tmp_path / "run_tiny.md").read_text()
     assert table.count("\n| ") == len(rows) + 1  # a header and one line per stage
     assert (tmp_path / "run_tiny.csv").exists()
+
+
+def test_global_threshold_benchmark_tiny(tmp_path):
+    rows = load("global_threshold").run("tiny", out_dir=tmp_path, isolate=False)  # counts compared inside
+    assert all(set(r) == SCHEMA for r in rows) and len(rows) == 4
+    assert rows[0]["lit_dlrm"] > 0 and rows[0]["reference"] > 0
+    assert (tmp_path / "global_threshold_tiny.md").exists()
+
+
+def test_quantize_benchmark_tiny(tmp_path):
+    rows = load("quantize").run("tiny", out_dir=tmp_path, isolate=False)
+    assert all(set(r) == SCHEMA for r in rows) and len(rows) == 2
+    assert all(r["lit_dlrm"] > 0 and r["reference"] > 0 for r in rows)
