@@ -50,7 +50,7 @@ from lit_dlrm.results import METRICS_CSV, STUDY_COLUMNS, point_row, upsert_rows
 from lit_dlrm.sparsity.finetune import finetune
 from lit_dlrm.sparsity.global_threshold import global_cuts
 from lit_dlrm.sparsity.grid import GridPoint, make_grid
-from lit_dlrm.sparsity.quantize import quantize_dequantize
+from lit_dlrm.sparsity.quantize import quantize_dequantize_tables
 from lit_dlrm.sparsity.series import SeriesCuts, StaleCut, apply_cuts, cuts_for_levels
 
 DENSE = {"norm": "dense", "sparse_block_shape": "(1, 1)", "sparsity_level": 0.0, **STUDY_COLUMNS}
@@ -131,8 +131,7 @@ class Sparsify(Callback):
             finetune(pl_module, batches, point.finetune_steps)
             self.finetune_s = time.perf_counter() - start
         if point.weight_bits < 32:
-            for param in params:
-                quantize_dequantize(param.data, point.weight_bits, out=param.data)
+            quantize_dequantize_tables([param.data for param in params], point.weight_bits)  # in place
         model.activation_sparsity = point.activation
 
     def _prune(self, dense: list) -> list:
