@@ -16,12 +16,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
 from callbacks import CheckpointCompression, SparseCooTiming, Sparsify  # noqa: E402
 from lit_dlrm.checkpoint import latest_checkpoint  # noqa: E402
+from lit_dlrm.cli import CLI  # noqa: E402
 from lit_dlrm.data import CriteoDataModule  # noqa: E402
 from lit_dlrm.module import DLRMModule  # noqa: E402
 from lit_dlrm.report import write_report  # noqa: E402
@@ -36,7 +37,7 @@ def trained_model(ckpt_path: str = "latest") -> DLRMModule:
     return DLRMModule.from_weights(latest_checkpoint() if ckpt_path == "latest" else ckpt_path)
 
 
-class SweepCLI(LightningCLI):
+class SweepCLI(CLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--ckpt_path", type=str, default="latest", help="checkpoint to sweep ('latest': newest train run)")
         parser.add_argument("--out_dir", type=str, default="sweeps/default", help="where tables, plots and TensorBoard runs go")
