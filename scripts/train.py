@@ -18,6 +18,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
 from lit_dlrm.checkpoint import check_resumable  # noqa: E402
+from lit_dlrm.checkpoint_io import AtomicCheckpointIO  # noqa: E402
 from lit_dlrm.data import CriteoDataModule  # noqa: E402
 from lit_dlrm.module import DLRMModule  # noqa: E402
 from lit_dlrm.paths import check_directory  # noqa: E402
@@ -77,8 +78,12 @@ def main(args: list[str] | None = None) -> None:
         args=args,
         parser_kwargs={"default_config_files": [str(DEFAULT_CONFIG)]},
         save_config_kwargs={"overwrite": True},
-        # last.ckpt after every epoch, whatever the validation score did, for resuming.
-        trainer_defaults={"callbacks": [ModelCheckpoint(filename="last", monitor=None, enable_version_counter=False)]},
+        # last.ckpt at every validation, whatever the score did, for resuming; every .ckpt written
+        # atomically beside its final name, so a killed run never leaves a truncated one.
+        trainer_defaults={
+            "callbacks": [ModelCheckpoint(filename="last", monitor=None, enable_version_counter=False)],
+            "plugins": [AtomicCheckpointIO()],
+        },
     )
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
     trainer.fit(model, datamodule=data, ckpt_path=cli.config.ckpt_path)
