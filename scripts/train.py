@@ -17,6 +17,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
+from lit_dlrm.best_checkpoint import BestCheckpoint  # noqa: E402
 from lit_dlrm.checkpoint import check_resumable  # noqa: E402
 from lit_dlrm.checkpoint_io import AtomicCheckpointIO  # noqa: E402
 from lit_dlrm.data import CriteoDataModule  # noqa: E402
@@ -30,8 +31,8 @@ class TrainCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.table_sizes", "model.table_sizes", apply_on="instantiate")
         # The best-checkpoint callback is part of the job, not an optional extra: always present,
-        # every option overridable as --checkpoint.*
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # every option overridable as --checkpoint.*; consistent with last.ckpt through a kill
+        parser.add_lightning_class_args(BestCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/auc",
