@@ -13,13 +13,14 @@ import sys
 from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
 from lit_dlrm.best_checkpoint import BestCheckpoint  # noqa: E402
 from lit_dlrm.checkpoint import check_resumable  # noqa: E402
 from lit_dlrm.checkpoint_io import AtomicCheckpointIO  # noqa: E402
+from lit_dlrm.cli import CLI  # noqa: E402
 from lit_dlrm.data import CriteoDataModule  # noqa: E402
 from lit_dlrm.module import DLRMModule  # noqa: E402
 from lit_dlrm.paths import check_directory  # noqa: E402
@@ -27,7 +28,7 @@ from lit_dlrm.paths import check_directory  # noqa: E402
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train.yaml"
 
 
-class TrainCLI(LightningCLI):
+class TrainCLI(CLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.table_sizes", "model.table_sizes", apply_on="instantiate")
         # The best-checkpoint callback is part of the job, not an optional extra: always present,
@@ -43,12 +44,6 @@ class TrainCLI(LightningCLI):
             }
         )
         parser.add_argument("--ckpt_path", type=str | None, default=None, help="resume from this checkpoint")
-
-    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
-        try:
-            super().parse_arguments(parser, args)
-        except UnicodeDecodeError as err:  # jsonargparse reads --config files as text, unguarded
-            parser.error(f"--config: not a UTF-8 text (YAML) file: {err}")
 
     def before_instantiate_classes(self) -> None:
         # Path options checked before the data and the model are built, each error naming its option.
