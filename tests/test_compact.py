@@ -1,9 +1,13 @@
 """CompactEmbeddingBag keeps nn.EmbeddingBag(mode="sum") semantics on pruned tables, in fewer bytes."""
 
+import importlib.util
+import math
+
 import pytest
 import torch
 from torch import nn
 
+from conftest import REPO
 from lit_dlrm.model import DLRM
 from lit_dlrm.sparsity.compact import CompactEmbeddingBag, compact_model, coo_nbytes, table_bytes
 from lit_dlrm.sparsity.masks import prune
@@ -19,11 +23,18 @@ def pruned_bag(level: float, bw: int, seed: int = 0) -> nn.EmbeddingBag:
     return bag
 
 
+def pointer_bytes(rows: int, blocks_per_row: int) -> int:
+    """An int32 base per group of rows (the largest power of 2 <= 255 // blocks_per_row, so that a
+    group's offsets fit uint8), a uint8 offset for each of rows + 1."""
+    group = 2 ** math.floor(math.log2(255 // blocks_per_row))
+    return -(-(rows + 1) // group) * 4 + (rows + 1)
+
+
 def expected_nbytes(weight: torch.Tensor, bw: int) -> int:
-    """Counted here by hand: int32 row pointers, uint8 block columns, float32 blocks."""
+    """Counted here by hand: row pointers, a uint8 block column and bw float32 per surviving block."""
     blocks = weight.view(weight.shape[0], -1, bw)
     nnz = int(sum(bool(block.ne(0).any()) for row in blocks for block in row))
-    return (weight.shape[0] + 1) * 4 + nnz * (1 + 4 * bw)
+    return pointer_bytes(weight.shape[0], DIM // bw) + nnz * (1 + 4 * bw)
 
 
 @pytest.mark.parametrize("bw", [1, 4])
@@ -40,6 +51,7 @@ def test_outputs_equal_the_dense_pruned_bag(level, bw):
     with torch.no_grad():
         cases = [
             ((ids_2d,), {}),
+            ((torch.tensor([[0], [ROWS - 1], [ROWS // 2]]),), {}),  # first, last and a middle row
             ((ids_2d,), {"per_sample_weights": torch.rand(64, 1, generator=g)}),
             ((ids_3,), {}),
             ((ids_3.int(),), {}),
@@ -63,10 +75,10 @@ def test_nbytes_counts_only_the_surviving_blocks(level, bw):
     dense = pruned_bag(level, bw)
     compact = CompactEmbeddingBag(dense.weight, bw)
     assert compact.nbytes() == expected_nbytes(dense.weight.detach(), bw)
-    assert compact.row_ptr.dtype == torch.int32 and compact.cols.dtype == torch.uint8
+    assert compact.row_base.dtype == torch.int32 and compact.row_off.dtype == compact.cols.dtype == torch.uint8
     if level == 1.0:
         assert compact.values.numel() * compact.values.element_size() == 0
-        assert compact.nbytes() == (ROWS + 1) * 4
+        assert compact.nbytes() == pointer_bytes(ROWS, DIM // bw)
     if level >= 0.9:
         assert compact.nbytes() < 0.25 * dense.weight.numel() * 4
 
@@ -118,8 +130,21 @@ def test_level_one_model_keeps_row_pointers_only():
     for table in model.emb_l:
         table.weight.data = prune(table.weight.data, 1.0, (1, 4), "L1")
     compact = compact_model(model, 4)
-    assert table_bytes(compact) == (51 + 61) * 4  # row pointers only
+    assert table_bytes(compact) == pointer_bytes(50, 1) + pointer_bytes(60, 1)  # row pointers only
     assert all(t.nnz_blocks == 0 for t in compact.emb_l)
     with torch.no_grad():
         out = compact.emb_l[0](torch.randint(0, 50, (7, 1)))
     assert out.shape == (7, 4) and not out.any()
+
+
+def test_benchmark_runs_at_tiny_scale(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_compact", REPO / "benchmarks" / "compact.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.run("tiny", out_dir=tmp_path, isolate=False)
+    assert len(rows) == 2 * 3 * 3  # block shapes x levels x (bytes, build, forward at one batch)
+    assert all(r["lit_dlrm"] > 0 for r in rows)
+    by_stage = {r["stage"]: r for r in rows}
+    assert by_stage["compact bytes L1 (1, 4) 0.9"]["ratio"] > 4  # compact is under 25% of dense
+    assert "max |logit diff| 0.0e+00" in by_stage["forward compact L1 (1, 1) 0.9 batch 256"]["note"]
+    assert (tmp_path / "compact_tiny.csv").exists() and (tmp_path / "compact_tiny.md").exists()

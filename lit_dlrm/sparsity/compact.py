@@ -1,59 +1,68 @@
 """Compact storage for pruned embedding tables: only the surviving blocks, EmbeddingBag semantics.
 
 Why: PyTorch's data-sparsifier DLRM benchmark found that ``torch.sparse`` buys nothing for a
-pruned DLRM: ``nn.EmbeddingBag`` cannot hold a sparse COO weight, so the reference only made the
-interaction output COO, which kept the dense tables (no memory saved) and ran ~2x slower. COO
-tables would not help either: 16 index bytes + 4 value bytes per surviving float is 1.25x the
-dense table even at level 0.9 (``coo_nbytes``).
+pruned DLRM: ``nn.EmbeddingBag`` cannot hold a sparse weight, so the reference made only the
+interaction output COO, kept the dense tables (no memory saved) and ran ~2x slower. COO tables
+would cost 20 bytes per surviving float (int64 row and column, float32 value; ``coo_nbytes``):
+2.5x the dense table at level 0.5, 0.5x at 0.9, and no ``EmbeddingBag`` to look them up.
 
-What: :class:`CompactEmbeddingBag` is a block-CSR table built from a pruned dense weight
-``(n, d)`` and the pruning block width ``bw`` (1 or 4 in the sweep; ``d % bw == 0``). A block is
-``bw`` consecutive floats of a row; it is stored when any of its values is nonzero:
+What: :class:`CompactEmbeddingBag`, a block-CSR table built from a pruned dense weight ``(n, d)``
+and the pruning block width ``bw`` (1 or 4 in the sweep; ``d % bw == 0``). A block is ``bw``
+consecutive floats of a row, stored when any of them is nonzero:
 
-    row_ptr  (n + 1,)         int32 (int64 past 2**31 blocks)  blocks of row r: row_ptr[r]:row_ptr[r+1]
-    cols     (nnz_blocks,)    uint8 (int16 past 256 blocks a row)  block column of each stored block
-    values   (nnz_blocks, bw) the weight's dtype                 the blocks, row-major
+    row_base (ceil((n+1)/G),)  int32 (int64 past 2**31 blocks)  row_ptr of rows 0, G, 2G, ...
+    row_off  (n + 1,)          uint8 (wider past 255 blocks a row)  row_ptr[r] - row_base[r >> log2 G]
+    cols     (nnz_blocks,)     uint8 (int16 past 256 blocks a row)  block column of each stored block
+    values   (nnz_blocks, bw)  the weight's dtype                  the surviving blocks, row-major
+
+``row_ptr[r]``, where row r's blocks start, is a base per group of G rows plus a one-byte offset
+per row: G is the largest power of 2 with ``G * d / bw <= 255`` (8 rows at bw 1, 32 at bw 4, for
+d = 16), so an offset always fits and the group is a shift. That is 1.5 (bw 1) / 1.1 (bw 4)
+bytes a row instead of an int32 row pointer's 4, the format's floor at high levels.
 
 ``forward(input, offsets=None, per_sample_weights=None)`` is ``nn.EmbeddingBag(mode="sum")``'s:
 2-D ``(B, L)`` input (each row one bag) or 1-D input with ``offsets`` (``include_last_offset``
-False; repeated offsets are empty bags, which give zeros). It is vectorised (no Python loop
-over rows or bags): the looked-up rows' block ranges are expanded with ``repeat_interleave``,
-the blocks and their columns gathered with ``index_select``, and written into the ``(bags,
-d / bw, bw)`` output with ``index_copy_`` (one id per bag: every target is distinct) or summed
-with ``index_add_``. Inference only: the tables are buffers, not parameters. (Weights of exact
-0.0 that were not pruned are dropped too: they add nothing to a sum, unless a per-sample weight
-is inf or NaN.)
+False; repeated offsets are empty bags, which give zeros). Vectorised, no Python loop over rows
+or bags: the looked-up rows' block ranges are expanded into one list (``bincount`` + ``cumsum``
+name the id each block serves), the blocks and their columns gathered with ``index_select``, and
+written into the ``(bags, d / bw, bw)`` output with ``scatter_`` / ``index_copy_`` (one id per
+bag, DLRM's case: every slot is written once) or summed with ``index_add_``. Inference only:
+the tables are buffers, not parameters. (Weights of exact 0.0 that survived pruning are dropped
+too: they add nothing to a sum, unless a per-sample weight is inf or NaN.)
 
 :func:`compact_model` gives a DLRM whose tables are each the smaller of the dense table and its
-compact form (a *hybrid*, chosen per table by exact size), sharing the MLPs; :func:`table_bytes`
-measures any DLRM's tables.
+compact form (a *hybrid*, chosen per table by exact size; at level 0 a table stays dense, since
+its compact form would be 1.27x (bw 1) / 1.08x (bw 4) the dense one), sharing the MLPs;
+:func:`table_bytes` measures the tables of any DLRM, dense or compacted.
 
-Measured before choosing (``/tmp``-free numbers from a 2M-row table of width 16, DLRM's init,
-pruned L1 at each level with lit_dlrm's own prune; 2 shared CPU cores, torch 2.13 CPU; one
-lookup of ``B`` ids, microseconds, median of 20; ``dense`` = ``F.embedding_bag`` on the dense
-table):
+Measured before choosing: one 2M-row table of width 16 with DLRM's init, pruned L1 with
+lit_dlrm's cuts; bytes over the dense table's, and microseconds of one lookup of B ids (median of
+40 rounds, paths alternating; 1 torch thread on 2 cores shared with other jobs, so only the
+order of magnitude and the ranking count; ``dense`` = ``F.embedding_bag`` on the dense table):
 
-    block, level   bytes / dense: CSR  bitmask+ptr  zero-rows-dropped | us, B=16384: dense  CSR  bitmask  zero-rows
-    (1, 1) 0.5                   0.688   0.594        1.062            |                55   1296    2973      80
-    (1, 1) 0.9                   0.188   0.194        0.877            |                58    335    1003      71
-    (1, 1) 0.99                  0.075   0.104        0.211            |                62    175     691      70
-    (1, 4) 0.5                   0.594   0.594        1.000            |                59   1201     804      94
-    (1, 4) 0.9                   0.169   0.194        0.406            |                55    290     418      76
-    (1, 4) 0.99                  0.073   0.104        0.102            |                66    157     302      68
+    block, level | bytes / dense:  compact  CSR int32 ptr  bitmask  zero rows | B=16384: dense  compact  bitmask  zero rows | B=1024: dense  compact
+    (1, 1) 0.5   |                  0.648      0.688       0.594    1.062    |           422     2418    10419       559   |           14      108
+    (1, 1) 0.9   |                  0.148      0.188       0.194    0.877    |           317      926     2364       428   |           13       75
+    (1, 1) 0.99  |                  0.036      0.075       0.104    0.211    |           224      396     1101       242   |           12       64
+    (1, 4) 0.5   |                  0.549      0.594       0.594    1.000    |           205     1417     2076       327   |           12       90
+    (1, 4) 0.9   |                  0.124      0.169       0.194    0.406    |           201      511      715       208   |           12       66
+    (1, 4) 0.99  |                  0.028      0.073       0.104    0.102    |           104      191      367        81   |           10       60
 
-* Dropping zero rows (a row -> packed-row remap, then ``F.embedding_bag``) is as fast as dense,
-  but pruning spreads the zeros over the rows: at level 0.9 only 0.9**16 = 19% of the rows of a
-  (1, 1)-pruned table are empty, so it keeps 88% of the bytes. Rejected.
-* A per-row bitmask of the surviving blocks instead of ``cols`` saves bytes only below ~0.9 and
-  its forward works on all ``B x d / bw`` slots: 2-3x slower than CSR. Rejected.
-* Block-CSR meets the memory target (level 0.9: 19% / 17% of dense; ``row_ptr``'s 4 bytes a row
-  are the floor, 6.25%). Its forward is several ops over the gathered blocks instead of one
-  fused kernel (those CSR times are a first draft; the ops kept here -- ``index_copy_`` instead
-  of ``index_add_`` for one id per bag, an int64 index for ``index_add_``, whose int32 path is
-  25x slower -- cut them to about 1/3), but a table lookup is ~1% of a DLRM forward at batch
-  16384, dominated by the MLPs. Whole-model figures: ``benchmarks/compact.py``.
-* Level 0 stores every block: CSR would be 1.31x (bw 1) / 1.08x (bw 4) the dense table, which
-  is why :func:`compact_model` keeps such a table dense (hybrid).
+* *zero rows* (drop all-zero rows: a row -> packed-row remap, then ``F.embedding_bag``) is as fast
+  as dense, but pruning spreads the zeros over the rows: at level 0.9 only 0.9**16 = 19% of the
+  rows of a (1, 1)-pruned table are empty, so it keeps 88% of the bytes. Rejected.
+* *bitmask* (a per-row mask of the surviving blocks instead of ``cols``) saves bytes only below
+  level ~0.9, and its forward works on all ``B x d / bw`` slots: 1.4-4x slower at B=16384. Rejected.
+* *CSR int32 ptr* (a plain int32 row pointer) costs 4 bytes a row: at 0.99 it is 2-2.6x the
+  compact form and larger than COO (0.05); the two-level pointer fixes that for a shift and two
+  byte-sized gathers.
+* The compact lookup is 2-7x a dense one at B=16384, 5-8x at 1024 (a handful of ops over the gathered blocks instead of one
+  fused kernel; ``repeat_interleave`` and an integer division, half of an earlier draft's time, are gone),
+  but the 26 lookups are a few percent of a DLRM forward, which the MLPs dominate: whole-model
+  figures (about 1.0x dense at batch 16384, 1.1-1.2x at 1024; in-memory bytes 14.8% / 12.4% of
+  dense at level 0.9) are in ``benchmarks/results/compact_*.md`` (``benchmarks/compact.py``).
+  Fusing the 26 lookups into one over concatenated tables halved the time at batch 1024 but
+  tripled it at 16384 (one large scattered output instead of 26 cache-sized ones): not kept.
 """
 
 from __future__ import annotations
@@ -63,7 +72,8 @@ import copy
 import torch
 from torch import Tensor, nn
 
-DEFAULT_CHUNK_ROWS = 1 << 18  # rows per building step: O(chunk) temporaries, never table-sized
+DEFAULT_CHUNK_ROWS = 1 << 18  # rows per building step
+_SMALL = (torch.uint8, torch.int16, torch.int32)
 
 
 def _index_dtype(limit: int, small: tuple[torch.dtype, ...]) -> torch.dtype:
@@ -91,11 +101,20 @@ def block_counts(weight: Tensor, block_width: int, chunk_rows: int = DEFAULT_CHU
     return counts
 
 
+def _layout(d: int, block_width: int, nnz_blocks: int) -> tuple[torch.dtype, torch.dtype, int, torch.dtype]:
+    """dtypes of row_base and row_off, rows per group, dtype of cols (module docstring)."""
+    nb = d // block_width
+    offset = next(dtype for dtype in _SMALL if torch.iinfo(dtype).max >= nb)
+    # a group's rows hold at most group * nb blocks, so the offsets fit; a power of 2: rows >> shift
+    group = 1 << ((torch.iinfo(offset).max // nb).bit_length() - 1)
+    return _index_dtype(nnz_blocks, (torch.int32,)), offset, group, _index_dtype(nb - 1, _SMALL)
+
+
 def csr_nbytes(n: int, d: int, block_width: int, nnz_blocks: int, value_size: int = 4) -> int:
     """Bytes of a :class:`CompactEmbeddingBag` of ``n`` rows of width ``d`` holding ``nnz_blocks``."""
-    ptr = torch.empty((), dtype=_index_dtype(nnz_blocks, (torch.int32,))).element_size()
-    col = torch.empty((), dtype=_index_dtype(d // block_width - 1, (torch.uint8, torch.int16, torch.int32))).element_size()
-    return (n + 1) * ptr + nnz_blocks * (col + block_width * value_size)
+    base, offset, group, col = _layout(d, block_width, nnz_blocks)
+    size = lambda dtype: torch.empty((), dtype=dtype).element_size()  # noqa: E731
+    return -(-(n + 1) // group) * size(base) + (n + 1) * size(offset) + nnz_blocks * (size(col) + block_width * value_size)
 
 
 def coo_nbytes(weight: Tensor) -> int:
@@ -113,6 +132,10 @@ class CompactEmbeddingBag(nn.Module):
         block_width: width of the pruned blocks (d % block_width == 0).
         counts: ``block_counts(weight, block_width)`` when already computed (saves one pass).
         chunk_rows: rows read per building step.
+
+    Building reads the weight twice (counting, then copying) in chunks of ``chunk_rows`` rows;
+    besides the result it holds three int32 arrays of one entry a row (counts and row pointers)
+    and O(chunk) temporaries. Kaggle-size tables (33.8M rows): 2-11 s for all 26 on 2 shared cores.
     """
 
     def __init__(self, weight: Tensor, block_width: int, counts: Tensor | None = None,
@@ -124,20 +147,32 @@ class CompactEmbeddingBag(nn.Module):
         if counts is None:
             counts = block_counts(w, block_width, chunk_rows)
         nnz = int(counts.sum(dtype=torch.int64))
-        row_ptr = torch.zeros(n + 1, dtype=_index_dtype(nnz, (torch.int32,)), device=w.device)  # (n + 1,)
-        torch.cumsum(counts, 0, dtype=row_ptr.dtype, out=row_ptr[1:])
-        cols = torch.empty(nnz, dtype=_index_dtype(nb - 1, (torch.uint8, torch.int16, torch.int32)), device=w.device)
+        base_dtype, offset_dtype, group, col_dtype = _layout(d, block_width, nnz)
+        self.group_shift = group.bit_length() - 1
+        groups = -(-(n + 1) // group)
+        row_ptr = torch.full((groups * group,), nnz, dtype=base_dtype, device=w.device)  # (n + 1,) padded
+        row_ptr[0] = 0
+        torch.cumsum(counts, 0, dtype=base_dtype, out=row_ptr[1 : n + 1])
+        by_group = row_ptr.view(groups, group)
+        row_base = by_group[:, 0].clone()  # (groups,)
+        row_off = (by_group - row_base[:, None]).view(-1)[: n + 1].to(offset_dtype, copy=True)  # (n + 1,)
+        cols = torch.empty(nnz, dtype=col_dtype, device=w.device)
         values = torch.empty(nnz, block_width, dtype=w.dtype, device=w.device)  # (nnz, bw)
-        block_col = torch.arange(nb, dtype=cols.dtype, device=w.device)
         for r0 in range(0, n, chunk_rows):
-            chunk = w[r0 : r0 + chunk_rows].reshape(-1, nb, block_width)  # (r, nb, bw)
-            keep = (chunk != 0).any(2)  # (r, nb)
-            a, b = int(row_ptr[r0]), int(row_ptr[r0 + chunk.shape[0]])
-            values[a:b] = chunk[keep]
-            cols[a:b] = block_col.expand_as(keep)[keep]
-        self.register_buffer("row_ptr", row_ptr)
+            chunk = w[r0 : r0 + chunk_rows].reshape(-1, block_width)  # (r * nb, bw)
+            kept = (chunk != 0).any(1).nonzero().squeeze(1)  # (k,) int64: the chunk's surviving blocks
+            a = int(row_ptr[r0])
+            torch.index_select(chunk, 0, kept, out=values[a : a + kept.numel()])
+            cols[a : a + kept.numel()] = kept.remainder_(nb)
+        self.register_buffer("row_base", row_base)
+        self.register_buffer("row_off", row_off)
         self.register_buffer("cols", cols)
         self.register_buffer("values", values)
+
+    def row_ptr(self, rows: Tensor) -> Tensor:
+        """Where the blocks of each of ``rows`` (K,) int64 start (row ``n``: the end) -> (K,) int64."""
+        base = self.row_base.index_select(0, rows >> self.group_shift)
+        return (base + self.row_off.index_select(0, rows)).long()
 
     @property
     def nnz_blocks(self) -> int:
@@ -145,7 +180,7 @@ class CompactEmbeddingBag(nn.Module):
 
     def nbytes(self) -> int:
         """In-memory bytes of the stored tensors."""
-        return sum(t.numel() * t.element_size() for t in (self.row_ptr, self.cols, self.values))
+        return sum(t.numel() * t.element_size() for t in (self.row_base, self.row_off, self.cols, self.values))
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, block_width={self.block_width}, nnz_blocks={self.nnz_blocks}"
@@ -175,12 +210,15 @@ class CompactEmbeddingBag(nn.Module):
                              f"got {tuple(per_sample_weights.shape)}")
         nb, bw = self.embedding_dim // self.block_width, self.block_width
         out = torch.zeros(bags * nb, bw, dtype=self.values.dtype, device=self.values.device)  # (B * nb, bw)
-        start = self.row_ptr.index_select(0, ids).long()  # (N,)
-        counts = self.row_ptr.index_select(0, ids + 1).long() - start  # blocks of each looked-up row
+        start, end = self.row_ptr(torch.cat([ids, ids + 1])).view(2, -1)  # (N,) each
+        counts = end - start  # blocks of each looked-up row
         ends = counts.cumsum(0)
         total = int(ends[-1]) if ids.numel() else 0
-        owner = torch.repeat_interleave(counts, output_size=total)  # (M,) which id each block serves
-        pos = torch.arange(total, device=ids.device) + (start - ends + counts).index_select(0, owner)  # (M,)
+        first = ends - counts  # (N,) where each id's blocks start in the gathered list
+        # which id each gathered block serves: ids starting at or before it, minus one (faster than
+        # repeat_interleave; an empty row starts where the next one does and is counted before it)
+        owner = torch.bincount(first, minlength=total + 1)[:total].cumsum_(0).sub_(1)  # (M,)
+        pos = (start - first).index_select(0, owner).add_(torch.arange(total, device=ids.device))  # (M,)
         # width-1 blocks as flat vectors: 1-D index ops are ~2x faster than on (M, 1) rows
         table, dst = (self.values.view(-1), out.view(-1)) if bw == 1 else (self.values, out)
         values = table.index_select(0, pos)  # (M,) or (M, bw)
@@ -191,11 +229,13 @@ class CompactEmbeddingBag(nn.Module):
             bag = bag_of_id.index_select(0, owner)
         else:
             bag = owner if per_bag == 1 else torch.div(owner, per_bag, rounding_mode="floor")
-        target = bag * nb + self.cols.index_select(0, pos).long()  # (M,) output slot of each block
-        if bag_of_id is None and per_bag == 1:  # one id per bag: every slot is written once
-            dst.index_copy_(0, target, values)
-        else:
+        target = (bag * nb).add_(self.cols.index_select(0, pos))  # (M,) int64: output slot of each block
+        if bag_of_id is not None or per_bag != 1:  # several ids per bag: sum
             dst.index_add_(0, target, values)
+        elif bw == 1:  # one id per bag: every slot is written once
+            dst.scatter_(0, target, values)
+        else:
+            dst.index_copy_(0, target, values)
         return out.view(bags, self.embedding_dim)
 
 
@@ -231,6 +271,3 @@ def table_bytes(model: nn.Module) -> int:
         else:
             total += table.weight.numel() * table.weight.element_size()
     return total
-
-
-__all__ = ["CompactEmbeddingBag", "block_counts", "csr_nbytes", "coo_nbytes", "compact_table", "compact_model", "table_bytes"]
