@@ -17,12 +17,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lit_dlrm.checkpoint import CheckpointError, architecture, load_state_dict
 from lit_dlrm.metrics import ClickMetrics
 from lit_dlrm.model import DLRM, Interaction
+from lit_dlrm.sparse_sync import average_sparse_grads, ignore_in_ddp
 
 Optimizer = Literal["sgd", "adagrad"]
 
@@ -64,6 +64,7 @@ class DLRMModule(L.LightningModule):
         self.val_metrics = ClickMetrics()
         self.test_metrics = ClickMetrics()
         self._loss_sum, self._loss_steps = 0.0, 0
+        self._sync_tables = False  # set by setup under DDP
 
     @classmethod
     def from_weights(cls, path: str) -> DLRMModule:
@@ -84,18 +85,11 @@ class DLRMModule(L.LightningModule):
             raise ValueError(f"model.num_dense: the model takes {self.hparams.num_dense} dense features, the data has {data_dense}")
         if stage == "fit" and not self.trainer.log_every_n_steps >= 1:
             raise ValueError(f"trainer.log_every_n_steps: expected an integer >= 1, got {self.trainer.log_every_n_steps}")
-        # DDP all-reduces every gradient. Gloo (CPU) all-reduces the tables' sparse gradients;
-        # stock NCCL (the GPU default) cannot, so there the tables get dense gradients: the same
-        # SGD and Adagrad updates, but every step all-reduces the whole tables.
-        if stage == "fit" and dist.is_available() and dist.is_initialized() and dist.get_backend() != "gloo":
-            for table in self.model.emb_l:
-                table.sparse = False
-            mib = sum(table.weight.numel() * table.weight.element_size() for table in self.model.emb_l) / 2**20
-            rank_zero_warn(
-                f"the {dist.get_backend()} backend cannot all-reduce sparse gradients: the embedding tables "
-                f"train with dense ones ({mib:.0f} MiB all-reduced per step). To keep them sparse, run with "
-                "--trainer.strategy=DDPStrategy --trainer.strategy.process_group_backend=gloo"
-            )
+        # Under DDP the tables' sparse gradients are averaged here (lit_dlrm.sparse_sync), not by
+        # DDP: setup runs before DDP wraps the module, so they can still be left out of it.
+        self._sync_tables = stage == "fit" and dist.is_available() and dist.is_initialized()
+        if self._sync_tables:
+            ignore_in_ddp(self, [f"model.emb_l.{i}.weight" for i in range(len(self.model.emb_l))])
 
     def forward(self, dense: Tensor, sparse: Tensor) -> Tensor:
         return self.model(dense, sparse)
@@ -144,7 +138,14 @@ class DLRMModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test", self.test_metrics)
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._sync_tables:  # once per step, after any gradient accumulation
+            average_sparse_grads([table.weight for table in self.model.emb_l])
+
     def on_fit_start(self) -> None:
+        if self._sync_tables:  # DDP broadcasts rank 0's weights only for the parameters it holds
+            for table in self.model.emb_l:
+                dist.broadcast(table.weight.data, src=0)
         # Declare the HParams metrics once, so TensorBoard's HParams tab lines runs up by them.
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):

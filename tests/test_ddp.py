@@ -13,17 +13,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import ddp_probe
-from ddp_metrics_worker import update_and_compute
+from ddp_workers import average_lookups, update_and_compute
 from conftest import REPO
 from lit_dlrm.data import CriteoDataModule
 from lit_dlrm.data.datamodule import ShardedBatchSampler
@@ -76,17 +74,24 @@ def test_click_metrics_gather_uneven_ranks(tmp_path):
             assert got[name] == pytest.approx(expected[name], rel=1e-12, abs=1e-12), name
 
 
-def test_nccl_like_backend_trains_tables_with_dense_gradients(monkeypatch):
-    module = DLRMModule([5] * 26)
-    module.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False)
-    module.setup("fit")  # no process group: sparse gradients stay
-    assert all(table.sparse for table in module.model.emb_l)
-    monkeypatch.setattr(dist, "is_initialized", lambda: True)
-    monkeypatch.setattr(dist, "get_backend", lambda *a: "nccl")
-    with pytest.warns(UserWarning, match="process_group_backend=gloo"):
-        module.setup("fit")
-    module.model(torch.rand(4, 13), torch.randint(0, 5, (4, 26))).sum().backward()
-    assert not any(table.weight.grad.is_sparse for table in module.model.emb_l)
+def test_sparse_table_gradients_are_averaged_over_ranks(tmp_path):
+    # ids looked up per rank and table: repeats, uneven counts, one table unused on rank 1 and
+    # one unused everywhere
+    lookups = [[[0, 3, 3, 6], [1], []], [[3, 2], [], []]]
+    out = str(tmp_path / "rank{rank}.pt")
+    mp.start_processes(average_lookups, args=(2, str(tmp_path / "init"), lookups, out), nprocs=2, start_method="spawn")
+    weights = torch.arange(1.0, 5.0)  # d(loss)/d(row) of each lookup
+    for rank in range(2):
+        grads = torch.load(out.format(rank=rank))
+        for t, (n, grad) in enumerate(zip((7, 5, 3), grads)):
+            expected = torch.zeros(n, 4)
+            for ids in (lookups[0][t], lookups[1][t]):
+                for i in ids:
+                    expected[i] += weights / 2  # the mean over the 2 ranks, as DDP averages
+            if t == 2:
+                assert grad is None  # nothing looked up anywhere: no gradient, as without DDP
+            else:
+                torch.testing.assert_close(grad, expected)
 
 
 # -- the scripts under DDP ----------------------------------------------------------------------
