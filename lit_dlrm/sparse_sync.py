@@ -3,7 +3,7 @@
 Why not let DDP do it: DDP hands a sparse gradient to the process group's sparse all-reduce.
 Stock NCCL has none (``allreduce_sparse`` exists only in NCCL's experimental branch), and gloo's
 intermittently corrupted the heap of 2-process CPU runs on the default data with this project's
-torch build ("malloc(): unaligned tcache chunk detected" inside ``backward``, 2 runs in 8). So
+torch build ("malloc(): unaligned tcache chunk detected" inside ``backward``, 2 runs in 12). So
 the tables are left out of DDP (:func:`ignore_in_ddp`) and, once per optimizer step,
 :func:`average_sparse_grads` gathers every rank's (row ids, gradient rows) of every table and
 keeps them all, divided by the world size: the average DDP computes, on any backend, without
