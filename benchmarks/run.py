@@ -39,6 +39,9 @@ BENCHMARKS = {
     "evaluate": evaluate.run,
     "compact": compact.run,
 }
+# tables written before the benchmark column: a stage's first word -> its benchmark
+LEGACY = {"compress": "compress", "test": "evaluate", "forward": "evaluate", "preprocess": "preprocess", "floor": "sparsify",
+          "one": "sparsify", "grid": "sparsify", "train": "train", "full": "estimate"}
 COLUMNS = ["benchmark", "stage", "unit", "lit_dlrm", "reference", "ratio", "lit_dlrm_peak_mib", "reference_peak_mib", "floor", "note"]
 
 
@@ -78,7 +81,8 @@ def kept_rows(table: Path, rerun: set[str]) -> list[dict]:
     if not table.exists():
         return []
     with open(table, newline="") as fh:
-        old = [row for row in csv.DictReader(fh) if row["benchmark"] not in rerun and row["benchmark"] != "estimate"]
+        old = [{"benchmark": LEGACY.get(row["stage"].split()[0]), **row} for row in csv.DictReader(fh)]
+    old = [row for row in old if row["benchmark"] not in rerun and row["benchmark"] != "estimate"]
     numbers = ("lit_dlrm", "reference", "ratio", "lit_dlrm_peak_mib", "reference_peak_mib", "floor")
     return [{k: (float(v) if k in numbers and v != "" else v or None) for k, v in row.items()} for row in old]
 
