@@ -28,7 +28,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks import compact, compress, evaluate, preprocess, sparsify, train_throughput  # noqa: E402
+from benchmarks import compact, compress, evaluate, global_threshold, preprocess, quantize, sparsify, train_throughput  # noqa: E402
 from benchmarks.tables import markdown_table, write_results  # noqa: E402
 
 BENCHMARKS = {
@@ -38,6 +38,8 @@ BENCHMARKS = {
     "compress": compress.run,
     "evaluate": evaluate.run,
     "compact": compact.run,
+    "global": global_threshold.run,
+    "quantize": quantize.run,
 }
 # tables written before the benchmark column: a stage's first word -> its benchmark
 LEGACY = {"compress": "compress", "test": "evaluate", "forward": "evaluate", "preprocess": "preprocess", "floor": "sparsify",
