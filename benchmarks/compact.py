@@ -1,6 +1,6 @@
 """Compact tables: in-memory bytes and full-model forward time, dense vs compact vs the reference's COO path.
 
-    python benchmarks/compact.py --scale kaggle   # 26 tables, 33.8M rows, 2.06 GiB of float32 (minutes)
+    python benchmarks/compact.py --scale kaggle   # 26 tables, 33.8M rows, 2.01 GiB of float32 (minutes)
     python benchmarks/compact.py --scale small    # tables capped at 200k rows
 
 A DLRM with the Kaggle table sizes (capped at ``small``/``tiny``) and its reference init

@@ -1,6 +1,6 @@
 """Time and memory of global-threshold cuts: lit_dlrm's counting passes versus concatenate + select.
 
-    python benchmarks/global_threshold.py --scale kaggle   # 26 tables, 33.8M rows, 2.06 GiB (minutes)
+    python benchmarks/global_threshold.py --scale kaggle   # 26 tables, 33.8M rows, 2.01 GiB (minutes)
     python benchmarks/global_threshold.py --scale small    # tables capped at 200k rows (seconds)
 
 Tables as in benchmarks/sparsify.py (Kaggle row counts, width 16, DLRM's uniform init). Each

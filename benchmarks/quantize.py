@@ -1,6 +1,6 @@
 """Time and memory of row-wise quantization: lit_dlrm's symmetric int8/int4 against torch's path.
 
-    python benchmarks/quantize.py --scale kaggle   # 26 tables, 33.8M rows, 2.06 GiB (minutes)
+    python benchmarks/quantize.py --scale kaggle   # 26 tables, 33.8M rows, 2.01 GiB (minutes)
     python benchmarks/quantize.py --scale small
 
 Tables as in benchmarks/sparsify.py. Each (side, bits) runs in a fresh process; "extra" peak

@@ -1,6 +1,6 @@
 """Time sparsity grid points: lit_dlrm's in-place pruning versus torch's DataNormSparsifier.
 
-    python benchmarks/sparsify.py --scale kaggle   # 26 tables, 33.8M rows, 2.06 GiB (minutes)
+    python benchmarks/sparsify.py --scale kaggle   # 26 tables, 33.8M rows, 2.01 GiB (minutes)
     python benchmarks/sparsify.py --scale small    # tables capped at 200k rows (seconds)
 
 Tables get the Kaggle row counts (capped at `small`/`tiny` scale), width 16 and DLRM's init
