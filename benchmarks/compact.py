@@ -23,15 +23,17 @@ At each point:
 Each block shape runs in a fresh process (one copy of the tables plus one compact copy alive);
 ``peak_mib`` is that process's peak RSS (``VmHWM``). Writes ``benchmarks/results/compact_<scale>.csv``
 and ``.md`` (``compact_<scale>_<k>threads`` with ``--threads k``: torch's thread count, by default
-torch's own choice); ``run(scale)`` returns the rows of benchmarks/run.py's table. On a machine
-whose cores other processes share, ``--threads 1`` gives steadier ratios: a 2-thread op waits at
-its barrier for a thread that is descheduled, and the compact path runs more, smaller ops.
+torch's own choice); ``run(scale)`` returns the rows of benchmarks/run.py's table. The children
+run with ``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets it: on cores shared with other
+jobs, OpenMP threads that spin while they wait made a 2-thread batch-1024 DLRM forward take
+0.35 s instead of 12 ms here (passive, or 1 thread, 13-15 ms).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -126,7 +128,8 @@ def measure_block(scale: str, block: tuple[int, int], threads: int | None = None
 def _isolated(scale: str, block: tuple[int, int], threads: int | None) -> list[dict]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--scale", scale, "--child", f"{block[0]}x{block[1]}"]
     cmd += ["--threads", str(threads)] if threads else []
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ}  # read when the OpenMP runtime starts
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if res.returncode != 0:
         raise RuntimeError(f"compact benchmark, block {block} failed:\n{res.stderr[-4000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -190,7 +193,8 @@ def run(scale: str = "small", out_dir: str | Path | None = RESULTS, isolate: boo
     sizes = table_sizes(scale)
     text = (
         f"# Compact tables, scale `{scale}`\n\n{sum(sizes):,} rows x 16 float32 in 26 tables "
-        f"({sum(sizes) * 64 / MIB:,.0f} MiB), L1 pruning; torch {torch.__version__}, {points[0]['threads']} threads, "
+        f"({sum(sizes) * 64 / MIB:,.0f} MiB), L1 pruning; torch {torch.__version__}, {points[0]['threads']} threads "
+        f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'PASSIVE' if isolate else 'unset')}), "
         f"{time.strftime('%Y-%m-%d %H:%M')}; `python benchmarks/compact.py --scale {scale}"
         f"{f' --threads {threads}' if threads else ''}`. Forward times: whole model, one batch, median of "
         f"{REPEATS[scale]} rounds with the three paths in rotated order; the time ratios are the medians of "
