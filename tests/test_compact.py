@@ -148,3 +148,11 @@ def test_benchmark_runs_at_tiny_scale(tmp_path):
     assert by_stage["compact bytes L1 (1, 4) 0.9"]["ratio"] > 4  # compact is under 25% of dense
     assert "max |logit diff| 0.0e+00" in by_stage["forward compact L1 (1, 1) 0.9 batch 256"]["note"]
     assert (tmp_path / "compact_tiny.csv").exists() and (tmp_path / "compact_tiny.md").exists()
+
+
+def test_a_table_it_cannot_keep_the_semantics_of_is_refused_by_name():
+    torch.manual_seed(0)
+    model = DLRM([20, 30], embedding_dim=4, bottom_mlp=[8], top_mlp=[8])
+    model.emb_l[1] = nn.EmbeddingBag(30, 4, mode="mean")
+    with pytest.raises(ValueError, match=r"emb_l\.1: expected nn.EmbeddingBag\(mode='sum'\)"):
+        compact_model(model, 4)

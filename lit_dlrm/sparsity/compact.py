@@ -40,27 +40,29 @@ lit_dlrm's cuts; bytes over the dense table's, and microseconds of one lookup of
 40 rounds, paths alternating; 1 torch thread on 2 cores shared with other jobs, so only the
 order of magnitude and the ranking count; ``dense`` = ``F.embedding_bag`` on the dense table):
 
-    block, level | bytes / dense:  compact  CSR int32 ptr  bitmask  zero rows | B=16384: dense  compact  bitmask  zero rows | B=1024: dense  compact
-    (1, 1) 0.5   |                  0.648      0.688       0.594    1.062    |           422     2418    10419       559   |           14      108
-    (1, 1) 0.9   |                  0.148      0.188       0.194    0.877    |           317      926     2364       428   |           13       75
-    (1, 1) 0.99  |                  0.036      0.075       0.104    0.211    |           224      396     1101       242   |           12       64
-    (1, 4) 0.5   |                  0.549      0.594       0.594    1.000    |           205     1417     2076       327   |           12       90
-    (1, 4) 0.9   |                  0.124      0.169       0.194    0.406    |           201      511      715       208   |           12       66
-    (1, 4) 0.99  |                  0.028      0.073       0.104    0.102    |           104      191      367        81   |           10       60
+                  bytes / dense                        | us, B = 16384                   | B = 1024
+    block, level  compact  int32 ptr  bitmask  zero rows | dense  compact  bitmask  zero rows | dense  compact
+    (1, 1) 0.5     0.648    0.688     0.594    1.062     |  422    2418    10419     559      |  14     108
+    (1, 1) 0.9     0.148    0.188     0.194    0.877     |  317     926     2364     428      |  13      75
+    (1, 1) 0.99    0.036    0.075     0.104    0.211     |  224     396     1101     242      |  12      64
+    (1, 4) 0.5     0.549    0.594     0.594    1.000     |  205    1417     2076     327      |  12      90
+    (1, 4) 0.9     0.124    0.169     0.194    0.406     |  201     511      715     208      |  12      66
+    (1, 4) 0.99    0.028    0.073     0.104    0.102     |  104     191      367      81      |  10      60
 
 * *zero rows* (drop all-zero rows: a row -> packed-row remap, then ``F.embedding_bag``) is as fast
   as dense, but pruning spreads the zeros over the rows: at level 0.9 only 0.9**16 = 19% of the
   rows of a (1, 1)-pruned table are empty, so it keeps 88% of the bytes. Rejected.
 * *bitmask* (a per-row mask of the surviving blocks instead of ``cols``) saves bytes only below
   level ~0.9, and its forward works on all ``B x d / bw`` slots: 1.4-4x slower at B=16384. Rejected.
-* *CSR int32 ptr* (a plain int32 row pointer) costs 4 bytes a row: at 0.99 it is 2-2.6x the
+* *int32 ptr* (block-CSR with a plain int32 row pointer) costs 4 bytes a row: at 0.99 it is 2-2.6x the
   compact form and larger than COO (0.05); the two-level pointer fixes that for a shift and two
   byte-sized gathers.
-* The compact lookup is 2-7x a dense one at B=16384, 5-8x at 1024 (a handful of ops over the gathered blocks instead of one
-  fused kernel; ``repeat_interleave`` and an integer division, half of an earlier draft's time, are gone),
-  but the 26 lookups are a few percent of a DLRM forward, which the MLPs dominate: whole-model
-  figures (about 1.0x dense at batch 16384, 1.1-1.2x at 1024; in-memory bytes 14.8% / 12.4% of
-  dense at level 0.9) are in ``benchmarks/results/compact_*.md`` (``benchmarks/compact.py``).
+* The compact lookup is 2-7x a dense one at B=16384 and 5-8x at 1024 (a handful of ops over the
+  gathered blocks instead of one fused kernel; ``repeat_interleave`` and an integer division,
+  half of an earlier draft's time, are gone), but the 26 lookups are a small part of a DLRM
+  forward, which the MLPs dominate. Whole model at the Kaggle size, level 0.9, (1, 1) / (1, 4):
+  tables 14.8% / 12.4% of the dense bytes, forward 1.02x / 1.02x dense at batch 16384 and
+  1.08x / 1.07x at 1024 (``benchmarks/results/compact_kaggle.md``, ``benchmarks/compact.py``).
   Fusing the 26 lookups into one over concatenated tables halved the time at batch 1024 but
   tripled it at 16384 (one large scattered output instead of 26 cache-sized ones): not kept.
 """
@@ -239,11 +241,12 @@ class CompactEmbeddingBag(nn.Module):
         return out.view(bags, self.embedding_dim)
 
 
-def compact_table(table: nn.EmbeddingBag, block_width: int) -> nn.Module:
+def compact_table(table: nn.EmbeddingBag, block_width: int, name: str = "table") -> nn.Module:
     """``table`` itself when its dense weight is no larger than the compact form, else a
-    :class:`CompactEmbeddingBag` of it (exact sizes: one counting pass decides)."""
+    :class:`CompactEmbeddingBag` of it (exact sizes: one counting pass decides). ``name`` is for errors."""
     if table.mode != "sum" or table.padding_idx is not None or table.max_norm is not None or table.include_last_offset:
-        raise ValueError("table: only nn.EmbeddingBag(mode='sum') without padding_idx, max_norm or include_last_offset can be compacted")
+        raise ValueError(f"{name}: expected nn.EmbeddingBag(mode='sum') without padding_idx, max_norm and "
+                         f"include_last_offset, got {table}")
     weight = table.weight.detach()
     counts = block_counts(weight, block_width)
     n, d = weight.shape
@@ -258,7 +261,7 @@ def compact_model(model: nn.Module, block_width: int) -> nn.Module:
     smaller (:func:`compact_table`), for inference. ``block_width``: the pruning block's width."""
     compact = copy.copy(model)
     compact._modules = dict(model._modules)  # the copy's own module dict: emb_l is replaced, not shared
-    compact.emb_l = nn.ModuleList(compact_table(table, block_width) for table in model.emb_l)
+    compact.emb_l = nn.ModuleList(compact_table(t, block_width, f"emb_l.{k}") for k, t in enumerate(model.emb_l))
     return compact
 
 
