@@ -32,3 +32,19 @@ def _fresh_function_classes():
         if isinstance(value, type) and hasattr(value, "wrapped_function"):
             delattr(lightning_cli, name)
     yield
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory, tiny_data_args) -> Path:
+    """An untrained model over the tiny data's tables, saved as a bare state_dict (for sweeps)."""
+    import torch
+
+    from lit_dlrm.data import CriteoDataModule
+    from lit_dlrm.module import DLRMModule
+
+    cache = next(a for a in tiny_data_args if a.startswith("--data.cache_dir=")).split("=", 1)[1]
+    data = CriteoDataModule(synthetic_rows=14000, max_table_size=300, cache_dir=cache)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    torch.save(DLRMModule(data.table_sizes).model.state_dict(), path)
+    return path

@@ -28,9 +28,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from conftest import REPO
 from lit_dlrm.checkpoint import load_state_dict
 from lit_dlrm.checkpoint_io import AtomicCheckpointIO
-from lit_dlrm.data import CriteoDataModule
 from lit_dlrm.data.preprocess import PreprocessOptions, cached_text, read_meta
-from lit_dlrm.module import DLRMModule
 from lit_dlrm.results import FORWARD_TIME_CSV, KEY_COLUMNS, METADATA_CSV, METRICS_CSV, POINT_COLUMNS, REFERENCE_COLUMNS
 
 SAMPLES = REPO.parent / "shared" / "data" / "criteo-samples"
@@ -412,20 +410,9 @@ def kill_schedule(rng: np.random.Generator) -> list[Trigger]:
     ]
 
 
-@pytest.fixture(scope="module")
-def sweep_checkpoint(tmp_path_factory, tiny_data_args):
-    """An (untrained) model over the tiny data's tables, saved as a bare state_dict."""
-    cache = next(a for a in tiny_data_args if a.startswith("--data.cache_dir=")).split("=", 1)[1]
-    data = CriteoDataModule(synthetic_rows=14000, max_table_size=300, cache_dir=cache)
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    torch.save(DLRMModule(data.table_sizes).model.state_dict(), path)
-    return path
-
-
-def test_sweep_killed_at_random_moments_ends_as_if_never_killed(tmp_path, tiny_data_args, sweep_checkpoint, capsys):
+def test_sweep_killed_at_random_moments_ends_as_if_never_killed(tmp_path, tiny_data_args, checkpoint, capsys):
     rng = np.random.default_rng(2024)
-    options = [*tiny_data_args, *SWEEP_GRID, f"--ckpt_path={sweep_checkpoint}"]
+    options = [*tiny_data_args, *SWEEP_GRID, f"--ckpt_path={checkpoint}"]
     whole = tmp_path / "whole"
     sweep([*options, f"--out_dir={whole}"])
     capsys.readouterr()

@@ -38,12 +38,7 @@ POINTS = (
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, tiny_data_args):
-    cache = next(a for a in tiny_data_args if a.startswith("--data.cache_dir=")).split("=", 1)[1]
-    data = CriteoDataModule(synthetic_rows=14000, max_table_size=300, cache_dir=cache)
-    torch.manual_seed(0)
-    checkpoint = tmp_path_factory.mktemp("model") / "model.pt"
-    torch.save(DLRMModule(data.table_sizes).model.state_dict(), checkpoint)
+def run(tmp_path_factory, tiny_data_args, checkpoint):
     out = tmp_path_factory.mktemp("studies")
     sweep([*tiny_data_args, *GRID, f"--ckpt_path={checkpoint}", f"--out_dir={out}"])
     return out

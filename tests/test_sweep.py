@@ -5,28 +5,14 @@ import runpy
 
 import pandas as pd
 import pytest
-import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import REPO
-from lit_dlrm.data import CriteoDataModule
-from lit_dlrm.module import DLRMModule
 from lit_dlrm.results import FORWARD_TIME_CSV, METRICS_CSV, REFERENCE_COLUMNS, read_table
 
 SCRIPT = REPO / "scripts" / "sweep.py"
 sweep = runpy.run_path(str(SCRIPT))["main"]
 GRID = ["--sweep.levels=[0.0, 0.5, 0.9, 1.0]", "--sweep.studies=[]", "--timing.warmup=0", "--timing.repeats=2", "--timing.batch_size=256"]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, tiny_data_args):
-    """An (untrained) model over the tiny data's tables, saved as a bare state_dict."""
-    cache = next(a for a in tiny_data_args if a.startswith("--data.cache_dir=")).split("=", 1)[1]
-    data = CriteoDataModule(synthetic_rows=14000, max_table_size=300, cache_dir=cache)
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    torch.save(DLRMModule(data.table_sizes).model.state_dict(), path)
-    return path
 
 
 @pytest.fixture(scope="module")
