@@ -70,7 +70,7 @@ def timed_rounds(paths: dict, repeats: int, warmup: int = 2) -> dict[str, np.nda
             paths[name]()
     seconds: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             start = time.perf_counter()
             paths[name]()
             seconds[name].append(time.perf_counter() - start)
@@ -104,29 +104,50 @@ def measure_block(scale: str, block: tuple[int, int], threads: int | None = None
             start = time.perf_counter()
             compact = compact_model(model, block[1])
             build_s = time.perf_counter() - start
-            point = {"block": str(block), "level": level, "dense_bytes": table_bytes(model),
-                     "compact_bytes": table_bytes(compact), "coo_bytes": sum(coo_nbytes(t) for t in tables),
-                     "build_s": build_s}
+            point = {
+                "block": str(block),
+                "level": level,
+                "dense_bytes": table_bytes(model),
+                "compact_bytes": table_bytes(compact),
+                "coo_bytes": sum(coo_nbytes(t) for t in tables),
+                "build_s": build_s,
+            }
             for batch, (dense, sparse) in batches.items():
                 diff = float((compact(dense, sparse) - model(dense, sparse)).abs().max())
-                times = timed_rounds({
-                    "dense": lambda: model(dense, sparse),
-                    "compact": lambda: compact(dense, sparse),
-                    "coo": lambda: coo_forward(model, dense, sparse),
-                }, REPEATS[scale])
-                results.append({
-                    **point, "batch": batch, **{f"{k}_s": float(np.median(v)) for k, v in times.items()},
-                    # paired: each round's ratio, then the median; load that drifts between rounds cancels
-                    "compact_ratio": float(np.median(times["compact"] / times["dense"])),
-                    "coo_ratio": float(np.median(times["coo"] / times["dense"])),
-                    "max_abs_diff": diff, "threads": torch.get_num_threads()})
+                times = timed_rounds(
+                    {
+                        "dense": lambda: model(dense, sparse),
+                        "compact": lambda: compact(dense, sparse),
+                        "coo": lambda: coo_forward(model, dense, sparse),
+                    },
+                    REPEATS[scale],
+                )
+                results.append(
+                    {
+                        **point,
+                        "batch": batch,
+                        **{f"{k}_s": float(np.median(v)) for k, v in times.items()},
+                        # paired: each round's ratio, then the median; load that drifts between rounds cancels
+                        "compact_ratio": float(np.median(times["compact"] / times["dense"])),
+                        "coo_ratio": float(np.median(times["coo"] / times["dense"])),
+                        "max_abs_diff": diff,
+                        "threads": torch.get_num_threads(),
+                    }
+                )
         del compact
     peak = peak_rss_mib()
     return [{**r, "peak_mib": peak} for r in results]
 
 
 def _isolated(scale: str, block: tuple[int, int], threads: int | None) -> list[dict]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--scale", scale, "--child", f"{block[0]}x{block[1]}"]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--scale",
+        scale,
+        "--child",
+        f"{block[0]}x{block[1]}",
+    ]
     cmd += ["--threads", str(threads)] if threads else []
     env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ}  # read when the OpenMP runtime starts
     res = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
@@ -139,17 +160,25 @@ def detail_table(points: list[dict]) -> list[dict]:
     """The per-point table of compact_<scale>.md: bytes in MiB, ratios to dense."""
     rows = []
     for p in points:
-        rows.append({
-            "block": p["block"], "level": p["level"], "batch": p["batch"],
-            "dense_mib": round(p["dense_bytes"] / MIB, 1), "compact_mib": round(p["compact_bytes"] / MIB, 1),
-            "compact/dense bytes": round(p["compact_bytes"] / p["dense_bytes"], 3),
-            "coo/dense bytes": round(p["coo_bytes"] / p["dense_bytes"], 3),
-            "dense_s": round(p["dense_s"], 5), "compact_s": round(p["compact_s"], 5), "coo_s": round(p["coo_s"], 5),
-            "compact/dense time": round(p["compact_ratio"], 3),
-            "coo/dense time": round(p["coo_ratio"], 3),
-            "build_s": round(p["build_s"], 2), "max_abs_diff": f"{p['max_abs_diff']:.1e}",
-            "peak_mib": round(p["peak_mib"]),
-        })
+        rows.append(
+            {
+                "block": p["block"],
+                "level": p["level"],
+                "batch": p["batch"],
+                "dense_mib": round(p["dense_bytes"] / MIB, 1),
+                "compact_mib": round(p["compact_bytes"] / MIB, 1),
+                "compact/dense bytes": round(p["compact_bytes"] / p["dense_bytes"], 3),
+                "coo/dense bytes": round(p["coo_bytes"] / p["dense_bytes"], 3),
+                "dense_s": round(p["dense_s"], 5),
+                "compact_s": round(p["compact_s"], 5),
+                "coo_s": round(p["coo_s"], 5),
+                "compact/dense time": round(p["compact_ratio"], 3),
+                "coo/dense time": round(p["coo_ratio"], 3),
+                "build_s": round(p["build_s"], 2),
+                "max_abs_diff": f"{p['max_abs_diff']:.1e}",
+                "peak_mib": round(p["peak_mib"]),
+            }
+        )
     return rows
 
 
@@ -159,36 +188,64 @@ def harness_rows(points: list[dict]) -> list[dict]:
     for p in points:
         name = f"L1 {p['block']} {p['level']:g}"
         if p["batch"] == max(q["batch"] for q in points):  # bytes and build once per point
-            rows.append({
-                "stage": f"compact bytes {name}", "unit": "MiB", "lit_dlrm": p["compact_bytes"] / MIB,
-                "reference": p["dense_bytes"] / MIB, "ratio": p["dense_bytes"] / p["compact_bytes"],
-                "lit_dlrm_peak_mib": p["peak_mib"], "reference_peak_mib": None, "floor": None,
-                "note": f"tables in memory, compact vs dense (= the reference's COO path); compact/dense "
-                        f"{p['compact_bytes'] / p['dense_bytes']:.3f}; as torch.sparse_coo {p['coo_bytes'] / MIB:,.1f} MiB "
-                        f"({p['coo_bytes'] / p['dense_bytes']:.2f}x dense)",
-            })
-            rows.append({
-                "stage": f"compact build {name}", "unit": "s", "lit_dlrm": p["build_s"], "reference": None,
-                "ratio": None, "lit_dlrm_peak_mib": None, "reference_peak_mib": None, "floor": None,
-                "note": "compact_model from the pruned dense tables, once per grid point",
-            })
-        rows.append({
-            "stage": f"forward compact {name} batch {p['batch']}", "unit": "s/batch", "lit_dlrm": p["compact_s"],
-            "reference": p["dense_s"], "ratio": 1 / p["compact_ratio"], "lit_dlrm_peak_mib": None,
-            "reference_peak_mib": None, "floor": None,
-            "note": f"whole model, compact vs dense tables: compact/dense {p['compact_ratio']:.2f}x; "
-                    f"reference COO path {p['coo_s']:.4g} s ({p['coo_ratio']:.2f}x dense); "
-                    f"max |logit diff| {p['max_abs_diff']:.1e}",
-        })
+            rows.append(
+                {
+                    "stage": f"compact bytes {name}",
+                    "unit": "MiB",
+                    "lit_dlrm": p["compact_bytes"] / MIB,
+                    "reference": p["dense_bytes"] / MIB,
+                    "ratio": p["dense_bytes"] / p["compact_bytes"],
+                    "lit_dlrm_peak_mib": p["peak_mib"],
+                    "reference_peak_mib": None,
+                    "floor": None,
+                    "note": f"tables in memory, compact vs dense (= the reference's COO path); compact/dense "
+                    f"{p['compact_bytes'] / p['dense_bytes']:.3f}; as torch.sparse_coo {p['coo_bytes'] / MIB:,.1f} MiB "
+                    f"({p['coo_bytes'] / p['dense_bytes']:.2f}x dense)",
+                }
+            )
+            rows.append(
+                {
+                    "stage": f"compact build {name}",
+                    "unit": "s",
+                    "lit_dlrm": p["build_s"],
+                    "reference": None,
+                    "ratio": None,
+                    "lit_dlrm_peak_mib": None,
+                    "reference_peak_mib": None,
+                    "floor": None,
+                    "note": "compact_model from the pruned dense tables, once per grid point",
+                }
+            )
+        rows.append(
+            {
+                "stage": f"forward compact {name} batch {p['batch']}",
+                "unit": "s/batch",
+                "lit_dlrm": p["compact_s"],
+                "reference": p["dense_s"],
+                "ratio": 1 / p["compact_ratio"],
+                "lit_dlrm_peak_mib": None,
+                "reference_peak_mib": None,
+                "floor": None,
+                "note": f"whole model, compact vs dense tables: compact/dense {p['compact_ratio']:.2f}x; "
+                f"reference COO path {p['coo_s']:.4g} s ({p['coo_ratio']:.2f}x dense); "
+                f"max |logit diff| {p['max_abs_diff']:.1e}",
+            }
+        )
     return rows
 
 
-def run(scale: str = "small", out_dir: str | Path | None = RESULTS, isolate: bool = True,
-        threads: int | None = None) -> list[dict]:
+def run(
+    scale: str = "small",
+    out_dir: str | Path | None = RESULTS,
+    isolate: bool = True,
+    threads: int | None = None,
+) -> list[dict]:
     """Every block shape and level at ``scale``; writes compact_<scale>.csv/.md, returns run.py rows."""
     points = []
     for block in BLOCKS:
-        points += _isolated(scale, block, threads) if isolate else measure_block(scale, block, threads)
+        points += (
+            _isolated(scale, block, threads) if isolate else measure_block(scale, block, threads)
+        )
     detail = detail_table(points)
     sizes = table_sizes(scale)
     text = (
@@ -203,7 +260,9 @@ def run(scale: str = "small", out_dir: str | Path | None = RESULTS, isolate: boo
         + markdown_table(detail, list(detail[0]))
     )
     if out_dir is not None:
-        write_results(out_dir, f"compact_{scale}" + (f"_{threads}threads" if threads else ""), detail, text)
+        write_results(
+            out_dir, f"compact_{scale}" + (f"_{threads}threads" if threads else ""), detail, text
+        )
     print(text)
     return harness_rows(points)
 
@@ -212,7 +271,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", choices=sorted(CAPS), default="small")
     parser.add_argument("--out-dir", default=str(RESULTS))
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's choice)"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: one block shape, print JSON
     args = parser.parse_args(argv)
     if args.threads is not None and args.threads < 1:

@@ -33,7 +33,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.sparsify import DIM, RESULTS, build_tables, table_sizes  # noqa: E402
 from benchmarks.tables import markdown_table, write_results  # noqa: E402
-
 from lit_dlrm.sparsity.compression import reference_zip_size, zstd_sparse_size  # noqa: E402
 from lit_dlrm.sparsity.grid import GridPoint  # noqa: E402
 from lit_dlrm.sparsity.masks import prune_tables  # noqa: E402
@@ -54,9 +53,14 @@ def mlp_state(g: torch.Generator) -> dict[str, torch.Tensor]:
     return sd
 
 
-def run(scale: str = "small", out_dir: str | os.PathLike | None = RESULTS,
-        workdir: str | None = None, levels=LEVELS, reference: bool = True,
-        reference_signed: bool = True) -> list[dict]:
+def run(
+    scale: str = "small",
+    out_dir: str | os.PathLike | None = RESULTS,
+    workdir: str | None = None,
+    levels=LEVELS,
+    reference: bool = True,
+    reference_signed: bool = True,
+) -> list[dict]:
     tables = build_tables(table_sizes(scale))
     mlp = mlp_state(torch.Generator().manual_seed(1))
     raw = sum(t.numel() for t in tables) * 4 + sum(t.numel() * 4 for t in mlp.values())
@@ -71,11 +75,19 @@ def run(scale: str = "small", out_dir: str | os.PathLike | None = RESULTS,
                     results.append(reference_zip_size(sd, tmp))
                 results.append(zstd_sparse_size(sd, tmp))
                 for r in results:
-                    rows.append({"scale": scale, "level": level,
-                                 "zeros": "signed (-0.0)" if signed else "+0.0",
-                                 "format": r.format, "bytes": r.bytes, "zip_file_size_mib": r.zip_file_size,
-                                 "of_raw": round(r.bytes / raw, 4), "write_s": round(r.write_s, 2),
-                                 "read_s": round(r.read_s, 2)})
+                    rows.append(
+                        {
+                            "scale": scale,
+                            "level": level,
+                            "zeros": "signed (-0.0)" if signed else "+0.0",
+                            "format": r.format,
+                            "bytes": r.bytes,
+                            "zip_file_size_mib": r.zip_file_size,
+                            "of_raw": round(r.bytes / raw, 4),
+                            "write_s": round(r.write_s, 2),
+                            "read_s": round(r.read_s, 2),
+                        }
+                    )
                 del sd, pruned
                 gc.collect()
     # compare each row with the reference on the same data (same level and same zeros)
@@ -83,7 +95,9 @@ def run(scale: str = "small", out_dir: str | os.PathLike | None = RESULTS,
     for r in rows:
         base = ref.get((r["level"], r["zeros"]))
         r["size_vs_ref"] = round(r["bytes"] / base["bytes"], 3) if base else ""
-        r["write_speedup"] = round(base["write_s"] / r["write_s"], 1) if base and r["write_s"] else ""
+        r["write_speedup"] = (
+            round(base["write_s"] / r["write_s"], 1) if base and r["write_s"] else ""
+        )
     text = _markdown(rows, scale, raw)
     if out_dir is not None:
         write_results(out_dir, f"compress_{scale}", rows, text)
@@ -97,25 +111,41 @@ def common_rows(rows: list[dict]) -> list[dict]:
     for r in rows:
         if r["format"] != OURS:
             continue
-        ref = next((q for q in rows if q["format"] == REF and q["level"] == r["level"]
-                    and q["zeros"] == r["zeros"]), None)
+        ref = next(
+            (
+                q
+                for q in rows
+                if q["format"] == REF and q["level"] == r["level"] and q["zeros"] == r["zeros"]
+            ),
+            None,
+        )
         zeros = "" if r["zeros"] == "+0.0" else " signed"
         sizes = f"{r['zeros']} zeros; sizes MiB: ours {r['bytes'] / 2**20:.1f}"
         if ref:
             sizes += f", deflate {ref['bytes'] / 2**20:.1f} (ours/deflate {r['bytes'] / ref['bytes']:.3f})"
         for op in ("write", "read"):
             ours_s, ref_s = r[f"{op}_s"], (ref[f"{op}_s"] if ref else None)
-            out.append({"stage": f"compress {r['level']:g}{zeros} {op}", "unit": "s",
-                        "lit_dlrm": ours_s, "reference": ref_s,
-                        "ratio": round(ref_s / ours_s, 1) if ref_s and ours_s else None,
-                        "lit_dlrm_peak_mib": None, "reference_peak_mib": None, "floor": None,
-                        "note": sizes})
+            out.append(
+                {
+                    "stage": f"compress {r['level']:g}{zeros} {op}",
+                    "unit": "s",
+                    "lit_dlrm": ours_s,
+                    "reference": ref_s,
+                    "ratio": round(ref_s / ours_s, 1) if ref_s and ours_s else None,
+                    "lit_dlrm_peak_mib": None,
+                    "reference_peak_mib": None,
+                    "floor": None,
+                    "note": sizes,
+                }
+            )
     return out
 
 
 def _markdown(rows, scale, raw) -> str:
-    head = (f"Checkpoint compression, scale={scale}: state_dict {raw / 2**20:.0f} MiB raw fp32 "
-            f"(26 tables x {DIM} + MLPs), L1 (1, 1) pruning; torch {torch.__version__}.\n\n")
+    head = (
+        f"Checkpoint compression, scale={scale}: state_dict {raw / 2**20:.0f} MiB raw fp32 "
+        f"(26 tables x {DIM} + MLPs), L1 (1, 1) pruning; torch {torch.__version__}.\n\n"
+    )
     return head + markdown_table(rows, list(rows[0]))
 
 
@@ -124,8 +154,11 @@ def main(argv=None) -> None:
     ap.add_argument("--scale", choices=["kaggle", "small", "tiny"], default="small")
     ap.add_argument("--out-dir", default=str(RESULTS))
     ap.add_argument("--workdir", default=None, help="where temporary checkpoints go")
-    ap.add_argument("--no-reference-signed", action="store_true",
-                    help="skip torch.save+deflate on the signed-zero models")
+    ap.add_argument(
+        "--no-reference-signed",
+        action="store_true",
+        help="skip torch.save+deflate on the signed-zero models",
+    )
     args = ap.parse_args(argv)
     run(args.scale, args.out_dir, args.workdir, reference_signed=not args.no_reference_signed)
 

@@ -35,7 +35,11 @@ from benchmarks.memory import peak_rss_mib  # noqa: E402
 from lit_dlrm.data.kaggle import KAGGLE_TABLE_SIZES  # noqa: E402
 
 # scale: (table cap, test rows, forward-timing batch, forward repeats)
-SCALES = {"tiny": (500, 20_000, 1024, 2), "small": (20_000, 200_000, 16_384, 10), "kaggle": (None, 3_274_330, 16_384, 10)}
+SCALES = {
+    "tiny": (500, 20_000, 1024, 2),
+    "small": (20_000, 200_000, 16_384, 10),
+    "kaggle": (None, 3_274_330, 16_384, 10),
+}
 BATCH = 16_384  # the reference's test batch
 
 
@@ -53,7 +57,9 @@ def write_arrays(directory: Path, sizes: list[int], rows: int, seed: int = 0) ->
     for start in range(0, rows, 1 << 18):
         stop = min(rows, start + (1 << 18))
         dense[start:stop] = rng.integers(0, 1000, (stop - start, 13))
-        sparse[start:stop] = (rng.random((stop - start, len(sizes))) * np.asarray(sizes)).astype(np.int32)
+        sparse[start:stop] = (rng.random((stop - start, len(sizes))) * np.asarray(sizes)).astype(
+            np.int32
+        )
         label[start:stop] = rng.random(stop - start) < 0.256
     for array in (dense, sparse, label):
         array.flush()
@@ -74,9 +80,17 @@ def child_lit(directory: str, rows: int, sizes: list[int]) -> dict:
 
     module = model_for(sizes)
     loader = torch.utils.data.DataLoader(
-        CriteoBatches(directory), batch_size=None, sampler=ShardedBatchSampler(0, rows, BATCH, shuffle=False)
+        CriteoBatches(directory),
+        batch_size=None,
+        sampler=ShardedBatchSampler(0, rows, BATCH, shuffle=False),
     )
-    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1)
+    trainer = L.Trainer(
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+    )
     start = time.perf_counter()
     (metrics,) = trainer.test(module, dataloaders=loader, verbose=False)
     return {"seconds": time.perf_counter() - start, "rows": rows, "auc": metrics["test/auc"]}
@@ -86,7 +100,10 @@ class PerSampleRows(torch.utils.data.Dataset):
     """The reference's dataset: one row at a time, as numpy rows."""
 
     def __init__(self, directory: str, rows: int):
-        self.arrays = [np.load(Path(directory) / f"{k}.npy", mmap_mode="r") for k in ("dense", "sparse", "label")]
+        self.arrays = [
+            np.load(Path(directory) / f"{k}.npy", mmap_mode="r")
+            for k in ("dense", "sparse", "label")
+        ]
         self.rows = rows
 
     def __len__(self) -> int:
@@ -111,7 +128,9 @@ def child_reference(directory: str, rows: int, sizes: list[int]) -> dict:
     from sklearn import metrics as skm
 
     model = model_for(sizes).model
-    loader = torch.utils.data.DataLoader(PerSampleRows(directory, rows), batch_size=BATCH, collate_fn=collate_like_reference)
+    loader = torch.utils.data.DataLoader(
+        PerSampleRows(directory, rows), batch_size=BATCH, collate_fn=collate_like_reference
+    )
     start = time.perf_counter()
     scores, targets = [], []
     for dense, sparse, label in loader:
@@ -145,15 +164,25 @@ def forward_rows(scale: str) -> list[dict]:
     originals = [t.weight.data for t in model.emb_l]
     rows = []
     for level in (0.0, 0.5, 0.9):
-        for table, pruned in zip(model.emb_l, prune_tables(originals, GridPoint("L1", (1, 4), level))):
+        for table, pruned in zip(
+            model.emb_l, prune_tables(originals, GridPoint("L1", (1, 4), level))
+        ):
             table.weight.data = pruned
         with torch.no_grad():
             dense_s = np.median(time_runs(lambda: model(dense, sparse), dense.device, 2, repeats))
-            coo_s = np.median(time_runs(lambda: coo_forward(model, dense, sparse), dense.device, 2, repeats))
-        rows.append({
-            "stage": f"forward L1 (1, 4) {level}", "unit": "s/batch", "lit_dlrm": dense_s, "reference": coo_s,
-            "ratio": coo_s / dense_s, "note": "lit_dlrm = dense forward, reference = its COO path; ratio = COO / dense",
-        })
+            coo_s = np.median(
+                time_runs(lambda: coo_forward(model, dense, sparse), dense.device, 2, repeats)
+            )
+        rows.append(
+            {
+                "stage": f"forward L1 (1, 4) {level}",
+                "unit": "s/batch",
+                "lit_dlrm": dense_s,
+                "reference": coo_s,
+                "ratio": coo_s / dense_s,
+                "note": "lit_dlrm = dense forward, reference = its COO path; ratio = COO / dense",
+            }
+        )
     for table, original in zip(model.emb_l, originals):
         table.weight.data = original
     return rows
@@ -167,11 +196,18 @@ def run(scale: str = "small", reference_rows: int = 200_000) -> list[dict]:
         lit = run_child("lit", Path(tmp), test_rows, scale)
         ref = run_child("reference", Path(tmp), min(reference_rows, test_rows), scale)
     lit_rate, ref_rate = lit["rows"] / lit["seconds"], ref["rows"] / ref["seconds"]
-    rows = [{
-        "stage": "test loop (one grid point)", "unit": "samples/s", "lit_dlrm": lit_rate, "reference": ref_rate,
-        "ratio": lit_rate / ref_rate, "lit_dlrm_peak_mib": lit["peak_mib"], "reference_peak_mib": ref["peak_mib"],
-        "note": f"lit_dlrm over {lit['rows']:,} rows, reference-style loop over its first {ref['rows']:,}",
-    }]
+    rows = [
+        {
+            "stage": "test loop (one grid point)",
+            "unit": "samples/s",
+            "lit_dlrm": lit_rate,
+            "reference": ref_rate,
+            "ratio": lit_rate / ref_rate,
+            "lit_dlrm_peak_mib": lit["peak_mib"],
+            "reference_peak_mib": ref["peak_mib"],
+            "note": f"lit_dlrm over {lit['rows']:,} rows, reference-style loop over its first {ref['rows']:,}",
+        }
+    ]
     return rows + forward_rows(scale)
 
 
@@ -180,7 +216,9 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] == "--child":
         kind, directory, rows, scale = argv[1], argv[2], int(argv[3]), argv[4]
         torch.set_grad_enabled(True)
-        result = (child_lit if kind == "lit" else child_reference)(directory, rows, table_sizes(scale))
+        result = (child_lit if kind == "lit" else child_reference)(
+            directory, rows, table_sizes(scale)
+        )
         result["peak_mib"] = peak_rss_mib()
         print(json.dumps(result))
         return
@@ -189,8 +227,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reference-rows", type=int, default=200_000)
     args = parser.parse_args(argv)
     for row in run(args.scale, args.reference_rows):
-        print(f"{row['stage']:<28} lit_dlrm {row['lit_dlrm']:>12.4g}  reference {row['reference']:>12.4g}  "
-              f"ratio {row['ratio']:.2f}  ({row['unit']})")
+        print(
+            f"{row['stage']:<28} lit_dlrm {row['lit_dlrm']:>12.4g}  reference {row['reference']:>12.4g}  "
+            f"ratio {row['ratio']:.2f}  ({row['unit']})"
+        )
 
 
 if __name__ == "__main__":

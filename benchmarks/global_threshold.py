@@ -40,7 +40,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.memory import peak_rss_mib  # noqa: E402
 from benchmarks.sparsify import CAPS, DIM, build_tables, table_sizes  # noqa: E402
 from benchmarks.tables import markdown_table, write_results  # noqa: E402
-
 from lit_dlrm.sparsity.global_threshold import global_cuts
 from lit_dlrm.sparsity.grid import DEFAULT_LEVELS
 from lit_dlrm.sparsity.masks import _chunk_scores, _num_blocks
@@ -86,8 +85,15 @@ def ours(tables, norm, block) -> dict:
     apply_cuts(tables, series.for_level(APPLY_LEVEL), norm, block, out=out)
     apply_s = time.perf_counter() - t0
     apply_mib = peak_rss_mib() - base
-    return {"cuts_s": cuts_s, "cuts_mib": cuts_mib, "per_table_s": per_table_s, "apply_s": apply_s,
-            "apply_mib": apply_mib, "peak_reset": reset, "counts": counts}
+    return {
+        "cuts_s": cuts_s,
+        "cuts_mib": cuts_mib,
+        "per_table_s": per_table_s,
+        "apply_s": apply_s,
+        "apply_mib": apply_mib,
+        "peak_reset": reset,
+        "counts": counts,
+    }
 
 
 def reference(tables, norm, block) -> dict:
@@ -150,7 +156,9 @@ def _run_isolated(name: str, scale: str) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def run(scale: str = "small", out_dir: str | os.PathLike | None = RESULTS, isolate: bool = True) -> list[dict]:
+def run(
+    scale: str = "small", out_dir: str | os.PathLike | None = RESULTS, isolate: bool = True
+) -> list[dict]:
     sizes = table_sizes(scale)
     model_mib = sum(sizes) * DIM * 4 / 2**20
     measure = (lambda n: _run_isolated(n, scale)) if isolate else (lambda n: run_stage(n, scale))  # noqa: E731
@@ -159,22 +167,40 @@ def run(scale: str = "small", out_dir: str | os.PathLike | None = RESULTS, isola
         b = f"{block[0]}x{block[1]}"
         o, r = measure(f"lit_dlrm {norm} {b}"), measure(f"reference {norm} {b}")
         if o["counts"] != r["counts"]:
-            raise AssertionError(f"{norm} {block}: per-table counts differ between lit_dlrm and the reference")
+            raise AssertionError(
+                f"{norm} {block}: per-table counts differ between lit_dlrm and the reference"
+            )
         blocks = sum(o["counts"]["1.0"])
-        rows.append(_row(f"global cuts, 20 levels, {norm} {block}", o["cuts_s"], r["cuts_s"],
-                         o["cuts_mib"], r["cuts_mib"],
-                         f"{blocks:,} blocks; same per-table counts on both sides; per-table series "
-                         f"(cuts_for_levels) {o['per_table_s']:.2f} s"))
-        rows.append(_row(f"apply one global level ({APPLY_LEVEL}), {norm} {block}", o["apply_s"], None,
-                         o["apply_mib"], None,
-                         "apply_cuts into reused pruned buffers (one more copy of the tables, "
-                         "allocated before, as Sparsify keeps them)"
-                         + ("" if o["peak_reset"] else "; peak not reset")))
-    text = (f"Global threshold, scale={scale}: 26 tables x {DIM}, {model_mib:.0f} MiB fp32; torch "
-            f"{torch.__version__}, numpy {np.__version__}. ratio = reference / lit_dlrm. *_peak_mib = "
-            f"extra peak RSS over the loaded tables for that step, each side in a fresh process. "
-            f"Reference: concatenated scores + numpy.partition (all K at once, in place) + per-table "
-            f"counting.\n\n" + markdown_table(rows, list(rows[0])))
+        rows.append(
+            _row(
+                f"global cuts, 20 levels, {norm} {block}",
+                o["cuts_s"],
+                r["cuts_s"],
+                o["cuts_mib"],
+                r["cuts_mib"],
+                f"{blocks:,} blocks; same per-table counts on both sides; per-table series "
+                f"(cuts_for_levels) {o['per_table_s']:.2f} s",
+            )
+        )
+        rows.append(
+            _row(
+                f"apply one global level ({APPLY_LEVEL}), {norm} {block}",
+                o["apply_s"],
+                None,
+                o["apply_mib"],
+                None,
+                "apply_cuts into reused pruned buffers (one more copy of the tables, "
+                "allocated before, as Sparsify keeps them)"
+                + ("" if o["peak_reset"] else "; peak not reset"),
+            )
+        )
+    text = (
+        f"Global threshold, scale={scale}: 26 tables x {DIM}, {model_mib:.0f} MiB fp32; torch "
+        f"{torch.__version__}, numpy {np.__version__}. ratio = reference / lit_dlrm. *_peak_mib = "
+        f"extra peak RSS over the loaded tables for that step, each side in a fresh process. "
+        f"Reference: concatenated scores + numpy.partition (all K at once, in place) + per-table "
+        f"counting.\n\n" + markdown_table(rows, list(rows[0]))
+    )
     if out_dir is not None:
         write_results(out_dir, f"global_threshold_{scale}", rows, text)
     print(text)
@@ -182,12 +208,17 @@ def run(scale: str = "small", out_dir: str | os.PathLike | None = RESULTS, isola
 
 
 def _row(stage, ours_s, ref_s, ours_mib, ref_mib, note) -> dict:
-    return {"stage": stage, "unit": "s", "lit_dlrm": round(ours_s, 3),
-            "reference": None if ref_s is None else round(ref_s, 3),
-            "ratio": round(ref_s / ours_s, 1) if ref_s is not None and ours_s > 0 else None,
-            "lit_dlrm_peak_mib": round(ours_mib, 1),
-            "reference_peak_mib": None if ref_mib is None else round(ref_mib, 1), "floor": None,
-            "note": note}
+    return {
+        "stage": stage,
+        "unit": "s",
+        "lit_dlrm": round(ours_s, 3),
+        "reference": None if ref_s is None else round(ref_s, 3),
+        "ratio": round(ref_s / ours_s, 1) if ref_s is not None and ours_s > 0 else None,
+        "lit_dlrm_peak_mib": round(ours_mib, 1),
+        "reference_peak_mib": None if ref_mib is None else round(ref_mib, 1),
+        "floor": None,
+        "note": note,
+    }
 
 
 def main(argv=None) -> None:

@@ -43,7 +43,11 @@ def child_lit(path: str, out: str) -> dict:
 
     t, c = time.perf_counter(), time.process_time()
     meta = preprocess_text(path, Path(out), PreprocessOptions(), progress=False)
-    return {"rows": meta["rows"], "seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - c}
+    return {
+        "rows": meta["rows"],
+        "seconds": time.perf_counter() - t,
+        "cpu_seconds": time.process_time() - c,
+    }
 
 
 def _count_lines(path: str, limit: int) -> int:
@@ -107,14 +111,18 @@ def child_line_by_line(path: str, limit: int) -> dict:
                 raise ValueError(f"line {i + 1}: {len(fields)} fields")
             y[i] = int(fields[0])
             x_int[i] = [max(int(v), 0) if v else 0 for v in fields[1:14]]
-            x_cat[i] = [d.setdefault(int(v, 16) if v else 0, len(d)) for d, v in zip(dicts, fields[14:])]
+            x_cat[i] = [
+                d.setdefault(int(v, 16) if v else 0, len(d)) for d, v in zip(dicts, fields[14:])
+            ]
     return {"rows": n, "seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - c}
 
 
 def run_child(args: list[str]) -> dict:
     """Run this script in a fresh process; returns its JSON result (with its own peak RSS, MiB)."""
     env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
-    proc = subprocess.run([sys.executable, __file__, *args], stdout=subprocess.PIPE, env=env, check=False)
+    proc = subprocess.run(
+        [sys.executable, __file__, *args], stdout=subprocess.PIPE, env=env, check=False
+    )
     if proc.returncode != 0:
         raise SystemExit(f"child {args} failed with status {proc.returncode}")
     return json.loads(proc.stdout.decode().strip().splitlines()[-1])
@@ -130,13 +138,27 @@ def make_file(rows: int, max_table_size: int, path: Path) -> float:
 
 
 def _row(impl: str, file_rows: int, r: dict) -> dict:
-    return {"impl": impl, "file_rows": file_rows, "rows": r["rows"], "seconds": round(r["seconds"], 2),
-            "rows_per_s": round(r["rows"] / r["seconds"]), "cpu_seconds": round(r["cpu_seconds"], 2),
-            "rows_per_cpu_s": round(r["rows"] / r["cpu_seconds"]), "peak_rss_mib": round(r["peak_rss_mib"], 1)}
+    return {
+        "impl": impl,
+        "file_rows": file_rows,
+        "rows": r["rows"],
+        "seconds": round(r["seconds"], 2),
+        "rows_per_s": round(r["rows"] / r["seconds"]),
+        "cpu_seconds": round(r["cpu_seconds"], 2),
+        "rows_per_cpu_s": round(r["rows"] / r["cpu_seconds"]),
+        "peak_rss_mib": round(r["peak_rss_mib"], 1),
+    }
 
 
-def measure(rows: int, line_rows: int, scale_check: bool, scale_rows: int | None, max_table_size: int,
-            workdir: str | None, verbose: bool = True) -> list[dict]:
+def measure(
+    rows: int,
+    line_rows: int,
+    scale_check: bool,
+    scale_rows: int | None,
+    max_table_size: int,
+    workdir: str | None,
+    verbose: bool = True,
+) -> list[dict]:
     """Generate the file, run each implementation in a fresh process; one dict per run."""
     tmp = tempfile.TemporaryDirectory(dir=workdir)
     work = Path(tmp.name)
@@ -145,7 +167,10 @@ def measure(rows: int, line_rows: int, scale_check: bool, scale_rows: int | None
     rows_out = []
     base = work / f"train-{rows}.txt"
     gen = make_file(rows, max_table_size, base)
-    verbose and print(f"generated {base.name}: {rows:,} rows, {base.stat().st_size / 2**20:,.0f} MiB in {gen:.1f} s", flush=True)
+    verbose and print(
+        f"generated {base.name}: {rows:,} rows, {base.stat().st_size / 2**20:,.0f} MiB in {gen:.1f} s",
+        flush=True,
+    )
     for n in sizes:
         f = work / f"train-{n}.txt"
         if n != rows:  # the scale-check file: the base file repeated (same distinct values)
@@ -158,8 +183,13 @@ def measure(rows: int, line_rows: int, scale_check: bool, scale_rows: int | None
         rows_out.append(_row("lit_dlrm", n, lit))
         verbose and print(rows_out[-1], flush=True)
         if n == rows:
-            for kind, label in (("dlrm", "line-by-line, dlrm data_utils style"), ("line", "line-by-line, tight Python")):
-                rows_out.append(_row(label, n, run_child(["--child", kind, str(f), str(line_rows)])))
+            for kind, label in (
+                ("dlrm", "line-by-line, dlrm data_utils style"),
+                ("line", "line-by-line, tight Python"),
+            ):
+                rows_out.append(
+                    _row(label, n, run_child(["--child", kind, str(f), str(line_rows)]))
+                )
                 verbose and print(rows_out[-1], flush=True)
         if n != rows:
             f.unlink()
@@ -169,7 +199,11 @@ def measure(rows: int, line_rows: int, scale_check: bool, scale_rows: int | None
 
 
 # scale: (file rows, rows for the line-by-line baselines, run the 4x scale check)
-SCALES = {"tiny": (20_000, 5_000, False), "small": (2_000_000, 200_000, False), "kaggle": (2_000_000, 200_000, True)}
+SCALES = {
+    "tiny": (20_000, 5_000, False),
+    "small": (2_000_000, 200_000, False),
+    "kaggle": (2_000_000, 200_000, True),
+}
 
 
 def run(scale: str = "small") -> list[dict]:
@@ -178,39 +212,69 @@ def run(scale: str = "small") -> list[dict]:
     out = measure(rows, line_rows, scale_check, None, 100_000, None, verbose=False)
     lit, big = out[0], out[-1]
     table = [
-        {"stage": f"preprocess vs {r['impl']}", "unit": "rows/s", "lit_dlrm": lit["rows_per_s"], "reference": r["rows_per_s"],
-         "ratio": lit["rows_per_s"] / r["rows_per_s"], "lit_dlrm_peak_mib": lit["peak_rss_mib"], "reference_peak_mib": r["peak_rss_mib"],
-         "note": f"{rows:,}-row Kaggle-format file; the baseline on its first {r['rows']:,} rows"}
-        for r in out if r["impl"].startswith("line")
+        {
+            "stage": f"preprocess vs {r['impl']}",
+            "unit": "rows/s",
+            "lit_dlrm": lit["rows_per_s"],
+            "reference": r["rows_per_s"],
+            "ratio": lit["rows_per_s"] / r["rows_per_s"],
+            "lit_dlrm_peak_mib": lit["peak_rss_mib"],
+            "reference_peak_mib": r["peak_rss_mib"],
+            "note": f"{rows:,}-row Kaggle-format file; the baseline on its first {r['rows']:,} rows",
+        }
+        for r in out
+        if r["impl"].startswith("line")
     ]
     if scale_check:
-        table.append({"stage": "preprocess peak RSS, 4x rows", "unit": "MiB", "lit_dlrm": big["peak_rss_mib"],
-                      "reference": lit["peak_rss_mib"], "ratio": lit["peak_rss_mib"] / big["peak_rss_mib"],
-                      "note": f"lit_dlrm at {big['file_rows']:,} rows vs {lit['file_rows']:,} rows (target: within 20%)"})
+        table.append(
+            {
+                "stage": "preprocess peak RSS, 4x rows",
+                "unit": "MiB",
+                "lit_dlrm": big["peak_rss_mib"],
+                "reference": lit["peak_rss_mib"],
+                "ratio": lit["peak_rss_mib"] / big["peak_rss_mib"],
+                "note": f"lit_dlrm at {big['file_rows']:,} rows vs {lit['file_rows']:,} rows (target: within 20%)",
+            }
+        )
     return table
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--rows", type=int, default=2_000_000)
-    ap.add_argument("--line-rows", type=int, default=200_000, help="rows given to the line-by-line baseline")
-    ap.add_argument("--scale-check", action="store_true", help="also run lit_dlrm on 4x --rows for peak RSS")
-    ap.add_argument("--scale-rows", type=int, default=None, help="rows of the scale check (default 4x --rows)")
+    ap.add_argument(
+        "--line-rows", type=int, default=200_000, help="rows given to the line-by-line baseline"
+    )
+    ap.add_argument(
+        "--scale-check", action="store_true", help="also run lit_dlrm on 4x --rows for peak RSS"
+    )
+    ap.add_argument(
+        "--scale-rows", type=int, default=None, help="rows of the scale check (default 4x --rows)"
+    )
     ap.add_argument("--max-table-size", type=int, default=100_000)
-    ap.add_argument("--workdir", default=None, help="where the generated files go (default: a temp dir)")
+    ap.add_argument(
+        "--workdir", default=None, help="where the generated files go (default: a temp dir)"
+    )
     ap.add_argument("--out-dir", default=str(HERE / "results"))
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     a = ap.parse_args()
 
     if a.child:
         kind, path, extra = a.child
-        res = {"lit": lambda: child_lit(path, extra), "dlrm": lambda: child_dlrm_style(path, int(extra)),
-               "line": lambda: child_line_by_line(path, int(extra))}[kind]()
+        res = {
+            "lit": lambda: child_lit(path, extra),
+            "dlrm": lambda: child_dlrm_style(path, int(extra)),
+            "line": lambda: child_line_by_line(path, int(extra)),
+        }[kind]()
         res["peak_rss_mib"] = peak_rss_mib()
         print(json.dumps(res))
         return
 
-    rows_out = measure(a.rows, a.line_rows, a.scale_check, a.scale_rows, a.max_table_size, a.workdir)
+    rows_out = measure(
+        a.rows, a.line_rows, a.scale_check, a.scale_rows, a.max_table_size, a.workdir
+    )
     lit0 = rows_out[0]
     base_rows = [r for r in rows_out if r["impl"].startswith("line")]
     lines = [
@@ -222,16 +286,22 @@ def main() -> None:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows_out:
-        lines.append(f"| {r['impl']} | {r['file_rows']:,} | {r['rows']:,} | {r['seconds']} | {r['rows_per_s']:,} | "
-                     f"{r['cpu_seconds']} | {r['rows_per_cpu_s']:,} | {r['peak_rss_mib']} |")
+        lines.append(
+            f"| {r['impl']} | {r['file_rows']:,} | {r['rows']:,} | {r['seconds']} | {r['rows_per_s']:,} | "
+            f"{r['cpu_seconds']} | {r['rows_per_cpu_s']:,} | {r['peak_rss_mib']} |"
+        )
     lines.append("")
     for r in base_rows:
-        lines.append(f"Speed-up over {r['impl']}: {lit0['rows_per_s'] / r['rows_per_s']:.1f}x in rows/s (target >= 10x); "
-                     f"{lit0['rows_per_cpu_s'] / r['rows_per_cpu_s']:.1f}x per CPU second (lit_dlrm parses on 2 threads).")
+        lines.append(
+            f"Speed-up over {r['impl']}: {lit0['rows_per_s'] / r['rows_per_s']:.1f}x in rows/s (target >= 10x); "
+            f"{lit0['rows_per_cpu_s'] / r['rows_per_cpu_s']:.1f}x per CPU second (lit_dlrm parses on 2 threads)."
+        )
     if a.scale_check:
         big = rows_out[-1]
         growth = big["peak_rss_mib"] / lit0["peak_rss_mib"] - 1
-        lines.append(f"Peak RSS at {big['file_rows']:,} rows vs {lit0['file_rows']:,}: {growth:+.1%} (target within 20%).")
+        lines.append(
+            f"Peak RSS at {big['file_rows']:,} rows vs {lit0['file_rows']:,}: {growth:+.1%} (target within 20%)."
+        )
     text = "\n".join(lines) + "\n"
     print("\n" + text)
     write_results(a.out_dir, "preprocess", rows_out, text)

@@ -37,7 +37,6 @@ from benchmarks.global_threshold import _reset_peak, _rss_mib  # noqa: E402
 from benchmarks.memory import peak_rss_mib  # noqa: E402
 from benchmarks.sparsify import CAPS, DIM, build_tables, table_sizes  # noqa: E402
 from benchmarks.tables import markdown_table, write_results  # noqa: E402
-
 from lit_dlrm.sparsity.compression import zstd_sparse_size
 from lit_dlrm.sparsity.quantize import quantize_dequantize_tables, quantized_state_dict
 
@@ -60,8 +59,14 @@ def ours(tables, bits: int) -> dict:
         q_bytes = zstd_sparse_size(qsd, tmp, measure_read=False).bytes
     del qsd
     _, qdq_s, qdq_mib = _timed(lambda: quantize_dequantize_tables(tables, bits))
-    return {"seconds": qdq_s, "mib": qdq_mib, "state_s": state_s, "state_mib": state_mib,
-            "dense_bytes": dense_bytes, "q_bytes": q_bytes}
+    return {
+        "seconds": qdq_s,
+        "mib": qdq_mib,
+        "state_s": state_s,
+        "state_mib": state_mib,
+        "dense_bytes": dense_bytes,
+        "q_bytes": q_bytes,
+    }
 
 
 def reference(tables, bits: int) -> dict:
@@ -76,7 +81,11 @@ def reference(tables, bits: int) -> dict:
     for t in tables:  # the tables themselves, no copy
         bag = nn.EmbeddingBag(1, t.shape[1], mode="sum")
         bag.weight = nn.Parameter(t, requires_grad=False)
-        bag.qconfig = float_qparams_weight_only_qconfig if bits == 8 else float_qparams_weight_only_qconfig_4bit
+        bag.qconfig = (
+            float_qparams_weight_only_qconfig
+            if bits == 8
+            else float_qparams_weight_only_qconfig_4bit
+        )
         model.emb_l.append(bag)
 
     def quantize_dequantize():
@@ -107,27 +116,39 @@ def _run_isolated(name: str, scale: str) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def run(scale: str = "small", out_dir: str | os.PathLike | None = RESULTS, isolate: bool = True) -> list[dict]:
+def run(
+    scale: str = "small", out_dir: str | os.PathLike | None = RESULTS, isolate: bool = True
+) -> list[dict]:
     model_mib = sum(table_sizes(scale)) * DIM * 4 / 2**20
     measure = (lambda n: _run_isolated(n, scale)) if isolate else (lambda n: run_stage(n, scale))  # noqa: E731
     rows = []
     for bits in (8, 4):
         o, r = measure(f"lit_dlrm {bits}"), measure(f"reference {bits}")
-        rows.append({
-            "stage": f"quantize + dequantize all tables, {bits} bits", "unit": "s",
-            "lit_dlrm": round(o["seconds"], 3), "reference": round(r["seconds"], 3),
-            "ratio": round(r["seconds"] / o["seconds"], 1),
-            "lit_dlrm_peak_mib": round(o["mib"], 1), "reference_peak_mib": round(r["mib"], 1),
-            "floor": None,
-            "note": (f"lit_dlrm in place (symmetric, bf16 scales); reference prepare+convert "
-                     f"(affine float_qparams) + torch.dequantize. quantized_state_dict "
-                     f"{o['state_s']:.2f} s, +{o['state_mib']:.0f} MiB; zstd_sparse bytes at level 0: "
-                     f"{o['q_bytes']:,} against float32 {o['dense_bytes']:,} "
-                     f"({o['dense_bytes'] / o['q_bytes']:.2f}x smaller)"),
-        })
-    text = (f"Quantization, scale={scale}: 26 tables x {DIM}, {model_mib:.0f} MiB fp32; torch "
-            f"{torch.__version__}. ratio = reference / lit_dlrm. *_peak_mib = extra peak RSS over "
-            f"the loaded tables, each side in a fresh process.\n\n" + markdown_table(rows, list(rows[0])))
+        rows.append(
+            {
+                "stage": f"quantize + dequantize all tables, {bits} bits",
+                "unit": "s",
+                "lit_dlrm": round(o["seconds"], 3),
+                "reference": round(r["seconds"], 3),
+                "ratio": round(r["seconds"] / o["seconds"], 1),
+                "lit_dlrm_peak_mib": round(o["mib"], 1),
+                "reference_peak_mib": round(r["mib"], 1),
+                "floor": None,
+                "note": (
+                    f"lit_dlrm in place (symmetric, bf16 scales); reference prepare+convert "
+                    f"(affine float_qparams) + torch.dequantize. quantized_state_dict "
+                    f"{o['state_s']:.2f} s, +{o['state_mib']:.0f} MiB; zstd_sparse bytes at level 0: "
+                    f"{o['q_bytes']:,} against float32 {o['dense_bytes']:,} "
+                    f"({o['dense_bytes'] / o['q_bytes']:.2f}x smaller)"
+                ),
+            }
+        )
+    text = (
+        f"Quantization, scale={scale}: 26 tables x {DIM}, {model_mib:.0f} MiB fp32; torch "
+        f"{torch.__version__}. ratio = reference / lit_dlrm. *_peak_mib = extra peak RSS over "
+        f"the loaded tables, each side in a fresh process.\n\n"
+        + markdown_table(rows, list(rows[0]))
+    )
     if out_dir is not None:
         write_results(out_dir, f"quantize_{scale}", rows, text)
     print(text)

@@ -28,7 +28,16 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks import compact, compress, evaluate, global_threshold, preprocess, quantize, sparsify, train_throughput  # noqa: E402
+from benchmarks import (
+    compact,
+    compress,
+    evaluate,
+    global_threshold,
+    preprocess,
+    quantize,
+    sparsify,
+    train_throughput,
+)  # noqa: E402
 from benchmarks.tables import markdown_table, write_results  # noqa: E402
 
 BENCHMARKS = {
@@ -42,9 +51,29 @@ BENCHMARKS = {
     "quantize": quantize.run,
 }
 # tables written before the benchmark column: a stage's first word -> its benchmark
-LEGACY = {"compress": "compress", "test": "evaluate", "forward": "evaluate", "preprocess": "preprocess", "floor": "sparsify",
-          "one": "sparsify", "grid": "sparsify", "train": "train", "full": "estimate"}
-COLUMNS = ["benchmark", "stage", "unit", "lit_dlrm", "reference", "ratio", "lit_dlrm_peak_mib", "reference_peak_mib", "floor", "note"]
+LEGACY = {
+    "compress": "compress",
+    "test": "evaluate",
+    "forward": "evaluate",
+    "preprocess": "preprocess",
+    "floor": "sparsify",
+    "one": "sparsify",
+    "grid": "sparsify",
+    "train": "train",
+    "full": "estimate",
+}
+COLUMNS = [
+    "benchmark",
+    "stage",
+    "unit",
+    "lit_dlrm",
+    "reference",
+    "ratio",
+    "lit_dlrm_peak_mib",
+    "reference_peak_mib",
+    "floor",
+    "note",
+]
 
 
 def sweep_estimate(rows: list[dict], scale: str) -> list[dict]:
@@ -56,7 +85,13 @@ def sweep_estimate(rows: list[dict], scale: str) -> list[dict]:
     Reference: 80 points, each = DataNormSparsifier step + deflate + its evaluation loop + 2 x 100 runs.
     """
     by_stage = {r["stage"]: r for r in rows}
-    writes = [r for r in rows if r["stage"].startswith("compress") and r["stage"].endswith(" write") and "signed" not in r["stage"]]
+    writes = [
+        r
+        for r in rows
+        if r["stage"].startswith("compress")
+        and r["stage"].endswith(" write")
+        and "signed" not in r["stage"]
+    ]
     needed = ["one point L1 (1, 4)", "test loop (one grid point)", "forward L1 (1, 4) 0.5"]
     if not writes or not all(name in by_stage for name in needed):
         return []
@@ -64,18 +99,40 @@ def sweep_estimate(rows: list[dict], scale: str) -> list[dict]:
     ours_zip = sum(r["lit_dlrm"] for r in writes) / len(writes)  # mean over the measured levels
     deflate = sum(r["reference"] for r in writes) / len(writes)
     test_rows = evaluate.SCALES[scale][1]
-    ours = point["lit_dlrm"] + ours_zip + deflate + test_rows / loop["lit_dlrm"] + 11 * (forward["lit_dlrm"] + forward["reference"])
-    build, compact_forward = by_stage.get("compact build L1 (1, 4) 0.5"), by_stage.get("forward compact L1 (1, 4) 0.5 batch 16384")
-    if build and compact_forward:  # the sweep's third timing path: build the compact tables, time them
+    ours = (
+        point["lit_dlrm"]
+        + ours_zip
+        + deflate
+        + test_rows / loop["lit_dlrm"]
+        + 11 * (forward["lit_dlrm"] + forward["reference"])
+    )
+    build, compact_forward = (
+        by_stage.get("compact build L1 (1, 4) 0.5"),
+        by_stage.get("forward compact L1 (1, 4) 0.5 batch 16384"),
+    )
+    if (
+        build and compact_forward
+    ):  # the sweep's third timing path: build the compact tables, time them
         ours += build["lit_dlrm"] + 11 * compact_forward["lit_dlrm"]
-    theirs = point["reference"] + deflate + test_rows / loop["reference"] + 100 * (forward["lit_dlrm"] + forward["reference"])
-    return [{
-        "benchmark": "estimate", "stage": "full sweep, 80 points (estimate)", "unit": "s", "lit_dlrm": 56 * ours, "reference": 80 * theirs,
-        "ratio": 80 * theirs / (56 * ours),
-        "note": "per point: sparsify + deflate (+ zstd for lit_dlrm) + one pass over the test split + dense/COO timing "
-        "(+ compact build and timing for lit_dlrm, when measured); "
-        "lit_dlrm tests 56 distinct masks, the reference 80 points",
-    }]
+    theirs = (
+        point["reference"]
+        + deflate
+        + test_rows / loop["reference"]
+        + 100 * (forward["lit_dlrm"] + forward["reference"])
+    )
+    return [
+        {
+            "benchmark": "estimate",
+            "stage": "full sweep, 80 points (estimate)",
+            "unit": "s",
+            "lit_dlrm": 56 * ours,
+            "reference": 80 * theirs,
+            "ratio": 80 * theirs / (56 * ours),
+            "note": "per point: sparsify + deflate (+ zstd for lit_dlrm) + one pass over the test split + dense/COO timing "
+            "(+ compact build and timing for lit_dlrm, when measured); "
+            "lit_dlrm tests 56 distinct masks, the reference 80 points",
+        }
+    ]
 
 
 def kept_rows(table: Path, rerun: set[str]) -> list[dict]:
@@ -83,10 +140,15 @@ def kept_rows(table: Path, rerun: set[str]) -> list[dict]:
     if not table.exists():
         return []
     with open(table, newline="") as fh:
-        old = [{"benchmark": LEGACY.get(row["stage"].split()[0]), **row} for row in csv.DictReader(fh)]
+        old = [
+            {"benchmark": LEGACY.get(row["stage"].split()[0]), **row} for row in csv.DictReader(fh)
+        ]
     old = [row for row in old if row["benchmark"] not in rerun and row["benchmark"] != "estimate"]
     numbers = ("lit_dlrm", "reference", "ratio", "lit_dlrm_peak_mib", "reference_peak_mib", "floor")
-    return [{k: (float(v) if k in numbers and v != "" else v or None) for k, v in row.items()} for row in old]
+    return [
+        {k: (float(v) if k in numbers and v != "" else v or None) for k, v in row.items()}
+        for row in old
+    ]
 
 
 def fmt(value) -> str:
@@ -105,7 +167,9 @@ def write(rows: list[dict], scale: str, out: Path) -> Path:
         "for forward rows it is COO time over dense time; for compact rows dense over compact (bytes or time: "
         "compact tables cost at most 10% more forward time while the ratio is >= 0.91).\n\n"
     )
-    return write_results(out, f"run_{scale}", rows, header + markdown_table(rows, COLUMNS, fmt), COLUMNS)
+    return write_results(
+        out, f"run_{scale}", rows, header + markdown_table(rows, COLUMNS, fmt), COLUMNS
+    )
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -41,7 +41,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.memory import peak_rss_mib  # noqa: E402
 from benchmarks.tables import markdown_table, write_results  # noqa: E402
-
 from lit_dlrm.data.kaggle import KAGGLE_TABLE_SIZES
 from lit_dlrm.sparsity.grid import DEFAULT_LEVELS, GridPoint, default_grid
 from lit_dlrm.sparsity.series import apply_cuts, cuts_for_levels, prune_tables_
@@ -57,8 +56,9 @@ def table_sizes(scale: str) -> list[int]:
     return [n if cap is None else min(n, cap) for n in KAGGLE_TABLE_SIZES]
 
 
-def build_tables(sizes: list[int], dim: int = DIM, seed: int = 0,
-                 chunk_rows: int = 1 << 18) -> list[torch.Tensor]:
+def build_tables(
+    sizes: list[int], dim: int = DIM, seed: int = 0, chunk_rows: int = 1 << 18
+) -> list[torch.Tensor]:
     """Random tables like DLRM's init, U(-sqrt(1/n), sqrt(1/n)), without big temporaries."""
     g = torch.Generator().manual_seed(seed)
     tables = []
@@ -71,8 +71,6 @@ def build_tables(sizes: list[int], dim: int = DIM, seed: int = 0,
             part.mul_(2 * a).sub_(a)
         tables.append(t)
     return tables
-
-
 
 
 # ------------------------------------------------------------------------------------ stages
@@ -137,8 +135,13 @@ def run_stage(name: str, scale: str) -> dict:
         sec, note = stage_grid(tables)
     else:
         raise ValueError(f"unknown stage {name!r}")
-    return {"stage": name, "seconds": sec, "peak_rss_mib": peak_rss_mib(),
-            "tables_rss_mib": rss_tables, "note": note}
+    return {
+        "stage": name,
+        "seconds": sec,
+        "peak_rss_mib": peak_rss_mib(),
+        "tables_rss_mib": rss_tables,
+        "note": note,
+    }
 
 
 def _parse_block(s: str) -> tuple[int, int]:
@@ -157,8 +160,12 @@ def _run_isolated(name: str, scale: str) -> dict:
 # ------------------------------------------------------------------------------------ report
 
 
-def run(scale: str = "small", out_dir: str | os.PathLike | None = RESULTS,
-        isolate: bool = True, full_grid: bool | None = None) -> list[dict]:
+def run(
+    scale: str = "small",
+    out_dir: str | os.PathLike | None = RESULTS,
+    isolate: bool = True,
+    full_grid: bool | None = None,
+) -> list[dict]:
     """Measure every stage and write the CSV + Markdown table; returns the rows (common schema).
 
     `full_grid` is accepted for compatibility and ignored: the grid is always run in full.
@@ -172,8 +179,17 @@ def run(scale: str = "small", out_dir: str | os.PathLike | None = RESULTS,
     extra = lambda m: round(m["peak_rss_mib"] - m["tables_rss_mib"], 1)  # noqa: E731
     floor = measure("floor")
     fl = floor["seconds"]
-    rows = [_row("floor (clone all tables)", fl, None, extra(floor), None, None,
-                 "one read + one write of the tables into fresh memory")]
+    rows = [
+        _row(
+            "floor (clone all tables)",
+            fl,
+            None,
+            extra(floor),
+            None,
+            None,
+            "one read + one write of the tables into fresh memory",
+        )
+    ]
     ref_cache: dict[tuple[int, int], dict] = {}
     for norm, block in COMBOS:
         b = f"{block[0]}x{block[1]}"
@@ -185,17 +201,34 @@ def run(scale: str = "small", out_dir: str | os.PathLike | None = RESULTS,
         else:
             ref = measure(f"reference {norm} {b}")
             ref_cache[block] = ref
-        rows.append(_row(f"one point {norm} {block}", ours["seconds"], ref["seconds"], extra(ours),
-                         extra(ref), fl, note))
+        rows.append(
+            _row(
+                f"one point {norm} {block}",
+                ours["seconds"],
+                ref["seconds"],
+                extra(ours),
+                extra(ref),
+                fl,
+                note,
+            )
+        )
     grid = measure("grid lit_dlrm")
     points = rows[1:]
     ref_point = sum(r["reference"] for r in points) / len(points)
-    rows.append(_row("grid (80 points)", grid["seconds"], ref_point * 80, extra(grid),
-                     max(r["reference_peak_mib"] for r in points), fl * 80,
-                     f"lit_dlrm: {grid['note']}, per series 2 counting passes for all 20 levels + "
-                     "1 apply per level into reused buffers (allocation included; restore = "
-                     "swapping the dense tensors back, free); reference = mean measured point "
-                     "x 80; floor = clone x 80"))
+    rows.append(
+        _row(
+            "grid (80 points)",
+            grid["seconds"],
+            ref_point * 80,
+            extra(grid),
+            max(r["reference_peak_mib"] for r in points),
+            fl * 80,
+            f"lit_dlrm: {grid['note']}, per series 2 counting passes for all 20 levels + "
+            "1 apply per level into reused buffers (allocation included; restore = "
+            "swapping the dense tensors back, free); reference = mean measured point "
+            "x 80; floor = clone x 80",
+        )
+    )
     text = _header(scale, model_mib, floor) + markdown_table(rows, list(rows[0]))
     if out_dir is not None:
         write_results(out_dir, f"sparsify_{scale}", rows, text)
@@ -205,19 +238,27 @@ def run(scale: str = "small", out_dir: str | os.PathLike | None = RESULTS,
 
 def _row(stage, ours_s, ref_s, ours_extra, ref_extra, floor_s, note) -> dict:
     """One row of the common schema; *_peak_mib = peak RSS over the loaded tables."""
-    return {"stage": stage, "unit": "s", "lit_dlrm": round(ours_s, 3),
-            "reference": None if ref_s is None else round(ref_s, 3),
-            "ratio": round(ref_s / ours_s, 1) if ref_s is not None and ours_s > 0 else None,
-            "lit_dlrm_peak_mib": ours_extra, "reference_peak_mib": ref_extra,
-            "floor": None if floor_s is None else round(floor_s, 3), "note": note}
+    return {
+        "stage": stage,
+        "unit": "s",
+        "lit_dlrm": round(ours_s, 3),
+        "reference": None if ref_s is None else round(ref_s, 3),
+        "ratio": round(ref_s / ours_s, 1) if ref_s is not None and ours_s > 0 else None,
+        "lit_dlrm_peak_mib": ours_extra,
+        "reference_peak_mib": ref_extra,
+        "floor": None if floor_s is None else round(floor_s, 3),
+        "note": note,
+    }
 
 
 def _header(scale, model_mib, floor) -> str:
-    return (f"Sparsify, scale={scale}: 26 tables x {DIM}, {model_mib:.0f} MiB fp32; torch "
-            f"{torch.__version__}, lit_dlrm single-threaded torch ops over 2 worker threads. "
-            f"ratio = reference / lit_dlrm (speedup). *_peak_mib = EXTRA peak RSS over the loaded "
-            f"tables (process with tables alone: {floor['tables_rss_mib']:.0f} MiB), each stage in "
-            f"a fresh process. Both sides prune in place for one point.\n\n")
+    return (
+        f"Sparsify, scale={scale}: 26 tables x {DIM}, {model_mib:.0f} MiB fp32; torch "
+        f"{torch.__version__}, lit_dlrm single-threaded torch ops over 2 worker threads. "
+        f"ratio = reference / lit_dlrm (speedup). *_peak_mib = EXTRA peak RSS over the loaded "
+        f"tables (process with tables alone: {floor['tables_rss_mib']:.0f} MiB), each stage in "
+        f"a fresh process. Both sides prune in place for one point.\n\n"
+    )
 
 
 def main(argv=None) -> None:

@@ -10,13 +10,21 @@ from pathlib import Path
 from lit_dlrm.results import atomic_write
 
 
-def markdown_table(rows: list[dict], columns: list[str], fmt: Callable = lambda v: "" if v is None else str(v)) -> str:
+def markdown_table(
+    rows: list[dict], columns: list[str], fmt: Callable = lambda v: "" if v is None else str(v)
+) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(row.get(c)) for c in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
-def write_results(out_dir: str | Path, stem: str, rows: list[dict], markdown: str, columns: list[str] | None = None) -> Path:
+def write_results(
+    out_dir: str | Path,
+    stem: str,
+    rows: list[dict],
+    markdown: str,
+    columns: list[str] | None = None,
+) -> Path:
     """``<stem>.csv`` (``columns``, default the first row's keys) and ``<stem>.md`` in ``out_dir``."""
     out_dir = Path(out_dir)
     buffer = io.StringIO()

@@ -26,7 +26,9 @@ from lit_dlrm.data.kaggle import KAGGLE_TABLE_SIZES  # noqa: E402
 from lit_dlrm.module import DLRMModule  # noqa: E402
 
 
-def random_batches(table_sizes: list[int], batch_size: int, steps: int, seed: int = 0) -> list[tuple]:
+def random_batches(
+    table_sizes: list[int], batch_size: int, steps: int, seed: int = 0
+) -> list[tuple]:
     g = torch.Generator().manual_seed(seed)
     return [
         (
@@ -63,8 +65,14 @@ def lightning_fit(module: DLRMModule, batches: list[tuple]) -> float:
     """Seconds of ``trainer.fit`` over ``batches`` (one epoch, no validation, no checkpoint)."""
     timer = Timer()
     trainer = L.Trainer(
-        max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[timer], accelerator="cpu", devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+        accelerator="cpu",
+        devices=1,
     )
     trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
     return timer.seconds
@@ -77,7 +85,7 @@ def measure(batch_size: int, steps: int, cap: int, rounds: int = 3) -> dict:
     for r in range(rounds):  # alternate the order; keep each side's best round
         torch.manual_seed(0)
         module = DLRMModule(sizes, optimizer="sgd", lr=0.1)
-        for name in (("plain", "lightning") if r % 2 == 0 else ("lightning", "plain")):
+        for name in ("plain", "lightning") if r % 2 == 0 else ("lightning", "plain"):
             run = plain_loop if name == "plain" else lightning_fit
             best[name] = min(best[name], run(module, batches))
     samples = batch_size * steps
@@ -92,7 +100,11 @@ def measure(batch_size: int, steps: int, cap: int, rounds: int = 3) -> dict:
 
 # scale: (table cap, batch sizes, steps at batch 128; a quarter of them at 2048). Enough steps that the
 # once-per-epoch costs (the epoch-end metrics) weigh as little as in a real epoch.
-SCALES = {"tiny": (2_000, [128], 20), "small": (100_000, [128, 2048], 1200), "kaggle": (100_000, [128, 2048], 2000)}
+SCALES = {
+    "tiny": (2_000, [128], 20),
+    "small": (100_000, [128, 2048], 1200),
+    "kaggle": (100_000, [128, 2048], 2000),
+}
 
 
 def run(scale: str = "small") -> list[dict]:
@@ -101,11 +113,16 @@ def run(scale: str = "small") -> list[dict]:
     rows = []
     for batch_size in batch_sizes:
         m = measure(batch_size, steps if batch_size <= 128 else steps // 4, cap)
-        rows.append({
-            "stage": f"train batch {batch_size}", "unit": "samples/s", "lit_dlrm": m["lightning_samples_s"],
-            "reference": m["plain_samples_s"], "ratio": m["lightning_over_plain"],
-            "note": f"trainer.fit vs a plain PyTorch loop, tables capped at {cap:,}, SGD, {m['steps']} steps",
-        })
+        rows.append(
+            {
+                "stage": f"train batch {batch_size}",
+                "unit": "samples/s",
+                "lit_dlrm": m["lightning_samples_s"],
+                "reference": m["plain_samples_s"],
+                "ratio": m["lightning_over_plain"],
+                "note": f"trainer.fit vs a plain PyTorch loop, tables capped at {cap:,}, SGD, {m['steps']} steps",
+            }
+        )
     return rows
 
 
@@ -114,7 +131,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scale", choices=sorted(SCALES), default="small")
     args = parser.parse_args(argv)
     for row in run(args.scale):
-        print(f"{row['stage']}: lightning {row['lit_dlrm']:.0f} samples/s, plain loop {row['reference']:.0f}, ratio {row['ratio']:.3f}")
+        print(
+            f"{row['stage']}: lightning {row['lit_dlrm']:.0f} samples/s, plain loop {row['reference']:.0f}, ratio {row['ratio']:.3f}"
+        )
 
 
 if __name__ == "__main__":

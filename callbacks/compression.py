@@ -34,8 +34,8 @@ from lit_dlrm.sparsity.quantize import quantized_state_dict
 
 class CheckpointCompression(Callback):
     """Args:
-        out_dir: where to add this run's row of ``sparse_model_metadata.csv``; None writes nothing.
-        keep_files: keep the measured files in ``<out_dir>/checkpoints/`` instead of deleting them.
+    out_dir: where to add this run's row of ``sparse_model_metadata.csv``; None writes nothing.
+    keep_files: keep the measured files in ``<out_dir>/checkpoints/`` instead of deleting them.
     """
 
     def __init__(self, out_dir: str | None = None, keep_files: bool = False) -> None:
@@ -59,7 +59,9 @@ class CheckpointCompression(Callback):
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        state = {name: tensor.detach().cpu() for name, tensor in pl_module.model.state_dict().items()}
+        state = {
+            name: tensor.detach().cpu() for name, tensor in pl_module.model.state_dict().items()
+        }
         sparsify = find_sparsify(trainer)
         if sparsify and sparsify.point.weight_bits < 32:
             state = quantized_state_dict(state, sparsify.point.weight_bits)

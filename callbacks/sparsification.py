@@ -58,9 +58,13 @@ DENSE = {"norm": "dense", "sparse_block_shape": "(1, 1)", "sparsity_level": 0.0,
 
 # make_grid's option -> the Sparsify argument it checks
 OWN_OPTION = {
-    "sweep.levels": "sparsify.level", "sweep.block_shapes": "sparsify.block_shape", "sweep.norms": "sparsify.norm",
-    "sweep.thresholds": "sparsify.threshold", "sweep.weight_bits": "sparsify.weight_bits",
-    "sweep.activation_levels": "sparsify.activation", "sweep.finetune_steps": "sparsify.finetune_steps",
+    "sweep.levels": "sparsify.level",
+    "sweep.block_shapes": "sparsify.block_shape",
+    "sweep.norms": "sparsify.norm",
+    "sweep.thresholds": "sparsify.threshold",
+    "sweep.weight_bits": "sparsify.weight_bits",
+    "sweep.activation_levels": "sparsify.activation",
+    "sweep.finetune_steps": "sparsify.finetune_steps",
 }
 
 
@@ -94,8 +98,18 @@ class Sparsify(Callback):
         out_dir: str | None = None,
     ) -> None:
         try:
-            (self.point,) = make_grid([level], [block_shape], [norm], [threshold], [weight_bits], [activation], [finetune_steps])
-        except ValueError as err:  # make_grid names the sweep's list options: name this callback's own
+            (self.point,) = make_grid(
+                [level],
+                [block_shape],
+                [norm],
+                [threshold],
+                [weight_bits],
+                [activation],
+                [finetune_steps],
+            )
+        except (
+            ValueError
+        ) as err:  # make_grid names the sweep's list options: name this callback's own
             option, _, reason = str(err).partition(": ")
             raise ValueError(f"{OWN_OPTION.get(option, option)}: {reason}") from err
         check_directory("out_dir", out_dir)
@@ -122,8 +136,12 @@ class Sparsify(Callback):
         self.finetune_s = 0.0
         if point.finetune_steps:
             if trainer.datamodule is None:
-                raise ValueError("sparsify.finetune_steps: fine-tuning needs the trainer's datamodule for training batches")
-            self._mlps = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("emb_l.")}
+                raise ValueError(
+                    "sparsify.finetune_steps: fine-tuning needs the trainer's datamodule for training batches"
+                )
+            self._mlps = {
+                k: v.clone() for k, v in model.state_dict().items() if not k.startswith("emb_l.")
+            }
             start = time.perf_counter()
             # Every process trains on the same (unsharded) batches: under DDP the replicas take the
             # same steps and stay equal without exchanging gradients.
@@ -131,7 +149,9 @@ class Sparsify(Callback):
             finetune(pl_module, batches, point.finetune_steps)
             self.finetune_s = time.perf_counter() - start
         if point.weight_bits < 32:
-            quantize_dequantize_tables([param.data for param in params], point.weight_bits)  # in place
+            quantize_dequantize_tables(
+                [param.data for param in params], point.weight_bits
+            )  # in place
         model.activation_sparsity = point.activation
 
     def _prune(self, dense: list) -> list:
@@ -143,23 +163,41 @@ class Sparsify(Callback):
         if series is None or series.key != key or float(p.level) not in series.cuts:
             levels = {float(p.level)}
             for q in self.plan or []:
-                if (q.norm, tuple(q.block_shape), q.threshold) == (p.norm, tuple(p.block_shape), p.threshold):
+                if (q.norm, tuple(q.block_shape), q.threshold) == (
+                    p.norm,
+                    tuple(p.block_shape),
+                    p.threshold,
+                ):
                     levels.add(float(q.level))
             series = self._cuts(dense, sorted(levels))
             series.key = key
             self._series = series
         buffers = self._buffers
         self._buffers = None
-        if buffers is None or [(tuple(b.shape), b.dtype) for b in buffers] != [s[:2] for s in shapes]:
+        if buffers is None or [(tuple(b.shape), b.dtype) for b in buffers] != [
+            s[:2] for s in shapes
+        ]:
             buffers = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in dense]
         try:
-            return apply_cuts(dense, series.for_level(p.level), p.norm, p.block_shape, out=buffers,
-                              signed_zeros=self.signed_zeros)
+            return apply_cuts(
+                dense,
+                series.for_level(p.level),
+                p.norm,
+                p.block_shape,
+                out=buffers,
+                signed_zeros=self.signed_zeros,
+            )
         except StaleCut:  # the tables changed since the cuts: recompute this level only
             self._series = None
             fresh = self._cuts(dense, [p.level])
-            return apply_cuts(dense, fresh.for_level(p.level), p.norm, p.block_shape, out=buffers,
-                              signed_zeros=self.signed_zeros)
+            return apply_cuts(
+                dense,
+                fresh.for_level(p.level),
+                p.norm,
+                p.block_shape,
+                out=buffers,
+                signed_zeros=self.signed_zeros,
+            )
 
     def _cuts(self, dense: list, levels: list[float]) -> SeriesCuts:
         """The cuts of ``levels`` for this point's norm, block shape and threshold."""
@@ -192,7 +230,9 @@ class Sparsify(Callback):
             }
             upsert_rows(self.out_dir, METRICS_CSV, [row])
 
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
         self._restore(pl_module)
 
     def _restore(self, pl_module: L.LightningModule) -> None:

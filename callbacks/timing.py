@@ -80,16 +80,36 @@ class SparseCooTiming(Callback):
         repeats: timed runs per path (the reference used 99).
     """
 
-    def __init__(self, out_dir: str | None = None, batch_size: int | None = None, warmup: int = 2, repeats: int = 10) -> None:
+    def __init__(
+        self,
+        out_dir: str | None = None,
+        batch_size: int | None = None,
+        warmup: int = 2,
+        repeats: int = 10,
+    ) -> None:
         if repeats < 1 or warmup < 0:
-            raise ValueError(f"timing.repeats must be >= 1 and timing.warmup >= 0, got {repeats}, {warmup}")
+            raise ValueError(
+                f"timing.repeats must be >= 1 and timing.warmup >= 0, got {repeats}, {warmup}"
+            )
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"timing.batch_size must be >= 1, got {batch_size}")
         check_directory("out_dir", out_dir)
-        self.out_dir, self.batch_size, self.warmup, self.repeats = out_dir, batch_size, warmup, repeats
+        self.out_dir, self.batch_size, self.warmup, self.repeats = (
+            out_dir,
+            batch_size,
+            warmup,
+            repeats,
+        )
         self.rows: list[dict] = []
 
-    def on_test_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_test_batch_start(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        batch,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         if batch_idx != 0 or dataloader_idx != 0 or not trainer.is_global_zero:
             return
         dense, sparse = batch[0][: self.batch_size], batch[1][: self.batch_size]
@@ -101,10 +121,17 @@ class SparseCooTiming(Callback):
             dense_bytes = table_bytes(model)
             extra = {
                 "without_torch_sparse": {"table_bytes": dense_bytes},
-                "with_torch_sparse": {"table_bytes": dense_bytes,
-                                      "coo_table_bytes": sum(coo_nbytes(table.weight) for table in model.emb_l)},
-                "compact": {"table_bytes": table_bytes(compact), "build_s": build_s,
-                            "max_abs_diff": float((compact(dense, sparse) - model(dense, sparse)).abs().max())},
+                "with_torch_sparse": {
+                    "table_bytes": dense_bytes,
+                    "coo_table_bytes": sum(coo_nbytes(table.weight) for table in model.emb_l),
+                },
+                "compact": {
+                    "table_bytes": table_bytes(compact),
+                    "build_s": build_s,
+                    "max_abs_diff": float(
+                        (compact(dense, sparse) - model(dense, sparse)).abs().max()
+                    ),
+                },
             }
         paths = {
             "without_torch_sparse": lambda: model(dense, sparse),

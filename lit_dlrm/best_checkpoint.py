@@ -50,9 +50,15 @@ class BestCheckpoint(ModelCheckpoint):
         """Resuming: delete this callback's files that the restored state does not know of."""
         prefix = (self.filename or "").split("{")[0]  # "best-" of "best-epoch{epoch:02d}-..."
         restored = trainer.ckpt_path and self.best_k_models  # and into this directory
-        if not (restored and prefix and trainer.is_global_zero and _is_local_file_protocol(self.dirpath)):
+        if not (
+            restored and prefix and trainer.is_global_zero and _is_local_file_protocol(self.dirpath)
+        ):
             return
-        known = {Path(p).resolve() for p in (*self.best_k_models, self.last_model_path, trainer.ckpt_path) if p}
+        known = {
+            Path(p).resolve()
+            for p in (*self.best_k_models, self.last_model_path, trainer.ckpt_path)
+            if p
+        }
         for path in Path(self.dirpath).glob(glob.escape(prefix) + "*" + self.FILE_EXTENSION):
             if path.resolve() not in known:
                 path.unlink()

@@ -51,18 +51,26 @@ def _load(path: Path, mmap: bool = False):
     try:
         with torch.serialization.safe_globals(NUMPY_ALLOW_LIST):
             # mmap needs torch's zip format; anything else is read whole (and refused if garbage)
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
+            return torch.load(
+                path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path)
+            )
     except pickle.UnpicklingError as err:
         # torch's message is long; keep the line that names what was refused.
-        reason = next((ln.strip() for ln in str(err).splitlines() if "GLOBAL" in ln or "but got" in ln), None)
+        reason = next(
+            (ln.strip() for ln in str(err).splitlines() if "GLOBAL" in ln or "but got" in ln), None
+        )
         if reason is None:  # not a pickle of objects at all: garbage
-            raise CheckpointError(f"{path}: not a readable torch checkpoint (corrupt pickle data)") from err
+            raise CheckpointError(
+                f"{path}: not a readable torch checkpoint (corrupt pickle data)"
+            ) from err
         raise CheckpointError(
             f"{path}: refused, it needs more than tensors and numpy scalars to load "
             f"(weights_only=True): {reason}"
         ) from err
     except Exception as err:  # a damaged or foreign file makes torch.load raise almost anything
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {err})") from err
+        raise CheckpointError(
+            f"{path}: not a readable torch checkpoint ({type(err).__name__}: {err})"
+        ) from err
 
 
 def _dlrm_state(obj, path: Path) -> dict[str, Tensor]:
@@ -93,19 +101,25 @@ def check_resumable(path: str | Path, model_options: dict) -> None:
     try:
         obj = _load(path, mmap=True)
         if not (isinstance(obj, dict) and "pytorch-lightning_version" in obj):
-            raise CheckpointError(f"{path}: not a Lightning checkpoint to resume (a last.ckpt or best-*.ckpt of scripts/train.py)")
+            raise CheckpointError(
+                f"{path}: not a Lightning checkpoint to resume (a last.ckpt or best-*.ckpt of scripts/train.py)"
+            )
         arch = architecture(_dlrm_state(obj, path))
     except CheckpointError as err:
         raise CheckpointError(f"--ckpt_path: {err}") from err
     for key in ("num_dense", "embedding_dim", "bottom_mlp", "top_mlp", "interaction"):
         wanted = model_options.get(key, arch[key])
         if (list(wanted) if isinstance(wanted, (list, tuple)) else wanted) != arch[key]:
-            raise CheckpointError(f"--ckpt_path: {path} holds a model with {key}={arch[key]}, but --model.{key}={wanted}")
+            raise CheckpointError(
+                f"--ckpt_path: {path} holds a model with {key}={arch[key]}, but --model.{key}={wanted}"
+            )
 
 
 def _linear_widths(state: dict[str, Tensor], prefix: str) -> list[int]:
     """[in, out_1, out_2, ...] of the Linear layers stored under ``prefix.{0,2,4,...}``."""
-    indices = sorted(int(k.split(".")[1]) for k in state if k.startswith(prefix) and k.endswith(".weight"))
+    indices = sorted(
+        int(k.split(".")[1]) for k in state if k.startswith(prefix) and k.endswith(".weight")
+    )
     weights = [state[f"{prefix}.{i}.weight"] for i in indices]
     return [weights[0].shape[1], *(w.shape[0] for w in weights)] if weights else []
 
@@ -123,7 +137,9 @@ def architecture(state: dict[str, Tensor]) -> dict:
         None,
     )
     if interaction is None:
-        raise CheckpointError(f"top MLP input width {top[0]} fits neither a dot nor a cat interaction")
+        raise CheckpointError(
+            f"top MLP input width {top[0]} fits neither a dot nor a cat interaction"
+        )
     return dict(
         table_sizes=[t.shape[0] for t in tables],
         num_dense=bottom[0],
@@ -147,7 +163,11 @@ def build_model(path: str | Path) -> DLRM:
 
 def latest_checkpoint(root: str | Path = "runs/train") -> Path:
     """The best checkpoint (``best-*.ckpt``) written most recently by ``scripts/train.py``."""
-    found = sorted(Path(root).glob("version_*/checkpoints/best-*.ckpt"), key=lambda p: p.stat().st_mtime)
+    found = sorted(
+        Path(root).glob("version_*/checkpoints/best-*.ckpt"), key=lambda p: p.stat().st_mtime
+    )
     if not found:
-        raise CheckpointError(f"{root}: no best-*.ckpt from scripts/train.py; train first, or pass --ckpt_path")
+        raise CheckpointError(
+            f"{root}: no best-*.ckpt from scripts/train.py; train first, or pass --ckpt_path"
+        )
     return found[-1]

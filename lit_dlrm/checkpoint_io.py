@@ -34,7 +34,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         super().__init__()
         self._swept: set[Path] = set()  # directories already cleared of a killed save's temp files
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path, storage_options: Any | None = None
+    ) -> None:
         if storage_options is not None or not _is_local_file_protocol(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)

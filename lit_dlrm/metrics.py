@@ -38,7 +38,9 @@ class LogLossStats(Metric):
     def __init__(self) -> None:
         super().__init__()
         for name in ("loss_sum", "label_sum", "prob_sum", "count"):
-            self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(
+                name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum"
+            )
 
     def update(self, logits: Tensor, labels: Tensor) -> None:
         logits, labels = logits.double(), labels.double()
@@ -108,4 +110,3 @@ class ClickMetrics(nn.Module):
         self._buffer, self._buffered = [], 0
         self.thresholded.reset()
         self.log_loss.reset()
-

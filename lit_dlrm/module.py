@@ -55,7 +55,12 @@ class DLRMModule(L.LightningModule):
             raise ValueError(f"model.optimizer: expected 'sgd' or 'adagrad', got {optimizer!r}")
         if not lr > 0:
             raise ValueError(f"model.lr: expected a positive learning rate, got {lr}")
-        for name, value in (("num_dense", num_dense), ("embedding_dim", embedding_dim), ("bottom_mlp", bottom_mlp), ("top_mlp", top_mlp)):
+        for name, value in (
+            ("num_dense", num_dense),
+            ("embedding_dim", embedding_dim),
+            ("bottom_mlp", bottom_mlp),
+            ("top_mlp", top_mlp),
+        ):
             if any(width < 1 for width in ([value] if isinstance(value, int) else value)):
                 raise ValueError(f"model.{name}: expected positive sizes, got {value}")
         self.save_hyperparameters()
@@ -82,9 +87,13 @@ class DLRMModule(L.LightningModule):
         # Options the steps depend on, checked before the first batch rather than failing in it.
         data_dense = getattr(self.trainer.datamodule, "num_dense", self.hparams.num_dense)
         if data_dense != self.hparams.num_dense:
-            raise ValueError(f"model.num_dense: the model takes {self.hparams.num_dense} dense features, the data has {data_dense}")
+            raise ValueError(
+                f"model.num_dense: the model takes {self.hparams.num_dense} dense features, the data has {data_dense}"
+            )
         if stage == "fit" and not self.trainer.log_every_n_steps >= 1:
-            raise ValueError(f"trainer.log_every_n_steps: expected an integer >= 1, got {self.trainer.log_every_n_steps}")
+            raise ValueError(
+                f"trainer.log_every_n_steps: expected an integer >= 1, got {self.trainer.log_every_n_steps}"
+            )
         # Under DDP the tables' sparse gradients are averaged here (lit_dlrm.sparse_sync), not by
         # DDP: setup runs before DDP wraps the module, so they can still be left out of it.
         self._sync_tables = stage == "fit" and dist.is_available() and dist.is_initialized()

@@ -44,9 +44,15 @@ WIDE_COLUMNS = {  # (column of dlrm_forward_time_info.csv, dlrm_type) -> column 
     ("time_taken", "with_torch_sparse"): "forward_s_coo",
     ("time_taken", "compact"): "forward_s_compact",
     ("table_bytes", "without_torch_sparse"): "table_bytes_dense",
-    ("table_bytes", "with_torch_sparse"): "table_bytes_coo",  # the reference's COO path keeps dense tables
+    (
+        "table_bytes",
+        "with_torch_sparse",
+    ): "table_bytes_coo",  # the reference's COO path keeps dense tables
     ("table_bytes", "compact"): "table_bytes_compact",
-    ("coo_table_bytes", "with_torch_sparse"): "table_bytes_as_coo",  # what torch.sparse_coo tables would take
+    (
+        "coo_table_bytes",
+        "with_torch_sparse",
+    ): "table_bytes_as_coo",  # what torch.sparse_coo tables would take
 }
 SERIES = [column for column in KEY if column != "sparsity_level"]
 FOLLOWUPS = {  # column -> panel title
@@ -73,7 +79,9 @@ def series_name(row) -> str:
 
 def is_reference(table: pd.DataFrame):
     """Rows whose further dimensions all have the reference's values."""
-    return (table[list(STUDY_COLUMNS)].astype(str) == pd.Series(STUDY_COLUMNS).astype(str)).all(axis=1)
+    return (table[list(STUDY_COLUMNS)].astype(str) == pd.Series(STUDY_COLUMNS).astype(str)).all(
+        axis=1
+    )
 
 
 def joined_results(out_dir: Path) -> pd.DataFrame:
@@ -82,12 +90,16 @@ def joined_results(out_dir: Path) -> pd.DataFrame:
     metadata = read_table(out_dir, METADATA_CSV)
     if len(metadata):
         table = table.merge(
-            metadata.drop(columns=["step_time_sec", "same_mask_as"], errors="ignore"), on=KEY, how="left"
+            metadata.drop(columns=["step_time_sec", "same_mask_as"], errors="ignore"),
+            on=KEY,
+            how="left",
         )
     times = read_table(out_dir, FORWARD_TIME_CSV)
     if len(times):
         values = [c for c in ("time_taken", "table_bytes", "coo_table_bytes") if c in times]
-        numeric = times.assign(**{c: pd.to_numeric(times[c], errors="coerce") for c in values})  # "" where a path lacks one
+        numeric = times.assign(
+            **{c: pd.to_numeric(times[c], errors="coerce") for c in values}
+        )  # "" where a path lacks one
         wide = numeric.pivot_table(index=KEY, columns="dlrm_type", values=values)
         wide = wide[[c for c in wide.columns if c in WIDE_COLUMNS]]
         wide.columns = [WIDE_COLUMNS[c] for c in wide.columns]
@@ -103,7 +115,9 @@ def with_quality_before_finetuning(table: pd.DataFrame) -> pd.DataFrame:
         return table
     key = [c for c in KEY if c != "finetune_steps"]
     before = table[table["finetune_steps"].astype(int) == 0][[*key, "roc_auc", "log_loss"]]
-    before = before.rename(columns={"roc_auc": "roc_auc_before_finetune", "log_loss": "log_loss_before_finetune"})
+    before = before.rename(
+        columns={"roc_auc": "roc_auc_before_finetune", "log_loss": "log_loss_before_finetune"}
+    )
     merged = table.merge(before, on=key, how="left")
     tuned = merged["finetune_steps"].astype(int) > 0
     merged.loc[~tuned, ["roc_auc_before_finetune", "log_loss_before_finetune"]] = float("nan")
@@ -112,7 +126,9 @@ def with_quality_before_finetuning(table: pd.DataFrame) -> pd.DataFrame:
 
 def size_columns(table: pd.DataFrame) -> list[str]:
     """Byte counts of every checkpoint format measured (``zip_bytes`` first)."""
-    return sorted((c for c in table.columns if c.endswith("_bytes")), key=lambda c: c != "zip_bytes")
+    return sorted(
+        (c for c in table.columns if c.endswith("_bytes")), key=lambda c: c != "zip_bytes"
+    )
 
 
 def plot(table: pd.DataFrame, panels: list[tuple[str, str]], path: Path, title: str) -> None:
@@ -128,8 +144,12 @@ def plot_panels(panels: list[tuple[pd.DataFrame, str, str]], path: Path, title: 
             series = series.sort_values("sparsity_level")
             values = series[column] / 2**20 if column.endswith("_bytes") else series[column]
             first = series.iloc[0]
-            style = "--" if first["norm"] == "L2" else "-"  # identical masks draw L2 over L1: keep both visible
-            ax.plot(series["sparsity_level"] * 100, values, style, marker=".", label=series_name(first))
+            style = (
+                "--" if first["norm"] == "L2" else "-"
+            )  # identical masks draw L2 over L1: keep both visible
+            ax.plot(
+                series["sparsity_level"] * 100, values, style, marker=".", label=series_name(first)
+            )
         ax.set_xlabel("sparsity level (%)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -145,7 +165,14 @@ def write_tensorboard(table: pd.DataFrame, log_dir: Path, tags: list[str]) -> No
     fresh = log_dir.with_name(log_dir.name + ".tmp")
     shutil.rmtree(fresh, ignore_errors=True)
     for _, series in table.groupby(SERIES, sort=True):
-        run = series_name(series.iloc[0]).replace(" (", "_").replace(", ", "x").replace(") ", "_").replace(")", "").replace(" ", "_")
+        run = (
+            series_name(series.iloc[0])
+            .replace(" (", "_")
+            .replace(", ", "x")
+            .replace(") ", "_")
+            .replace(")", "")
+            .replace(" ", "_")
+        )
         with SummaryWriter(str(fresh / run)) as writer:
             for row in series.itertuples(index=False):
                 step = round(row.sparsity_level * 100)
@@ -171,20 +198,51 @@ def write_report(out_dir: str | Path) -> pd.DataFrame:
     everything, table = table, table[is_reference(table)]
     sizes = size_columns(table)
     if sizes:
-        labels = {"zip_bytes": "torch.save + deflate (MiB)", "zstd_sparse_bytes": "zstd_sparse (MiB)"}
-        plot(table, [(c, labels.get(c, c)) for c in sizes], out_dir / "disk_size.png", "checkpoint size on disk")
-    plot(table, [("roc_auc", "test AUC"), ("log_loss", "test log loss")], out_dir / "quality.png", "model quality")
+        labels = {
+            "zip_bytes": "torch.save + deflate (MiB)",
+            "zstd_sparse_bytes": "zstd_sparse (MiB)",
+        }
+        plot(
+            table,
+            [(c, labels.get(c, c)) for c in sizes],
+            out_dir / "disk_size.png",
+            "checkpoint size on disk",
+        )
+    plot(
+        table,
+        [("roc_auc", "test AUC"), ("log_loss", "test log loss")],
+        out_dir / "quality.png",
+        "model quality",
+    )
     times = [c for c in ("forward_s_dense", "forward_s_coo", "forward_s_compact") if c in table]
     if times:
-        labels = {"forward_s_dense": "dense forward (s, median)", "forward_s_coo": "reference COO forward (s, median)",
-                  "forward_s_compact": "compact tables forward (s, median)"}
-        plot(table, [(c, labels[c]) for c in times], out_dir / "forward_time.png", "forward time on one test batch")
-    memory = [c for c in ("table_bytes_dense", "table_bytes_compact", "table_bytes_as_coo") if c in table]
+        labels = {
+            "forward_s_dense": "dense forward (s, median)",
+            "forward_s_coo": "reference COO forward (s, median)",
+            "forward_s_compact": "compact tables forward (s, median)",
+        }
+        plot(
+            table,
+            [(c, labels[c]) for c in times],
+            out_dir / "forward_time.png",
+            "forward time on one test batch",
+        )
+    memory = [
+        c for c in ("table_bytes_dense", "table_bytes_compact", "table_bytes_as_coo") if c in table
+    ]
     if memory:
-        labels = {"table_bytes_dense": "dense tables (MiB)", "table_bytes_compact": "compact tables (MiB)",
-                  "table_bytes_as_coo": "as torch.sparse_coo (MiB)"}
+        labels = {
+            "table_bytes_dense": "dense tables (MiB)",
+            "table_bytes_compact": "compact tables (MiB)",
+            "table_bytes_as_coo": "as torch.sparse_coo (MiB)",
+        }
         mib = table.assign(**{c: table[c] / 2**20 for c in memory})
-        plot(mib, [(c, labels[c]) for c in memory], out_dir / "memory.png", "embedding tables in memory")
+        plot(
+            mib,
+            [(c, labels[c]) for c in memory],
+            out_dir / "memory.png",
+            "embedding tables in memory",
+        )
     tags = ["roc_auc", "log_loss", "accuracy", "ne", *sizes, *times, *memory]
     write_tensorboard(everything, out_dir / "tensorboard", [t for t in tags if t in everything])
     return everything
@@ -197,11 +255,18 @@ def write_followups(table: pd.DataFrame, path: Path) -> None:
     panels = []
     for column, title in FOLLOWUPS.items():
         others = [c for c in STUDY_COLUMNS if c != column]
-        varied = table[~is_reference(table) & (table[others].astype(str) == pd.Series(STUDY_COLUMNS)[others].astype(str)).all(axis=1)]
+        varied = table[
+            ~is_reference(table)
+            & (table[others].astype(str) == pd.Series(STUDY_COLUMNS)[others].astype(str)).all(
+                axis=1
+            )
+        ]
         if varied.empty:
             continue
         shapes = varied[["norm", "sparse_block_shape"]].drop_duplicates()
         base = reference.merge(shapes, on=["norm", "sparse_block_shape"])
         panels.append((pd.concat([base, varied]), "roc_auc", f"test AUC: {title}"))
     if panels:
-        plot_panels(panels, path, "past the reference: each further dimension against its reference series")
+        plot_panels(
+            panels, path, "past the reference: each further dimension against its reference series"
+        )

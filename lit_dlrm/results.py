@@ -21,7 +21,12 @@ import pandas as pd
 
 POINT_COLUMNS = ["norm", "sparse_block_shape", "sparsity_level"]
 # lit_dlrm's further grid dimensions and the value meaning "as the reference does".
-STUDY_COLUMNS = {"threshold": "per_table", "weight_bits": 32, "activation_sparsity": 0.0, "finetune_steps": 0}
+STUDY_COLUMNS = {
+    "threshold": "per_table",
+    "weight_bits": 32,
+    "activation_sparsity": 0.0,
+    "finetune_steps": 0,
+}
 KEY = [*POINT_COLUMNS, *STUDY_COLUMNS]
 
 METADATA_CSV = "sparse_model_metadata.csv"
@@ -55,8 +60,15 @@ def point_row(point) -> dict:
 
 def row_key(row: dict) -> tuple:
     """A row's grid point as a comparable tuple (the same for a point's :func:`point_row`)."""
-    return (row["norm"], row["sparse_block_shape"], float(row["sparsity_level"]), row["threshold"],
-            int(row["weight_bits"]), float(row["activation_sparsity"]), int(row["finetune_steps"]))
+    return (
+        row["norm"],
+        row["sparse_block_shape"],
+        float(row["sparsity_level"]),
+        row["threshold"],
+        int(row["weight_bits"]),
+        float(row["activation_sparsity"]),
+        int(row["finetune_steps"]),
+    )
 
 
 def atomic_write(path: Path, write) -> None:
@@ -81,8 +93,11 @@ def read_table(out_dir: str | Path, name: str) -> pd.DataFrame:
     path = Path(out_dir) / name
     if not path.exists():
         return pd.DataFrame(columns=[*REFERENCE_COLUMNS[name], *STUDY_COLUMNS])
-    table = pd.read_csv(path, dtype={"sparse_block_shape": str, "norm": str, "path": str, "threshold": str},
-                        keep_default_na=False)
+    table = pd.read_csv(
+        path,
+        dtype={"sparse_block_shape": str, "norm": str, "path": str, "threshold": str},
+        keep_default_na=False,
+    )
     for column, value in STUDY_COLUMNS.items():
         if column not in table:
             table[column] = value

@@ -42,8 +42,16 @@ def average_sparse_grads(params: list[nn.Parameter]) -> None:
     ids, rows = [], []
     for param, grad, width in zip(params, grads, widths):
         d = param.shape[1:].numel()
-        i = grad._indices()[0] if grad is not None else torch.empty(0, dtype=torch.long, device=device)
-        v = grad._values().reshape(-1) if grad is not None else torch.empty(0, dtype=param.dtype, device=device)
+        i = (
+            grad._indices()[0]
+            if grad is not None
+            else torch.empty(0, dtype=torch.long, device=device)
+        )
+        v = (
+            grad._values().reshape(-1)
+            if grad is not None
+            else torch.empty(0, dtype=param.dtype, device=device)
+        )
         ids.append(torch.nn.functional.pad(i, (0, width - i.numel())))
         rows.append(torch.nn.functional.pad(v, (0, (width - i.numel()) * d)))
     all_ids, all_rows = _gather(torch.cat(ids), world), _gather(torch.cat(rows), world)

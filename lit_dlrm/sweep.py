@@ -52,8 +52,16 @@ def row_ids(table: pd.DataFrame) -> list[tuple]:
 
 def written_tables(trainer: L.Trainer) -> list[str]:
     """The tables that this trainer's sweep callbacks write."""
-    kinds = {Sparsify: METRICS_CSV, CheckpointCompression: METADATA_CSV, SparseCooTiming: FORWARD_TIME_CSV}
-    return [name for kind, name in kinds.items() if any(isinstance(cb, kind) for cb in trainer.callbacks)]
+    kinds = {
+        Sparsify: METRICS_CSV,
+        CheckpointCompression: METADATA_CSV,
+        SparseCooTiming: FORWARD_TIME_CSV,
+    }
+    return [
+        name
+        for kind, name in kinds.items()
+        if any(isinstance(cb, kind) for cb in trainer.callbacks)
+    ]
 
 
 def done_points(out_dir: Path, tables: list[str]) -> set[tuple]:
@@ -62,7 +70,10 @@ def done_points(out_dir: Path, tables: list[str]) -> set[tuple]:
     for name in tables:
         table = read_table(out_dir, name)
         if name == FORWARD_TIME_CSV:
-            ids = [set(row_ids(table[table["dlrm_type"] == kind])) for kind in ("with_torch_sparse", "without_torch_sparse", "compact")]
+            ids = [
+                set(row_ids(table[table["dlrm_type"] == kind]))
+                for kind in ("with_torch_sparse", "without_torch_sparse", "compact")
+            ]
             ids = set.intersection(*ids)
         else:
             ids = set(row_ids(table))
@@ -88,7 +99,11 @@ def sort_tables(out_dir: Path, tables: list[str], grid: list[GridPoint]) -> None
         table = read_table(out_dir, name)
         rank = [order.get(i, len(order)) for i in row_ids(table)]
         sort_cols = ["dlrm_type"] if name == FORWARD_TIME_CSV else []
-        table = table.assign(_rank=rank).sort_values(["_rank", *sort_cols], kind="stable").drop(columns="_rank")
+        table = (
+            table.assign(_rank=rank)
+            .sort_values(["_rank", *sort_cols], kind="stable")
+            .drop(columns="_rank")
+        )
         write_table(out_dir, name, table)
 
 
@@ -107,7 +122,9 @@ def run_sweep(
     tables = written_tables(trainer)
     for stale in out_dir.glob(".*.tmp"):  # tables half-written by a killed run
         stale.unlink()
-    squares_keep_order = squares_preserve_order(table.weight.detach() for table in module.model.emb_l)
+    squares_keep_order = squares_preserve_order(
+        table.weight.detach() for table in module.model.emb_l
+    )
     # Decided once, before any test, so that every process of a DDP run takes the same steps.
     done = done_points(out_dir, tables)
     first_of_test: dict[str, GridPoint] = {}

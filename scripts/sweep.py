@@ -18,7 +18,9 @@ from pathlib import Path
 
 from lightning.pytorch.cli import LightningArgumentParser
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
+sys.path.insert(
+    0, str(Path(__file__).resolve().parents[1])
+)  # run from a checkout, installed or not
 
 from callbacks import CheckpointCompression, SparseCooTiming, Sparsify  # noqa: E402
 from lit_dlrm.checkpoint import latest_checkpoint  # noqa: E402
@@ -39,11 +41,25 @@ def trained_model(ckpt_path: str = "latest") -> DLRMModule:
 
 class SweepCLI(CLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--ckpt_path", type=str, default="latest", help="checkpoint to sweep ('latest': newest train run)")
-        parser.add_argument("--out_dir", type=str, default="sweeps/default", help="where tables, plots and TensorBoard runs go")
+        parser.add_argument(
+            "--ckpt_path",
+            type=str,
+            default="latest",
+            help="checkpoint to sweep ('latest': newest train run)",
+        )
+        parser.add_argument(
+            "--out_dir",
+            type=str,
+            default="sweeps/default",
+            help="where tables, plots and TensorBoard runs go",
+        )
         parser.link_arguments("ckpt_path", "model.ckpt_path")
         parser.add_function_arguments(make_grid, "sweep", skip={"embedding_dim", "min_rows"})
-        for name, callback in (("sparsify", Sparsify), ("compression", CheckpointCompression), ("timing", SparseCooTiming)):
+        for name, callback in (
+            ("sparsify", Sparsify),
+            ("compression", CheckpointCompression),
+            ("timing", SparseCooTiming),
+        ):
             parser.add_lightning_class_args(callback, name)
             parser.link_arguments("out_dir", f"{name}.out_dir")
 
@@ -64,11 +80,15 @@ def main(args: list[str] | None = None) -> None:
             f"--data: the data's table sizes {list(data.table_sizes)} differ from the checkpoint's {sizes}; "
             "pass the --data.* options the model was trained with"
         )
-    grid = make_grid(**config.sweep.as_dict(), embedding_dim=model.hparams.embedding_dim, min_rows=min(sizes))
+    grid = make_grid(
+        **config.sweep.as_dict(), embedding_dim=model.hparams.embedding_dim, min_rows=min(sizes)
+    )
     run_sweep(cli.trainer, model, data, grid, config.out_dir)
     if cli.trainer.is_global_zero:
         table = write_report(config.out_dir)
-        print(f"{len(table)} grid points in {config.out_dir}/results.csv; plots and tensorboard/ beside it")
+        print(
+            f"{len(table)} grid points in {config.out_dir}/results.csv; plots and tensorboard/ beside it"
+        )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ from pathlib import Path
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
+sys.path.insert(
+    0, str(Path(__file__).resolve().parents[1])
+)  # run from a checkout, installed or not
 
 from lit_dlrm.best_checkpoint import BestCheckpoint  # noqa: E402
 from lit_dlrm.checkpoint import check_resumable  # noqa: E402
@@ -43,7 +45,9 @@ class TrainCLI(CLI):
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
-        parser.add_argument("--ckpt_path", type=str | None, default=None, help="resume from this checkpoint")
+        parser.add_argument(
+            "--ckpt_path", type=str | None, default=None, help="resume from this checkpoint"
+        )
 
     def before_instantiate_classes(self) -> None:
         # Path options checked before the data and the model are built, each error naming its option.
@@ -54,7 +58,11 @@ class TrainCLI(CLI):
         # checkpoint callback finds its own directory and keeps the best score of the whole run.
         logger, ckpt = self.config.trainer.logger, self.config.ckpt_path
         found = re.search(r"version_(\d+)[/\\]checkpoints[/\\][^/\\]+$", ckpt or "")
-        if found and getattr(logger, "class_path", "").endswith("TensorBoardLogger") and logger.init_args.version is None:
+        if (
+            found
+            and getattr(logger, "class_path", "").endswith("TensorBoardLogger")
+            and logger.init_args.version is None
+        ):
             logger.init_args.version = int(found.group(1))
 
 
@@ -77,7 +85,9 @@ def main(args: list[str] | None = None) -> None:
         # last.ckpt at every validation, whatever the score did, for resuming; every .ckpt written
         # atomically beside its final name, so a killed run never leaves a truncated one.
         trainer_defaults={
-            "callbacks": [ModelCheckpoint(filename="last", monitor=None, enable_version_counter=False)],
+            "callbacks": [
+                ModelCheckpoint(filename="last", monitor=None, enable_version_counter=False)
+            ],
             "plugins": [AtomicCheckpointIO()],
         },
     )

@@ -7,7 +7,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 # Small enough for seconds of training, large enough for every split to hold both labels.
-TINY_DATA = ["--data.synthetic_rows=14000", "--data.max_table_size=300", "--data.batch_size=512", "--data.eval_batch_size=1024"]
+TINY_DATA = [
+    "--data.synthetic_rows=14000",
+    "--data.max_table_size=300",
+    "--data.batch_size=512",
+    "--data.eval_batch_size=1024",
+]
 
 
 @pytest.fixture(scope="session")

@@ -82,7 +82,9 @@ class Probe(Callback):
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.rows = []
 
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_test_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
         _, sparse, label = batch
         self.rows.append(torch.cat([label[:, None].long(), sparse], dim=1).numpy())  # (B, 27)
 
@@ -90,12 +92,14 @@ class Probe(Callback):
         # Sparsify restores the dense tables in on_test_end: here they are still as tested.
         sparsify = next((cb for cb in trainer.callbacks if type(cb).__name__ == "Sparsify"), None)
         rows = np.concatenate(self.rows) if self.rows else np.empty((0, 27), np.int64)
-        self.record({
-            "event": "test",
-            "point": sparsify.point.key if sparsify else None,
-            "tables": digest(table.weight for table in pl_module.model.emb_l),
-            "rows": len(rows),
-        })
+        self.record(
+            {
+                "event": "test",
+                "point": sparsify.point.key if sparsify else None,
+                "tables": digest(table.weight for table in pl_module.model.emb_l),
+                "rows": len(rows),
+            }
+        )
         if self.tests == 0:
             np.save(self.directory / f"rank{self.rank}-test.npy", rows)
         self.tests += 1

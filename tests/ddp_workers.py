@@ -11,7 +11,9 @@ from lit_dlrm.sparse_sync import average_sparse_grads
 def update_and_compute(rank: int, world: int, init_file: str, parts: list, out: str) -> None:
     """Join a gloo group, feed this rank's batches to a ClickMetrics, save what compute() returns."""
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    metrics = ClickMetrics(flush_every=64)  # flushes mid-way on rank 0, leaves a partial buffer on both
+    metrics = ClickMetrics(
+        flush_every=64
+    )  # flushes mid-way on rank 0, leaves a partial buffer on both
     for logits, labels in parts[rank]:
         metrics.update(logits, labels)
     torch.save(metrics.compute(), out.format(rank=rank))

@@ -3,8 +3,17 @@
 import importlib.util
 from pathlib import Path
 
-SCHEMA = {"stage", "unit", "lit_dlrm", "reference", "ratio", "lit_dlrm_peak_mib", "reference_peak_mib",
-          "floor", "note"}
+SCHEMA = {
+    "stage",
+    "unit",
+    "lit_dlrm",
+    "reference",
+    "ratio",
+    "lit_dlrm_peak_mib",
+    "reference_peak_mib",
+    "floor",
+    "note",
+}
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -32,7 +41,9 @@ def test_compress_benchmark_tiny(tmp_path):
 
 
 def test_harness_runs_every_benchmark_into_one_table(tmp_path):
-    rows = load("run").main(["--scale", "tiny", "--only", "train", "evaluate", "--out-dir", str(tmp_path)])
+    rows = load("run").main(
+        ["--scale", "tiny", "--only", "train", "evaluate", "--out-dir", str(tmp_path)]
+    )
     stages = [r["stage"] for r in rows]
     assert "train batch 128" in stages and "test loop (one grid point)" in stages
     assert all(r["lit_dlrm"] > 0 and r["reference"] > 0 for r in rows)
@@ -42,7 +53,9 @@ def test_harness_runs_every_benchmark_into_one_table(tmp_path):
 
 
 def test_global_threshold_benchmark_tiny(tmp_path):
-    rows = load("global_threshold").run("tiny", out_dir=tmp_path, isolate=False)  # counts compared inside
+    rows = load("global_threshold").run(
+        "tiny", out_dir=tmp_path, isolate=False
+    )  # counts compared inside
     assert all(set(r) == SCHEMA for r in rows) and len(rows) == 4
     assert rows[0]["lit_dlrm"] > 0 and rows[0]["reference"] > 0
     assert (tmp_path / "global_threshold_tiny.md").exists()

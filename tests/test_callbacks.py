@@ -9,7 +9,13 @@ from torch.utils.data import DataLoader, TensorDataset
 from callbacks import CheckpointCompression, SparseCooTiming, Sparsify
 from callbacks.timing import coo_forward
 from lit_dlrm.module import DLRMModule
-from lit_dlrm.results import FORWARD_TIME_CSV, METADATA_CSV, METRICS_CSV, REFERENCE_COLUMNS, read_table
+from lit_dlrm.results import (
+    FORWARD_TIME_CSV,
+    METADATA_CSV,
+    METRICS_CSV,
+    REFERENCE_COLUMNS,
+    read_table,
+)
 from lit_dlrm.sparsity.compression import load_compressed
 
 TABLES = [50, 30, 80]
@@ -32,7 +38,9 @@ def loader():
 
 
 def run_test(module, loader, callbacks):
-    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)
+    trainer = L.Trainer(
+        logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks
+    )
     return trainer.test(module, dataloaders=loader, verbose=False)[0]
 
 
@@ -54,7 +62,9 @@ def test_sparsify_prunes_during_test_and_restores_bit_identical(module, loader, 
     assert pruned["test/log_loss"] != dense["test/log_loss"]
 
     table = read_table(tmp_path, METRICS_CSV)
-    assert list(table.columns[: len(REFERENCE_COLUMNS[METRICS_CSV])]) == REFERENCE_COLUMNS[METRICS_CSV]
+    assert (
+        list(table.columns[: len(REFERENCE_COLUMNS[METRICS_CSV])]) == REFERENCE_COLUMNS[METRICS_CSV]
+    )
     row = table.iloc[0]
     assert (row.norm, row.sparse_block_shape, row.sparsity_level) == ("L1", "(1, 4)", 0.5)
     assert row.roc_auc == pytest.approx(pruned["test/auc"]) and row.step_time_sec > 0
@@ -95,18 +105,33 @@ def test_invalid_point_is_refused_naming_the_option():
 def test_coo_path_computes_the_same_outputs(module):
     dense, sparse = torch.rand(64, 13), torch.stack([torch.randint(0, t, (64,)) for t in TABLES], 1)
     with torch.no_grad():
-        torch.testing.assert_close(coo_forward(module.model, dense, sparse), module.model(dense, sparse))
+        torch.testing.assert_close(
+            coo_forward(module.model, dense, sparse), module.model(dense, sparse)
+        )
 
 
 def test_timing_rows_for_both_paths(module, loader, tmp_path):
-    run_test(module, loader, [Sparsify("L1", (1, 4), 0.9), SparseCooTiming(str(tmp_path), batch_size=100, warmup=1, repeats=3)])
+    run_test(
+        module,
+        loader,
+        [
+            Sparsify("L1", (1, 4), 0.9),
+            SparseCooTiming(str(tmp_path), batch_size=100, warmup=1, repeats=3),
+        ],
+    )
     table = read_table(tmp_path, FORWARD_TIME_CSV)
     assert list(table.columns[:5]) == REFERENCE_COLUMNS[FORWARD_TIME_CSV]
     assert sorted(table.dlrm_type) == ["compact", "with_torch_sparse", "without_torch_sparse"]
     rows = table.set_index("dlrm_type")
     dense_bytes = sum(t * 8 * 4 for t in TABLES)
-    assert rows.table_bytes["without_torch_sparse"] == rows.table_bytes["with_torch_sparse"] == dense_bytes
-    survivors = sum(4 * (2 * t - round(0.9 * 2 * t)) for t in TABLES)  # floats left in 2 blocks of 4 per row
+    assert (
+        rows.table_bytes["without_torch_sparse"]
+        == rows.table_bytes["with_torch_sparse"]
+        == dense_bytes
+    )
+    survivors = sum(
+        4 * (2 * t - round(0.9 * 2 * t)) for t in TABLES
+    )  # floats left in 2 blocks of 4 per row
     assert float(rows.coo_table_bytes["with_torch_sparse"]) == survivors * (2 * 8 + 4)
     assert 0 < rows.table_bytes["compact"] < 0.25 * dense_bytes
     assert float(rows.max_abs_diff["compact"]) < 1e-5 and float(rows.build_s["compact"]) > 0
@@ -117,7 +142,11 @@ def test_timing_rows_for_both_paths(module, loader, tmp_path):
 
 
 def test_compression_row_and_kept_files(module, loader, tmp_path):
-    run_test(module, loader, [Sparsify("L1", (1, 1), 1.0), CheckpointCompression(str(tmp_path), keep_files=True)])
+    run_test(
+        module,
+        loader,
+        [Sparsify("L1", (1, 1), 1.0), CheckpointCompression(str(tmp_path), keep_files=True)],
+    )
     run_test(module, loader, [CheckpointCompression(str(tmp_path))])  # dense, files not kept
     table = read_table(tmp_path, METADATA_CSV)
     assert list(table.columns[:6]) == REFERENCE_COLUMNS[METADATA_CSV]

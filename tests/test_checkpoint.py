@@ -45,10 +45,17 @@ def test_reference_save_model_checkpoint_loads_and_matches(tmp_path, model_and_b
     model, dense, sparse = model_and_batch
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     checkpoint = {  # the dict that dlrm_s_pytorch.py --save-model writes
-        "epoch": 0, "nepochs": 1, "nbatches": 1000, "nbatches_test": 10, "iter": 999,
-        "train_loss": np.float64(0.45), "total_loss": np.float64(450.0),
-        "test_acc": np.float64(0.789), "test_auc": np.float32(0.80),
-        "state_dict": model.state_dict(), "opt_state_dict": opt.state_dict(),
+        "epoch": 0,
+        "nepochs": 1,
+        "nbatches": 1000,
+        "nbatches_test": 10,
+        "iter": 999,
+        "train_loss": np.float64(0.45),
+        "total_loss": np.float64(450.0),
+        "test_acc": np.float64(0.789),
+        "test_auc": np.float32(0.80),
+        "state_dict": model.state_dict(),
+        "opt_state_dict": opt.state_dict(),
     }
     path = tmp_path / "dlrm.pt"
     torch.save(checkpoint, path)
@@ -58,7 +65,9 @@ def test_reference_save_model_checkpoint_loads_and_matches(tmp_path, model_and_b
     loaded = build_model(path)
     with torch.no_grad():
         ours = torch.sigmoid(loaded(dense, sparse)).double().numpy()
-    np.testing.assert_allclose(ours, reference_forward(model.state_dict(), dense, sparse), rtol=1e-5)
+    np.testing.assert_allclose(
+        ours, reference_forward(model.state_dict(), dense, sparse), rtol=1e-5
+    )
     assert loaded.interaction == "dot" and [t.num_embeddings for t in loaded.emb_l] == TABLES
 
 

@@ -20,20 +20,25 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 from jsonargparse import ActionConfigFile
 from lightning.pytorch.cli import LightningCLI
 
-from conftest import REPO
 from lit_dlrm.data import CriteoDataModule
 from lit_dlrm.model import DLRM
 from lit_dlrm.module import DLRMModule
 
-SCRIPTS = {name: runpy.run_path(str(REPO / "scripts" / f"{name}.py"))["main"] for name in ("train", "sweep")}
+SCRIPTS = {
+    name: runpy.run_path(str(REPO / "scripts" / f"{name}.py"))["main"]
+    for name in ("train", "sweep")
+}
 
 
 @dataclass(frozen=True)
 class Bad:
-    value: str  # may name a prepared file: {missing} {dir} {file} {garbage} {text} {empty} {yaml} ...
+    value: (
+        str  # may name a prepared file: {missing} {dir} {file} {garbage} {text} {empty} {yaml} ...
+    )
     extra: tuple[str, ...] = ()  # further options the value needs (e.g. --data.source=kaggle)
     expect: str | None = None  # text the message must hold instead of the option's name
 
@@ -48,8 +53,14 @@ BAD: dict[str, list[Bad]] = {
     "model.bottom_mlp": [Bad("[0]"), Bad("[-4, 8]"), Bad(NOT_A_NUMBER)],
     "model.top_mlp": [Bad("[0]"), Bad("[64, -1]"), Bad(NOT_A_NUMBER)],
     "model.lr": [Bad("0"), Bad("-0.1"), Bad("nan"), Bad("inf"), Bad(NOT_A_NUMBER)],
-    "data.path": [Bad("{missing}", KAGGLE), Bad("{dir}", KAGGLE), Bad("{garbage}", KAGGLE), Bad("{empty}", KAGGLE),
-                  Bad("{garbage}", NPZ), Bad("{sweep_ckpt}", NPZ)],
+    "data.path": [
+        Bad("{missing}", KAGGLE),
+        Bad("{dir}", KAGGLE),
+        Bad("{garbage}", KAGGLE),
+        Bad("{empty}", KAGGLE),
+        Bad("{garbage}", NPZ),
+        Bad("{sweep_ckpt}", NPZ),
+    ],
     "data.cache_dir": [Bad("{file}"), Bad("{file}/sub")],
     "data.batch_size": [Bad("0"), Bad("-1"), Bad("1.5"), Bad(NOT_A_NUMBER)],
     "data.eval_batch_size": [Bad("0"), Bad("-5"), Bad(NOT_A_NUMBER)],
@@ -74,10 +85,21 @@ BAD: dict[str, list[Bad]] = {
     "timing.warmup": [Bad("-1"), Bad(NOT_A_NUMBER)],
     "timing.repeats": [Bad("0"), Bad(NOT_A_NUMBER)],
 }
-CHECKPOINTS = [Bad("{missing}"), Bad("{dir}"), Bad("{truncated}"), Bad("{garbage}"), Bad("{text}"), Bad("{evil}")]
+CHECKPOINTS = [
+    Bad("{missing}"),
+    Bad("{dir}"),
+    Bad("{truncated}"),
+    Bad("{garbage}"),
+    Bad("{text}"),
+    Bad("{evil}"),
+]
 SCRIPT_BAD = {  # the same option name meaning a different file in each script
     ("train", "ckpt_path"): [*CHECKPOINTS, Bad("{sweep_ckpt}"), Bad("{other_arch_ckpt}")],
-    ("sweep", "ckpt_path"): [*CHECKPOINTS, Bad("{wrong_arch}"), Bad("{other_tables}", expect="checkpoint's")],
+    ("sweep", "ckpt_path"): [
+        *CHECKPOINTS,
+        Bad("{wrong_arch}"),
+        Bad("{other_tables}", expect="checkpoint's"),
+    ],
 }
 # Lightning's own options: a representative handful (its messages name the bare argument).
 LIGHTNING: dict[str, dict[str, list[Bad]]] = {
@@ -109,6 +131,7 @@ class _Parsed(Exception):
 
 def parser_of(script: str):
     """The script's LightningCLI parser, caught before it parses anything."""
+
     def grab(self, parser, args):
         raise _Parsed(parser)
 
@@ -157,12 +180,21 @@ def cases() -> list:
             if option.startswith(LIGHTNING_PREFIXES):
                 continue
             bads = SCRIPT_BAD.get((script, option), BAD.get(option, []))
-            if script != "train" and option in OPTIONS["train"] and (script, option) not in SCRIPT_BAD:
-                bads = bads[:1]  # the same class as in train.py (data.*, config, seed): tried there in full
+            if (
+                script != "train"
+                and option in OPTIONS["train"]
+                and (script, option) not in SCRIPT_BAD
+            ):
+                bads = bads[
+                    :1
+                ]  # the same class as in train.py (data.*, config, seed): tried there in full
             for bad in bads:
                 out.append(pytest.param(script, option, bad, id=f"{script}-{option}={bad.value}"))
         for option, bads in LIGHTNING[script].items():
-            out.extend(pytest.param(script, option, bad, id=f"{script}-{option}={bad.value}") for bad in bads)
+            out.extend(
+                pytest.param(script, option, bad, id=f"{script}-{option}={bad.value}")
+                for bad in bads
+            )
     # jsonargparse reads --config as UTF-8 text unguarded: lit_dlrm.cli.CLI names it instead.
     out.append(pytest.param("sweep", "config", Bad("{garbage}"), id="sweep-config={garbage}"))
     return out
@@ -173,10 +205,14 @@ def test_every_numeric_and_path_option_has_bad_values():
     for script, options in OPTIONS.items():
         ours = {o for o in options if not o.startswith(LIGHTNING_PREFIXES)}
         missing = sorted(o for o in ours if not SCRIPT_BAD.get((script, o), BAD.get(o)))
-        assert not missing, f"scripts/{script}.py: no bad values defined for {missing}; add them to BAD in {__file__}"
+        assert not missing, (
+            f"scripts/{script}.py: no bad values defined for {missing}; add them to BAD in {__file__}"
+        )
         stale = sorted(set(LIGHTNING[script]) - options)
         assert not stale, f"scripts/{script}.py has no option {stale} any more"
-    assert {"data.batch_size", "model.lr", "ckpt_path", "config"} <= OPTIONS["train"]  # the enumeration works
+    assert {"data.batch_size", "model.lr", "ckpt_path", "config"} <= OPTIONS[
+        "train"
+    ]  # the enumeration works
     assert {"sweep.levels", "timing.repeats", "out_dir", "data.path"} <= OPTIONS["sweep"]
     unused = set(BAD) - OPTIONS["train"] - OPTIONS["sweep"]
     assert not unused, f"BAD names options no script has: {sorted(unused)}"
@@ -198,8 +234,22 @@ def files(tmp_path_factory, tiny_data_args) -> dict[str, str]:
     tables = CriteoDataModule(synthetic_rows=14000, max_table_size=300, cache_dir=cache).table_sizes
     torch.manual_seed(0)
     good = DLRMModule(tables).model.state_dict()
-    f = {name: root / name for name in ("sweep_ckpt", "truncated", "garbage", "text", "evil", "empty", "yaml", "file",
-                                         "wrong_arch", "other_tables", "other_arch_ckpt")}
+    f = {
+        name: root / name
+        for name in (
+            "sweep_ckpt",
+            "truncated",
+            "garbage",
+            "text",
+            "evil",
+            "empty",
+            "yaml",
+            "file",
+            "wrong_arch",
+            "other_tables",
+            "other_arch_ckpt",
+        )
+    }
     torch.save(good, f["sweep_ckpt"])  # a bare state_dict: sweepable, not resumable
     f["truncated"].write_bytes(f["sweep_ckpt"].read_bytes()[:4096])
     f["garbage"].write_bytes(bytes(range(256)) * 16)
@@ -212,11 +262,20 @@ def files(tmp_path_factory, tiny_data_args) -> dict[str, str]:
     wrong["top_l.0.weight"] = torch.zeros(512, 99)  # a top MLP that fits no interaction
     torch.save(wrong, f["wrong_arch"])
     torch.save(DLRMModule([7] * 26).model.state_dict(), f["other_tables"])
-    other = DLRMModule(tables, embedding_dim=8).state_dict()  # a Lightning checkpoint of another width
-    torch.save({"pytorch-lightning_version": "2.6.0", "state_dict": other, "epoch": 0}, f["other_arch_ckpt"])
+    other = DLRMModule(
+        tables, embedding_dim=8
+    ).state_dict()  # a Lightning checkpoint of another width
+    torch.save(
+        {"pytorch-lightning_version": "2.6.0", "state_dict": other, "epoch": 0},
+        f["other_arch_ckpt"],
+    )
     (root / "dir").mkdir()
-    return {**{k: str(v) for k, v in f.items()}, "dir": str(root / "dir"), "missing": str(root / "missing.pt"),
-            "root": str(root)}
+    return {
+        **{k: str(v) for k, v in f.items()},
+        "dir": str(root / "dir"),
+        "missing": str(root / "missing.pt"),
+        "root": str(root),
+    }
 
 
 class _Heavy(Exception):
@@ -239,13 +298,25 @@ def base_args(script: str, files: dict, tiny_data_args: list[str]) -> list[str]:
     root = files["root"]
     common = [*tiny_data_args, f"--trainer.default_root_dir={root}"]
     if script == "train":
-        return [*common, f"--trainer.logger.init_args.save_dir={root}/runs", "--trainer.enable_progress_bar=false"]
-    return [*common, f"--ckpt_path={files['sweep_ckpt']}", f"--out_dir={root}/sweep", "--sweep.levels=[0.5]",
-            "--timing.repeats=1", "--timing.warmup=0"]
+        return [
+            *common,
+            f"--trainer.logger.init_args.save_dir={root}/runs",
+            "--trainer.enable_progress_bar=false",
+        ]
+    return [
+        *common,
+        f"--ckpt_path={files['sweep_ckpt']}",
+        f"--out_dir={root}/sweep",
+        "--sweep.levels=[0.5]",
+        "--timing.repeats=1",
+        "--timing.warmup=0",
+    ]
 
 
 @pytest.mark.parametrize("script, option, bad", cases())
-def test_bad_value_is_refused_naming_the_option(script, option, bad, files, tiny_data_args, no_forward, capsys):
+def test_bad_value_is_refused_naming_the_option(
+    script, option, bad, files, tiny_data_args, no_forward, capsys
+):
     value = bad.value.format(**files)
     args = [*base_args(script, files, tiny_data_args), *bad.extra, f"--{option}={value}"]
     try:
@@ -263,5 +334,7 @@ def test_bad_value_is_refused_naming_the_option(script, option, bad, files, tiny
         names.append(option.split(".")[-1])
     if is_path_option(option) and not bad.expect:
         names.append(Path(value).name)
-    assert any(name in message for name in names), f"--{option}={value}: the error names none of {names}:\n{message[-2000:]}"
+    assert any(name in message for name in names), (
+        f"--{option}={value}: the error names none of {names}:\n{message[-2000:]}"
+    )
     assert "this would have run arbitrary code" not in capsys.readouterr().out

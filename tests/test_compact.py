@@ -5,9 +5,9 @@ import math
 
 import pytest
 import torch
+from conftest import REPO
 from torch import nn
 
-from conftest import REPO
 from lit_dlrm.model import DLRM
 from lit_dlrm.sparsity.compact import CompactEmbeddingBag, compact_model, coo_nbytes, table_bytes
 from lit_dlrm.sparsity.masks import prune
@@ -75,7 +75,10 @@ def test_nbytes_counts_only_the_surviving_blocks(level, bw):
     dense = pruned_bag(level, bw)
     compact = CompactEmbeddingBag(dense.weight, bw)
     assert compact.nbytes() == expected_nbytes(dense.weight.detach(), bw)
-    assert compact.row_base.dtype == torch.int32 and compact.row_off.dtype == compact.cols.dtype == torch.uint8
+    assert (
+        compact.row_base.dtype == torch.int32
+        and compact.row_off.dtype == compact.cols.dtype == torch.uint8
+    )
     if level == 1.0:
         assert compact.values.numel() * compact.values.element_size() == 0
         assert compact.nbytes() == pointer_bytes(ROWS, DIM // bw)
@@ -110,8 +113,17 @@ def test_compact_model_has_the_dense_pruned_models_logits(bw):
         table.weight.data = prune(table.weight.data, level, (1, bw), "L2")
     compact = compact_model(model, bw)
     kinds = [type(t).__name__ for t in compact.emb_l]
-    assert kinds == ["CompactEmbeddingBag", "EmbeddingBag", "CompactEmbeddingBag", "CompactEmbeddingBag"]
-    assert compact.emb_l[1] is model.emb_l[1] and compact.top_l is model.top_l and compact.bot_l is model.bot_l
+    assert kinds == [
+        "CompactEmbeddingBag",
+        "EmbeddingBag",
+        "CompactEmbeddingBag",
+        "CompactEmbeddingBag",
+    ]
+    assert (
+        compact.emb_l[1] is model.emb_l[1]
+        and compact.top_l is model.top_l
+        and compact.bot_l is model.bot_l
+    )
     assert all(isinstance(t, nn.EmbeddingBag) for t in model.emb_l)  # the original is untouched
     dense_in = torch.rand(256, 13)
     sparse_in = torch.stack([torch.randint(0, n, (256,)) for n in sizes], 1)
@@ -119,9 +131,14 @@ def test_compact_model_has_the_dense_pruned_models_logits(bw):
         assert torch.equal(compact(dense_in, sparse_in), model(dense_in, sparse_in))
     dense_bytes = sum(n * 8 * 4 for n in sizes)
     assert table_bytes(model) == dense_bytes
-    assert table_bytes(compact) == sum(
-        t.nbytes() if isinstance(t, CompactEmbeddingBag) else t.weight.numel() * 4 for t in compact.emb_l
-    ) < dense_bytes
+    assert (
+        table_bytes(compact)
+        == sum(
+            t.nbytes() if isinstance(t, CompactEmbeddingBag) else t.weight.numel() * 4
+            for t in compact.emb_l
+        )
+        < dense_bytes
+    )
 
 
 def test_level_one_model_keeps_row_pointers_only():
@@ -138,7 +155,9 @@ def test_level_one_model_keeps_row_pointers_only():
 
 
 def test_benchmark_runs_at_tiny_scale(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_compact", REPO / "benchmarks" / "compact.py")
+    spec = importlib.util.spec_from_file_location(
+        "bench_compact", REPO / "benchmarks" / "compact.py"
+    )
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     rows = bench.run("tiny", out_dir=tmp_path, isolate=False)

@@ -78,7 +78,9 @@ def test_exact_values_of_known_rows():
 def test_negative_integers_are_kept_by_the_parser_and_clipped_in_the_cache(tmp_path):
     block, _ = read_file(SAMPLES / "train-first1000-stripped.tsv")
     assert block.dense.min() < 0
-    d, meta = cached_text(SAMPLES / "train-first1000-stripped.tsv", tmp_path, PreprocessOptions(), progress=False)
+    d, meta = cached_text(
+        SAMPLES / "train-first1000-stripped.tsv", tmp_path, PreprocessOptions(), progress=False
+    )
     dense = np.load(d / "dense.npy")
     assert dense.min() == 0 and (dense == np.clip(block.dense, 0, None)).all()
 
@@ -86,11 +88,26 @@ def test_negative_integers_are_kept_by_the_parser_and_clipped_in_the_cache(tmp_p
 def test_stripped_tsv_equals_first_1000_rows_of_the_crlf_csv(tmp_path):
     a, _ = read_file(SAMPLES / "train-first1000-stripped.tsv")
     b, _ = read_file(SAMPLES / "train-first1999-header-crlf.csv")
-    assert (a.label == b.label[:1000]).all() and (a.dense == b.dense[:1000]).all() and (a.cat == b.cat[:1000]).all()
+    assert (
+        (a.label == b.label[:1000]).all()
+        and (a.dense == b.dense[:1000]).all()
+        and (a.cat == b.cat[:1000]).all()
+    )
     # and as cached arrays: the CSV's first 1000 rows through the cache give the same ids
     head = tmp_path / "head.csv"
-    head.write_bytes(b"".join((SAMPLES / "train-first1999-header-crlf.csv").read_bytes().splitlines(keepends=True)[:1001]))
-    da, _ = cached_text(SAMPLES / "train-first1000-stripped.tsv", tmp_path / "c", PreprocessOptions(), progress=False)
+    head.write_bytes(
+        b"".join(
+            (SAMPLES / "train-first1999-header-crlf.csv")
+            .read_bytes()
+            .splitlines(keepends=True)[:1001]
+        )
+    )
+    da, _ = cached_text(
+        SAMPLES / "train-first1000-stripped.tsv",
+        tmp_path / "c",
+        PreprocessOptions(),
+        progress=False,
+    )
     db, _ = cached_text(head, tmp_path / "c", PreprocessOptions(), progress=False)
     for name in ("dense", "sparse", "label"):
         assert (np.load(da / f"{name}.npy") == np.load(db / f"{name}.npy")).all(), name
@@ -195,7 +212,9 @@ def test_interrupted_build_never_looks_complete(tmp_path):
             cached_text(src, tmp_path / "other", PreprocessOptions(), progress=False)
     finally:
         pp.build_arrays = orig
-    assert not any((tmp_path / "other").glob("kaggle-*")) and not any((tmp_path / "other").glob(".tmp-*"))
+    assert not any((tmp_path / "other").glob("kaggle-*")) and not any(
+        (tmp_path / "other").glob(".tmp-*")
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -218,7 +237,10 @@ def write_with(tmp_path, bad_line: bytes, at: int = 3, name="train.txt") -> Path
     [
         (GOOD[0] + b"\t1", "expected 40 tab-separated fields, got 41"),
         (b"\t".join(GOOD[0].split(b"\t")[:10]), "expected 40 tab-separated fields, got 10"),
-        (GOOD[0].replace(b"05db9164", b"05dx9164"), "C1: expected up to 8 hex digits, got '05dx9164'"),
+        (
+            GOOD[0].replace(b"05db9164", b"05dx9164"),
+            "C1: expected up to 8 hex digits, got '05dx9164'",
+        ),
         (GOOD[0].replace(b"05db9164", b"105db9164"), "C1: expected up to 8 hex digits"),
         (GOOD[0].replace(b"13275", b"13.75"), "I5: expected an integer, got '13.75'"),
         (GOOD[0].replace(b"13275", b"-"), "I5: expected an integer"),
@@ -237,7 +259,11 @@ def test_bad_lines_name_file_and_line(tmp_path, bad, expect):
     assert expect in msg, msg
     # skip mode: dropped and counted
     block, stats = read_file(p, on_bad_line="skip")
-    assert stats.skipped == 1 and len(block) == len(GOOD) and stats.examples[0].startswith("train.txt:3:")
+    assert (
+        stats.skipped == 1
+        and len(block) == len(GOOD)
+        and stats.examples[0].startswith("train.txt:3:")
+    )
 
 
 def test_bad_line_in_csv_counts_the_header(tmp_path):
@@ -245,7 +271,9 @@ def test_bad_line_in_csv_counts_the_header(tmp_path):
     lines[7] = lines[7] + b",x"
     p = tmp_path / "t.csv"
     p.write_bytes(b"\n".join(lines))
-    with pytest.raises(CriteoFormatError, match=r"^t.csv:8: expected 41 comma-separated fields, got 42"):
+    with pytest.raises(
+        CriteoFormatError, match=r"^t.csv:8: expected 41 comma-separated fields, got 42"
+    ):
         read_file(p)
 
 
@@ -269,7 +297,9 @@ def test_skip_mode_reports_the_count_in_meta(tmp_path, caplog):
     with pytest.raises(CriteoFormatError, match="train.txt:2:"):
         cached_text(p, tmp_path / "c", PreprocessOptions(), progress=False)
     with caplog.at_level("WARNING"):
-        d, meta = cached_text(p, tmp_path / "c", PreprocessOptions(on_bad_line="skip"), progress=False)
+        d, meta = cached_text(
+            p, tmp_path / "c", PreprocessOptions(on_bad_line="skip"), progress=False
+        )
     assert meta["skipped_lines"] == 1 and meta["rows"] == len(GOOD)
     assert "skipped 1 bad line" in caplog.text
 
@@ -280,4 +310,8 @@ def test_writer_round_trip_with_small_blocks(tmp_path):
     dense = block.dense.astype(np.int64)
     write_kaggle_tsv(p, block.label, dense, block.cat, rows_per_block=333)
     again, _ = read_file(p, block_bytes=4096)  # many blocks: lines cut across reads
-    assert (again.dense == block.dense).all() and (again.cat == block.cat).all() and (again.label == block.label).all()
+    assert (
+        (again.dense == block.dense).all()
+        and (again.cat == block.cat).all()
+        and (again.label == block.label).all()
+    )

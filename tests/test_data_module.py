@@ -15,7 +15,12 @@ TINY = dict(synthetic_rows=20_000, max_table_size=500)
 
 @pytest.fixture(scope="module")
 def dm(tmp_path_factory):
-    d = CriteoDataModule(cache_dir=str(tmp_path_factory.mktemp("cache")), batch_size=4096, eval_batch_size=1000, **TINY)
+    d = CriteoDataModule(
+        cache_dir=str(tmp_path_factory.mktemp("cache")),
+        batch_size=4096,
+        eval_batch_size=1000,
+        **TINY,
+    )
     d.prepare_data()
     return d
 
@@ -32,7 +37,9 @@ def test_synthetic_shape_rates_and_teacher(dm):
     assert dense.min() == 0 and (dense == 0).mean() > 0.1  # missing / negative -> 0
     t = dm.teacher_metrics("test")
     assert set(t) == {"auc", "log_loss", "positive_rate"} and 0.7 < t["auc"] < 0.95
-    assert dm.meta["teacher"]["dense_only_auc"]["test"] < t["auc"] - 0.05  # dense alone is not enough
+    assert (
+        dm.meta["teacher"]["dense_only_auc"]["test"] < t["auc"] - 0.05
+    )  # dense alone is not enough
 
 
 def test_synthetic_is_deterministic_and_seed_dependent():
@@ -65,7 +72,9 @@ def test_batches_shapes_dtypes_and_order(dm):
     batches = list(dm.val_dataloader())
     got = torch.cat([x[0] for x in batches]).numpy()
     assert np.allclose(got, np.log1p(raw[a:b].astype(np.float32)))  # in order, log1p applied
-    assert sum(len(x[2]) for x in dm.test_dataloader()) == np.subtract(*dm.split_range("test")[::-1])
+    assert sum(len(x[2]) for x in dm.test_dataloader()) == np.subtract(
+        *dm.split_range("test")[::-1]
+    )
     sizes = torch.tensor(dm.table_sizes)
     assert (torch.cat([x[1] for x in batches]) < sizes).all()
 
@@ -91,10 +100,23 @@ def test_rank_shards_cover_each_row_once(dm, world):
             rows.extend(range(*batch))
     assert sorted(rows) == list(range(a, b)) and len(rows) == b - a
     ta, tb = dm.split_range("train")
-    shards = [np.concatenate(list(ShardedBatchSampler(ta, tb, 4096, shuffle=True, rank=r, world_size=world))) for r in range(world)]
+    shards = [
+        np.concatenate(
+            list(ShardedBatchSampler(ta, tb, 4096, shuffle=True, rank=r, world_size=world))
+        )
+        for r in range(world)
+    ]
     allrows = np.concatenate(shards)
     assert len(np.unique(allrows)) == len(allrows) >= (tb - ta) - world + 1
-    assert len({len(list(ShardedBatchSampler(ta, tb, 4096, shuffle=True, rank=r, world_size=world))) for r in range(world)}) == 1
+    assert (
+        len(
+            {
+                len(list(ShardedBatchSampler(ta, tb, 4096, shuffle=True, rank=r, world_size=world)))
+                for r in range(world)
+            }
+        )
+        == 1
+    )
 
 
 def test_num_workers_reopens_the_memory_maps(dm):
@@ -114,7 +136,9 @@ def test_dlrm_npz(tmp_path):
     y = rng.integers(0, 2, size=n).astype(np.int32)
     path = tmp_path / "kaggleAdDisplayChallenge_processed.npz"
     np.savez_compressed(path, X_cat=x_cat, X_int=x_int, y=y, counts=counts)
-    dm = CriteoDataModule(source="dlrm_npz", path=str(path), cache_dir=str(tmp_path / "c"), eval_batch_size=100)
+    dm = CriteoDataModule(
+        source="dlrm_npz", path=str(path), cache_dir=str(tmp_path / "c"), eval_batch_size=100
+    )
     assert dm.table_sizes == counts.tolist()
     assert (np.load(dm.cache_path / "sparse.npy") == x_cat).all()
     assert (np.load(dm.cache_path / "dense.npy") == x_int).all()
@@ -123,7 +147,9 @@ def test_dlrm_npz(tmp_path):
     assert torch.allclose(d, torch.log1p(torch.from_numpy(x_int[858:929].astype(np.float32))))
     assert dm.teacher_metrics("test") is None
 
-    dm2 = CriteoDataModule(source="dlrm_npz", path=str(path), cache_dir=str(tmp_path / "c"), max_ind_range=7)
+    dm2 = CriteoDataModule(
+        source="dlrm_npz", path=str(path), cache_dir=str(tmp_path / "c"), max_ind_range=7
+    )
     assert dm2.table_sizes == np.minimum(counts, 7).tolist()
     assert (np.load(dm2.cache_path / "sparse.npy") == x_cat.astype(np.int64) % 7).all()
 
@@ -131,11 +157,15 @@ def test_dlrm_npz(tmp_path):
     x_cat[5, 3] = counts[3] + 1
     np.savez(bad, X_cat=x_cat, X_int=x_int, y=y, counts=counts)
     with pytest.raises(CriteoFormatError, match=r"bad.npz: X_cat\[5, 3\]"):
-        CriteoDataModule(source="dlrm_npz", path=str(bad), cache_dir=str(tmp_path / "c")).table_sizes
+        CriteoDataModule(
+            source="dlrm_npz", path=str(bad), cache_dir=str(tmp_path / "c")
+        ).table_sizes
     with zipfile.ZipFile(tmp_path / "nokeys.npz", "w") as z:
         z.writestr("counts.npy", b"")
     with pytest.raises(CriteoFormatError, match="nokeys.npz"):
-        CriteoDataModule(source="dlrm_npz", path=str(tmp_path / "nokeys.npz"), cache_dir=str(tmp_path / "c")).table_sizes
+        CriteoDataModule(
+            source="dlrm_npz", path=str(tmp_path / "nokeys.npz"), cache_dir=str(tmp_path / "c")
+        ).table_sizes
 
 
 def test_constructor_errors_name_the_option(tmp_path):
@@ -144,13 +174,21 @@ def test_constructor_errors_name_the_option(tmp_path):
     with pytest.raises(ValueError, match="data.path"):
         CriteoDataModule(source="kaggle")
     with pytest.raises(FileNotFoundError, match="data.path"):
-        CriteoDataModule(source="kaggle", path=str(tmp_path / "missing.txt"), cache_dir=str(tmp_path)).table_sizes
+        CriteoDataModule(
+            source="kaggle", path=str(tmp_path / "missing.txt"), cache_dir=str(tmp_path)
+        ).table_sizes
 
 
 def test_unlabelled_kaggle_test_file_preprocesses_but_does_not_train(tmp_path):
     from pathlib import Path
 
-    src = Path(__file__).resolve().parents[2] / "shared" / "data" / "criteo-samples" / "test-unlabelled-first1000.tsv"
+    src = (
+        Path(__file__).resolve().parents[2]
+        / "shared"
+        / "data"
+        / "criteo-samples"
+        / "test-unlabelled-first1000.tsv"
+    )
     dm = CriteoDataModule(source="kaggle", path=str(src), cache_dir=str(tmp_path))
     assert len(dm.table_sizes) == 26 and not dm.meta["has_label"]
     with pytest.raises(ValueError, match="has no labels"):

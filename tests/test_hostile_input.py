@@ -40,7 +40,11 @@ SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "criteo-samp
 INT_MAX = 2**31 - 1
 FEATURES = [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
 COUNT: Counter = Counter()  # what the fuzz tests generated, checked by the last test
-FUZZ_TESTS = {"test_lines_in_every_layout", "test_whole_files_plain_and_gzip", "test_preprocessing_entry"}
+FUZZ_TESTS = {
+    "test_lines_in_every_layout",
+    "test_whole_files_plain_and_gzip",
+    "test_preprocessing_entry",
+}
 FINISHED: set[str] = set()
 
 # ------------------------------------------------------------------------------------------------
@@ -60,7 +64,9 @@ class Layout:
         return self.sep.join(n.encode() for n in names)
 
     def fmt(self, gz: bool = False) -> TextFormat:
-        return TextFormat(sep=self.sep, header=self.header, has_id=self.has_id, has_label=self.has_label, gzip=gz)
+        return TextFormat(
+            sep=self.sep, header=self.header, has_id=self.has_id, has_label=self.has_label, gzip=gz
+        )
 
 
 LAYOUTS = [
@@ -130,8 +136,14 @@ def ref_lines(text: bytes, lay: Layout, first_line: int) -> Expected:
     return exp
 
 
-HEADERS = {tuple(n.lower() for n in Layout(b",", i, lab, True, "").header_line().decode().split(",")): (i, lab)
-           for i in (False, True) for lab in (False, True)}
+HEADERS = {
+    tuple(n.lower() for n in Layout(b",", i, lab, True, "").header_line().decode().split(",")): (
+        i,
+        lab,
+    )
+    for i in (False, True)
+    for lab in (False, True)
+}
 
 
 def ref_sniff(data: bytes, suffix: str, has_label: bool | None):
@@ -269,20 +281,88 @@ def _pool() -> list[list[str]]:
 
 POOL = _pool()
 TOKENS = [
-    "", "-", "--1", "+1", "1.0", "1e3", " 1", "1 ", "0x1f", "1_000", "nan", "inf", "-0", "007",
-    "2147483647", "2147483648", "-2147483647", "-2147483648", "99999999999999999999",
-    "0000000000000007", "00000000000000007", "-0000000000000000", "ffffffff", "FFFFFFFF", "aBcD",
-    "100000000", "0ffffffff", "g", "xyz", "label", "0", "1", "2", "-1", "00", "10", "true",
-    "\x00", "\x7f", "\r", ",", ";", " ", "\t", "\t\t", "é", "١", "\ufeff1",
+    "",
+    "-",
+    "--1",
+    "+1",
+    "1.0",
+    "1e3",
+    " 1",
+    "1 ",
+    "0x1f",
+    "1_000",
+    "nan",
+    "inf",
+    "-0",
+    "007",
+    "2147483647",
+    "2147483648",
+    "-2147483647",
+    "-2147483648",
+    "99999999999999999999",
+    "0000000000000007",
+    "00000000000000007",
+    "-0000000000000000",
+    "ffffffff",
+    "FFFFFFFF",
+    "aBcD",
+    "100000000",
+    "0ffffffff",
+    "g",
+    "xyz",
+    "label",
+    "0",
+    "1",
+    "2",
+    "-1",
+    "00",
+    "10",
+    "true",
+    "\x00",
+    "\x7f",
+    "\r",
+    ",",
+    ";",
+    " ",
+    "\t",
+    "\t\t",
+    "é",
+    "١",
+    "\ufeff1",
 ]
 NUMBERS = st.one_of(
     st.integers(-12, 12),
-    st.sampled_from([INT_MAX, INT_MAX + 1, -INT_MAX, -INT_MAX - 1, 10**15, 10**16, -(10**16), 2**32, 2**63, -(2**64)]),
+    st.sampled_from(
+        [
+            INT_MAX,
+            INT_MAX + 1,
+            -INT_MAX,
+            -INT_MAX - 1,
+            10**15,
+            10**16,
+            -(10**16),
+            2**32,
+            2**63,
+            -(2**64),
+        ]
+    ),
     st.integers(-(10**18), 10**18),
-).flatmap(lambda v: st.sampled_from([str(v), f"{v:x}", f"{v:X}", str(v).replace("-", "-000"), "0" * 10 + str(v)]))
-FIELD = st.one_of(st.sampled_from(TOKENS).map(lambda t: t.encode()), NUMBERS.map(str.encode), st.binary(max_size=5))
+).flatmap(
+    lambda v: st.sampled_from(
+        [str(v), f"{v:x}", f"{v:X}", str(v).replace("-", "-000"), "0" * 10 + str(v)]
+    )
+)
+FIELD = st.one_of(
+    st.sampled_from(TOKENS).map(lambda t: t.encode()),
+    NUMBERS.map(str.encode),
+    st.binary(max_size=5),
+)
 SEPS = [b",", b";", b" ", b"\t\t", b"", b"|", b"\x00", b"\r", b"\t,"]
-KINDS = ["valid"] * 4 + ["field"] * 5 + ["strip", "drop", "extra", "sep", "bytes", "cut", "garbage", "empty", "newline"]
+KINDS = (
+    ["valid"] * 4
+    + ["field"] * 5
+    + ["strip", "drop", "extra", "sep", "bytes", "cut", "garbage", "empty", "newline"]
+)
 
 
 @st.composite
@@ -309,7 +389,10 @@ def line(draw, lay: Layout) -> bytes:
         joined = lay.sep.join(parts[:i]) + draw(st.sampled_from(SEPS)) + lay.sep.join(parts[i:])
     elif kind == "bytes":  # NUL, invalid UTF-8, binary garbage inside the line
         at = draw(st.integers(0, len(joined)))
-        junk = draw(st.sampled_from([b"\x00", b"\xff\xfe", b"\xc3\x28", b"\xe9", b"\x80"]) | st.binary(min_size=1, max_size=4))
+        junk = draw(
+            st.sampled_from([b"\x00", b"\xff\xfe", b"\xc3\x28", b"\xe9", b"\x80"])
+            | st.binary(min_size=1, max_size=4)
+        )
         joined = joined[:at] + junk + joined[at:]
     elif kind == "cut":
         joined = joined[: draw(st.integers(0, len(joined)))]
@@ -332,11 +415,15 @@ def text_file(draw, lay: Layout, max_lines: int = 12) -> bytes:
     text = b""
     for i, ln in enumerate(out):
         end = b"\r\n" if ends == "crlf" or (ends == "mixed" and draw(st.booleans())) else b"\n"
-        text += ln + (end if i < len(out) - 1 or draw(st.booleans()) else b"")  # final line end optional
+        text += ln + (
+            end if i < len(out) - 1 or draw(st.booleans()) else b""
+        )  # final line end optional
     return text
 
 
-SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = dict(
+    deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 
 
 @pytest.fixture(scope="module")
@@ -361,11 +448,17 @@ def test_lines_in_every_layout(workdir, data, lay):
 
 
 @settings(max_examples=400, **SETTINGS)
-@given(data=st.data(), lay=st.sampled_from(LAYOUTS), how=st.sampled_from(["plain", "plain", "gzip", "truncated", "flipped", "empty"]))
+@given(
+    data=st.data(),
+    lay=st.sampled_from(LAYOUTS),
+    how=st.sampled_from(["plain", "plain", "gzip", "truncated", "flipped", "empty"]),
+)
 def test_whole_files_plain_and_gzip(workdir, data, lay, how):
     """Whole files with the format sniffed: plain, gzip, truncated or corrupted gzip, empty."""
     content = b"" if how == "empty" else data.draw(text_file(lay))
-    path = workdir / (f"file{lay.suffix}.gz" if how in ("gzip", "truncated", "flipped") else f"file{lay.suffix}")
+    path = workdir / (
+        f"file{lay.suffix}.gz" if how in ("gzip", "truncated", "flipped") else f"file{lay.suffix}"
+    )
     if how == "plain" or how == "empty":
         path.write_bytes(content)
         check(path, ref_file(content, lay.suffix), block_bytes=data.draw(st.integers(64, 2048)))
@@ -376,7 +469,9 @@ def test_whole_files_plain_and_gzip(workdir, data, lay, how):
         packed = packed[: data.draw(st.integers(0, len(packed) - 1))]
     elif how == "flipped":
         at = data.draw(st.integers(0, len(packed) - 1))
-        packed = packed[:at] + bytes([packed[at] ^ data.draw(st.integers(1, 255))]) + packed[at + 1 :]
+        packed = (
+            packed[:at] + bytes([packed[at] ^ data.draw(st.integers(1, 255))]) + packed[at + 1 :]
+        )
     path.write_bytes(packed)
     if not packed:
         exp = Expected(error=(None, "empty file"))
@@ -407,14 +502,22 @@ def test_preprocessing_entry(workdir, data, lay):
                 check_error(err.value, path.name, exp, skip=mode == "skip")
             else:
                 assert str(err.value).startswith(f"{path.name}: no valid rows"), err.value
-            assert not cache.exists() or not [p for p in cache.iterdir() if not p.name.endswith(".lock")]
+            assert not cache.exists() or not [
+                p for p in cache.iterdir() if not p.name.endswith(".lock")
+            ]
             continue
         d, meta = cached_text(path, cache, PreprocessOptions(on_bad_line=mode), progress=False)
         labels, dense, cat = zip(*exp.rows)
-        assert (meta["rows"], meta["skipped_lines"], meta["lines"]) == (len(exp.rows), len(exp.bad), exp.lines)
+        assert (meta["rows"], meta["skipped_lines"], meta["lines"]) == (
+            len(exp.rows),
+            len(exp.bad),
+            exp.lines,
+        )
         assert np.load(d / "dense.npy").tolist() == [[max(v, 0) for v in row] for row in dense]
         ids = [dict() for _ in range(26)]  # first appearance per feature
-        expected_ids = [[ids[j].setdefault(v, len(ids[j])) for j, v in enumerate(row)] for row in cat]
+        expected_ids = [
+            [ids[j].setdefault(v, len(ids[j])) for j, v in enumerate(row)] for row in cat
+        ]
         assert np.load(d / "sparse.npy").tolist() == expected_ids
         assert meta["table_sizes"] == [len(t) for t in ids]
         if labels[0] is not None:

@@ -22,14 +22,21 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import REPO
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO
 from lit_dlrm.checkpoint import load_state_dict
 from lit_dlrm.checkpoint_io import AtomicCheckpointIO
 from lit_dlrm.data.preprocess import PreprocessOptions, cached_text, read_meta
-from lit_dlrm.results import FORWARD_TIME_CSV, KEY_COLUMNS, METADATA_CSV, METRICS_CSV, POINT_COLUMNS, REFERENCE_COLUMNS
+from lit_dlrm.results import (
+    FORWARD_TIME_CSV,
+    KEY_COLUMNS,
+    METADATA_CSV,
+    METRICS_CSV,
+    POINT_COLUMNS,
+    REFERENCE_COLUMNS,
+)
 
 SAMPLES = REPO.parent / "shared" / "data" / "criteo-samples"
 TIMEOUT = 180  # seconds any one child may take before the test gives up on it
@@ -66,7 +73,9 @@ def spawn(args: list[str], log: Path) -> subprocess.Popen:
     """Start ``args`` in its own process group (so the kill takes its children too)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log, "ab") as out:
-        proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     CHILDREN.append(proc)
     return proc
 
@@ -137,7 +146,11 @@ def assert_consistent(checkpoints: Path) -> None:
     for path in checkpoints.glob("*.ckpt"):
         load_state_dict(path)
     last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
-    (best,) = [state["best_model_path"] for state in last["callbacks"].values() if state["monitor"] == "val/auc"]
+    (best,) = [
+        state["best_model_path"]
+        for state in last["callbacks"].values()
+        if state["monitor"] == "val/auc"
+    ]
     assert Path(best).is_file(), f"last.ckpt names {best}, which is gone"
 
 
@@ -161,8 +174,12 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 def test_training_killed_twice_resumes_to_the_same_step(tmp_path, tiny_data_args, capsys):
     rng = np.random.default_rng(7)
-    options = [*tiny_data_args, "--trainer.max_epochs=2", "--trainer.enable_progress_bar=false",
-               "--trainer.enable_model_summary=false"]  # 24 steps per epoch, 4 validations (and last.ckpt) each
+    options = [
+        *tiny_data_args,
+        "--trainer.max_epochs=2",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+    ]  # 24 steps per epoch, 4 validations (and last.ckpt) each
     train([*options, f"--trainer.logger.init_args.save_dir={tmp_path / 'whole'}"])
     final_step = ckpt_step(tmp_path / "whole" / "train" / "version_0" / "checkpoints" / "last.ckpt")
     capsys.readouterr()
@@ -171,8 +188,13 @@ def test_training_killed_twice_resumes_to_the_same_step(tmp_path, tiny_data_args
     checkpoints = tmp_path / "killed" / "train" / "version_0" / "checkpoints"
     last = checkpoints / "last.ckpt"
     # 1. Between the best and the last checkpoint of the second validation.
-    child = subprocess.run([sys.executable, "-c", KILL_BETWEEN_BEST_AND_LAST, "scripts/train.py", *options],
-                           cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT)
+    child = subprocess.run(
+        [sys.executable, "-c", KILL_BETWEEN_BEST_AND_LAST, "scripts/train.py", *options],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
     first_at = ckpt_step(last)
     assert_consistent(checkpoints)  # the best file that last.ckpt names is still there
@@ -232,8 +254,14 @@ def test_killed_preprocessing_rebuilds_the_same_cache(tmp_path, capsys):
     expected = arrays(whole)
 
     cache = tmp_path / "cache"
-    build = [sys.executable, "-c", "import sys; from lit_dlrm.data.preprocess import PreprocessOptions, cached_text; "
-             "cached_text(sys.argv[1], sys.argv[2], PreprocessOptions(), progress=False)", str(big), str(cache)]
+    build = [
+        sys.executable,
+        "-c",
+        "import sys; from lit_dlrm.data.preprocess import PreprocessOptions, cached_text; "
+        "cached_text(sys.argv[1], sys.argv[2], PreprocessOptions(), progress=False)",
+        str(big),
+        str(cache),
+    ]
     log = tmp_path / "preprocess.log"
     kills = []
     for _ in range(3):
@@ -253,10 +281,15 @@ def test_killed_preprocessing_rebuilds_the_same_cache(tmp_path, capsys):
             elif (directory / "meta.json").exists():  # and meta.json only ever appears complete
                 assert read_meta(directory) is not None
     assert kills
-    rerun = subprocess.run(build, cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT)  # not blocked by a lock
+    rerun = subprocess.run(
+        build, cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT
+    )  # not blocked by a lock
     assert rerun.returncode == 0, rerun.stderr
     (built,) = [d for d in cache.iterdir() if d.is_dir()]
-    assert built.name == whole.name and read_meta(built)["table_sizes"] == read_meta(whole)["table_sizes"]
+    assert (
+        built.name == whole.name
+        and read_meta(built)["table_sizes"] == read_meta(whole)["table_sizes"]
+    )
     got = arrays(built)
     assert got.keys() == expected.keys()
     for name in expected:
@@ -268,8 +301,14 @@ def test_killed_preprocessing_rebuilds_the_same_cache(tmp_path, capsys):
 # the sweep
 
 # 8 points, 6 tests: levels 0 and 1 are tested once for both norms, and copied.
-SWEEP_GRID = ["--sweep.levels=[0.0, 0.5, 0.9, 1.0]", "--sweep.block_shapes=[[1, 4]]", "--sweep.studies=[]",
-              "--timing.warmup=0", "--timing.repeats=2", "--timing.batch_size=256"]
+SWEEP_GRID = [
+    "--sweep.levels=[0.0, 0.5, 0.9, 1.0]",
+    "--sweep.block_shapes=[[1, 4]]",
+    "--sweep.studies=[]",
+    "--timing.warmup=0",
+    "--timing.repeats=2",
+    "--timing.batch_size=256",
+]
 TABLES = [METRICS_CSV, METADATA_CSV, FORWARD_TIME_CSV]
 RESULTS_CSV, TENSORBOARD = "results.csv", "tensorboard"
 # Columns that depend on the run (wall-clock times, file paths), recognised by name so that
@@ -297,7 +336,9 @@ def check_outputs(out: Path) -> dict[str, pd.DataFrame]:
     for entry in out.iterdir():
         name = entry.name
         if name.startswith("."):  # scratch space, or an output being written
-            assert name == ".scratch" or re.fullmatch(r"\.[^.].*\.(csv|png)\.\w+\.tmp", name), f"stray file {name}"
+            assert name == ".scratch" or re.fullmatch(r"\.[^.].*\.(csv|png)\.\w+\.tmp", name), (
+                f"stray file {name}"
+            )
         elif name in (f"{TENSORBOARD}.tmp", f"{TENSORBOARD}.old"):
             pass  # the report's own swap directories, beside the output and never inside it
         elif name.endswith(".csv"):
@@ -318,7 +359,9 @@ def check_outputs(out: Path) -> dict[str, pd.DataFrame]:
 
 def point_keys(table: pd.DataFrame) -> pd.Series:
     """Each row's grid point as one string."""
-    return table[[c for c in KEY_COLUMNS[METRICS_CSV] if c in table]].astype(str).agg("|".join, axis=1)
+    return (
+        table[[c for c in KEY_COLUMNS[METRICS_CSV] if c in table]].astype(str).agg("|".join, axis=1)
+    )
 
 
 def complete_points(tables: dict[str, pd.DataFrame]) -> set[str]:
@@ -344,7 +387,9 @@ def assert_kept(before: dict[str, pd.DataFrame], after: dict[str, pd.DataFrame])
         key = KEY_COLUMNS[name]
         old = old[point_keys(old).isin(done)].set_index(key).sort_index()
         new = new[point_keys(new).isin(done)].set_index(key).sort_index()[old.columns]
-        pd.testing.assert_frame_equal(new, old, check_exact=True, obj=f"{name}: rows of finished points")
+        pd.testing.assert_frame_equal(
+            new, old, check_exact=True, obj=f"{name}: rows of finished points"
+        )
 
 
 def scalars(log_dir: Path) -> dict[str, dict[str, list]]:
@@ -352,8 +397,11 @@ def scalars(log_dir: Path) -> dict[str, dict[str, list]]:
     for run in sorted(log_dir.iterdir()):
         acc = EventAccumulator(str(run))
         acc.Reload()
-        series[run.name] = {tag: [(e.step, e.value) for e in acc.Scalars(tag)]
-                            for tag in acc.Tags()["scalars"] if not RUN_DEPENDENT.search(tag)}
+        series[run.name] = {
+            tag: [(e.step, e.value) for e in acc.Scalars(tag)]
+            for tag in acc.Tags()["scalars"]
+            if not RUN_DEPENDENT.search(tag)
+        }
     return series
 
 
@@ -400,17 +448,35 @@ def kill_schedule(rng: np.random.Generator) -> list[Trigger]:
     mid-test one can come in any run, even one with nothing left to test."""
     return [
         Trigger("startup", lambda out, names, since: True, rng.uniform(0.3, 2.0)),
-        Trigger("mid-test", lambda out, names, since: metric_rows(out) >= since["rows"] + 1, rng.uniform(0, 0.15)),
-        Trigger("CSV write", lambda out, names, since: any(".csv." in n and n.endswith(".tmp") and n not in since["names"]
-                                                           for n in names), rng.uniform(0, 0.002)),
-        Trigger("report", lambda out, names, since: written_since(out / RESULTS_CSV, since), rng.uniform(0, 0.3)),
-        Trigger("tensorboard swap", lambda out, names, since: written_since(out / f"{TENSORBOARD}.tmp", since),
-                rng.uniform(0, 0.01)),
+        Trigger(
+            "mid-test",
+            lambda out, names, since: metric_rows(out) >= since["rows"] + 1,
+            rng.uniform(0, 0.15),
+        ),
+        Trigger(
+            "CSV write",
+            lambda out, names, since: any(
+                ".csv." in n and n.endswith(".tmp") and n not in since["names"] for n in names
+            ),
+            rng.uniform(0, 0.002),
+        ),
+        Trigger(
+            "report",
+            lambda out, names, since: written_since(out / RESULTS_CSV, since),
+            rng.uniform(0, 0.3),
+        ),
+        Trigger(
+            "tensorboard swap",
+            lambda out, names, since: written_since(out / f"{TENSORBOARD}.tmp", since),
+            rng.uniform(0, 0.01),
+        ),
         Trigger("anywhere", lambda out, names, since: True, rng.uniform(0, 6.0)),
     ]
 
 
-def test_sweep_killed_at_random_moments_ends_as_if_never_killed(tmp_path, tiny_data_args, checkpoint, capsys):
+def test_sweep_killed_at_random_moments_ends_as_if_never_killed(
+    tmp_path, tiny_data_args, checkpoint, capsys
+):
     rng = np.random.default_rng(2024)
     options = [*tiny_data_args, *SWEEP_GRID, f"--ckpt_path={checkpoint}"]
     whole = tmp_path / "whole"
@@ -426,8 +492,12 @@ def test_sweep_killed_at_random_moments_ends_as_if_never_killed(tmp_path, tiny_d
         if trigger.wait(proc, out, since, log):  # else it finished first: on with the next trigger
             rows = metric_rows(out)
             if kill(proc):
-                caught = [n for n in os.listdir(out) if n.endswith(".tmp") and n not in since["names"]]
-                kills.append(f"{trigger.phase} ({rows} metric rows{', writing ' + caught[0] if caught else ''})")
+                caught = [
+                    n for n in os.listdir(out) if n.endswith(".tmp") and n not in since["names"]
+                ]
+                kills.append(
+                    f"{trigger.phase} ({rows} metric rows{', writing ' + caught[0] if caught else ''})"
+                )
         after = check_outputs(out)
         assert_kept(before, after)
         before = after
@@ -440,7 +510,13 @@ def test_sweep_killed_at_random_moments_ends_as_if_never_killed(tmp_path, tiny_d
         assert list(got.columns) == list(expected.columns), name
         columns = stable_columns(expected)
         pd.testing.assert_frame_equal(got[columns], expected[columns], check_exact=True, obj=name)
-    assert scalars(out / TENSORBOARD) == scalars(whole / TENSORBOARD)  # one series per run, same points
-    leftovers = [p.name for p in out.rglob("*") if p.name.endswith((".tmp", ".old")) or p.parent.name == ".scratch"]
+    assert scalars(out / TENSORBOARD) == scalars(
+        whole / TENSORBOARD
+    )  # one series per run, same points
+    leftovers = [
+        p.name
+        for p in out.rglob("*")
+        if p.name.endswith((".tmp", ".old")) or p.parent.name == ".scratch"
+    ]
     assert leftovers == []
     report_kills(capsys, "sweep", kills)

@@ -18,11 +18,18 @@ KAGGLE_KEYS = (
 def test_kaggle_shapes_and_reference_keys():
     model = DLRM(table_sizes=[7] * 26)
     assert sorted(model.state_dict()) == sorted(KAGGLE_KEYS)
-    assert [m.out_features for m in model.bot_l if isinstance(m, torch.nn.Linear)] == [512, 256, 64, 16]
+    assert [m.out_features for m in model.bot_l if isinstance(m, torch.nn.Linear)] == [
+        512,
+        256,
+        64,
+        16,
+    ]
     assert model.top_l[0].in_features == 16 + 27 * 26 // 2 == 367
     assert [m.out_features for m in model.top_l if isinstance(m, torch.nn.Linear)] == [512, 256, 1]
     # ReLU after every bottom layer (the last too); none after the last top layer.
-    assert isinstance(model.bot_l[-1], torch.nn.ReLU) and isinstance(model.top_l[-1], torch.nn.Linear)
+    assert isinstance(model.bot_l[-1], torch.nn.ReLU) and isinstance(
+        model.top_l[-1], torch.nn.Linear
+    )
     logits = model(torch.rand(5, 13), torch.randint(0, 7, (5, 26)))
     assert logits.shape == (5,)
 
@@ -40,7 +47,9 @@ def test_dot_interaction_is_the_row_major_lower_triangle():
 
 
 def test_cat_interaction_and_configurable_sizes():
-    model = DLRM([3, 4], num_dense=5, embedding_dim=8, bottom_mlp=[6], top_mlp=[9, 7], interaction="cat")
+    model = DLRM(
+        [3, 4], num_dense=5, embedding_dim=8, bottom_mlp=[6], top_mlp=[9, 7], interaction="cat"
+    )
     assert model.top_l[0].in_features == 8 * 3
     assert model(torch.rand(4, 5), torch.randint(0, 3, (4, 2))).shape == (4,)
     with pytest.raises(ValueError, match="interaction"):

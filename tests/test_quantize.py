@@ -6,7 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from lit_dlrm.sparsity.compression import load_compressed, reference_zip_size, save_compressed, zstd_sparse_size
+from lit_dlrm.sparsity.compression import (
+    load_compressed,
+    reference_zip_size,
+    save_compressed,
+    zstd_sparse_size,
+)
 from lit_dlrm.sparsity.masks import prune
 from lit_dlrm.sparsity.quantize import (
     QMAX,
@@ -62,7 +67,9 @@ def test_pruned_weights_stay_exactly_zero(nbits, block_shape, signed):
         zero = p == 0
         assert int(zero.sum()) >= level * w.numel()
         for back in (dequantize(quantize_rows(p, nbits)), quantize_dequantize(p, nbits)):
-            assert torch.equal(bits(back[zero]), torch.zeros(int(zero.sum()), dtype=torch.int32))  # +0.0
+            assert torch.equal(
+                bits(back[zero]), torch.zeros(int(zero.sum()), dtype=torch.int32)
+            )  # +0.0
 
 
 def test_all_zero_rows_and_tables_give_zero_scales_and_no_nan():
@@ -97,7 +104,9 @@ def test_int4_packing_round_trip_and_layout():
     assert p.shape == (33, 5) and p.dtype == torch.uint8
     assert torch.equal(_unpack(p), q)
     one = _pack(torch.tensor([[-3, 5, 0, 0]], dtype=torch.int8))
-    assert one.tolist() == [[0x5D, 0x00]]  # low nibble = column 0 (two's complement), pair of zeros = 0
+    assert one.tolist() == [
+        [0x5D, 0x00]
+    ]  # low nibble = column 0 (two's complement), pair of zeros = 0
 
 
 def test_bad_inputs_are_refused():
@@ -134,13 +143,21 @@ def test_quantized_state_dict_round_trips_through_both_formats(tmp_path, nbits, 
     sd = state(0.5)
     qsd = quantized_state_dict(sd, nbits, scale_dtype=scale_dtype)
     assert qsd["emb_l.0.weight.scale"].dtype == scale_dtype
-    assert list(qsd) == ["bot_l.0.weight", "emb_l.0.weight.q", "emb_l.0.weight.scale",
-                         "emb_l.1.weight.q", "emb_l.1.weight.scale", "top_l.0.bias"]
+    assert list(qsd) == [
+        "bot_l.0.weight",
+        "emb_l.0.weight.q",
+        "emb_l.0.weight.scale",
+        "emb_l.1.weight.q",
+        "emb_l.1.weight.scale",
+        "top_l.0.bias",
+    ]
     assert qsd["top_l.0.bias"] is sd["top_l.0.bias"]
     want = load_quantized_state_dict(qsd)
     assert list(want) == list(sd)
     for k in ("emb_l.0.weight", "emb_l.1.weight"):
-        assert torch.equal(bits(want[k]), bits(dequantize(quantize_rows(sd[k], nbits, scale_dtype=scale_dtype))))
+        assert torch.equal(
+            bits(want[k]), bits(dequantize(quantize_rows(sd[k], nbits, scale_dtype=scale_dtype)))
+        )
     save_compressed(qsd, tmp_path / "m.lds")
     back = load_compressed(tmp_path / "m.lds")
     r = reference_zip_size(qsd, tmp_path, keep_dir=tmp_path / "kept")
@@ -192,8 +209,14 @@ def test_torch_post_training_sparse_quantize_does_not_keep_pruned_zeros():
     try:
         with warnings.catch_warnings():  # torch.ao.quantization's deprecation notices
             warnings.simplefilter("ignore")
-            post_training_sparse_quantize(model, DataNormSparsifier, sparsify_first=True,
-                                          sparsity_level=0.5, sparse_block_shape=(1, 4), norm="L1")
+            post_training_sparse_quantize(
+                model,
+                DataNormSparsifier,
+                sparsify_first=True,
+                sparsity_level=0.5,
+                sparse_block_shape=(1, 4),
+                norm="L1",
+            )
         qw = model[0].weight()
     except (RuntimeError, NotImplementedError) as e:  # no quantized engine in this build
         pytest.skip(f"torch's quantized embeddings are unavailable here: {e}")

@@ -16,8 +16,28 @@ def test_default_grid_has_80_points_and_exact_levels():
     grid = default_grid()
     assert len(grid) == 80
     assert len(set(grid)) == 80
-    expected = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9,
-                0.91, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 1.0]
+    expected = [
+        0.0,
+        0.1,
+        0.2,
+        0.3,
+        0.4,
+        0.5,
+        0.6,
+        0.7,
+        0.8,
+        0.9,
+        0.91,
+        0.92,
+        0.93,
+        0.94,
+        0.95,
+        0.96,
+        0.97,
+        0.98,
+        0.99,
+        1.0,
+    ]
     assert list(DEFAULT_LEVELS) == expected  # exact float equality: no drift
     assert {p.norm for p in grid} == {"L1", "L2"}
     assert {p.block_shape for p in grid} == {(1, 1), (1, 4)}
@@ -72,10 +92,16 @@ def test_squaring_strictly_increasing_at_the_safe_range_ends():
         (dict(levels=[]), "sweep.levels: empty"),
         (dict(norms=["L3"]), "sweep.norms: unknown value 'L3' (expected some of ['L1', 'L2'])"),
         (dict(thresholds=["everywhere"]), "sweep.thresholds: unknown value 'everywhere'"),
-        (dict(weight_bits=[16]), "sweep.weight_bits: unknown value 16 (expected some of [32, 8, 4])"),
+        (
+            dict(weight_bits=[16]),
+            "sweep.weight_bits: unknown value 16 (expected some of [32, 8, 4])",
+        ),
         (dict(activation_levels=[1.2]), "sweep.activation_levels: 1.2 is outside [0, 1]"),
         (dict(finetune_steps=[-5]), "sweep.finetune_steps: -5 is not a step count"),
-        (dict(studies=[{"levels": [0.5]}, {"weight_bits": [3]}]), "sweep.studies[1].weight_bits: unknown value 3"),
+        (
+            dict(studies=[{"levels": [0.5]}, {"weight_bits": [3]}]),
+            "sweep.studies[1].weight_bits: unknown value 3",
+        ),
         (dict(studies=[{"bits": [8]}]), "sweep.studies[0]: unknown options ['bits']"),
         (dict(block_shapes=[(0, 4)]), "sweep.block_shapes: (0, 4) has a side < 1"),
         (dict(block_shapes=[(1, 2, 3)]), "sweep.block_shapes: (1, 2, 3) is not a (height, width)"),
@@ -95,16 +121,24 @@ def test_make_grid_custom():
 
 
 def test_studies_add_points_without_repeats():
-    g = make_grid([0.0, 0.9], [(1, 4)], ["L2"], studies=[
-        {"thresholds": ["global"]},
-        {"weight_bits": [32, 8]},  # its 32-bit points are the main grid's: not repeated
-        {"activation_levels": [0.5], "levels": [0.9]},
-        {"finetune_steps": [100], "levels": [0.9]},
-    ])
+    g = make_grid(
+        [0.0, 0.9],
+        [(1, 4)],
+        ["L2"],
+        studies=[
+            {"thresholds": ["global"]},
+            {"weight_bits": [32, 8]},  # its 32-bit points are the main grid's: not repeated
+            {"activation_levels": [0.5], "levels": [0.9]},
+            {"finetune_steps": [100], "levels": [0.9]},
+        ],
+    )
     assert [p.key for p in g] == [
-        "L2_1x4_0", "L2_1x4_0.9",
-        "L2_1x4_0_global", "L2_1x4_0.9_global",
-        "L2_1x4_0_int8", "L2_1x4_0.9_int8",
+        "L2_1x4_0",
+        "L2_1x4_0.9",
+        "L2_1x4_0_global",
+        "L2_1x4_0.9_global",
+        "L2_1x4_0_int8",
+        "L2_1x4_0.9_int8",
         "L2_1x4_0.9_act0.5",
         "L2_1x4_0.9_ft100",
     ]
@@ -112,7 +146,9 @@ def test_studies_add_points_without_repeats():
 
 def test_test_keys_merge_only_identical_tests():
     def key(**kw):
-        return GridPoint(**{"norm": "L1", "block_shape": (1, 4), "level": 0.5, **kw}).test_key_for(True)
+        return GridPoint(**{"norm": "L1", "block_shape": (1, 4), "level": 0.5, **kw}).test_key_for(
+            True
+        )
 
     # level 0 and 1: the mask does not depend on norm, block shape or threshold
     assert key(level=0.0) == key(level=0.0, norm="L2", threshold="global")
@@ -121,5 +157,7 @@ def test_test_keys_merge_only_identical_tests():
     assert key(level=1.0) != key(level=1.0, weight_bits=8) != key(level=1.0, finetune_steps=10)
     assert key(level=0.0) != key(level=0.0, activation=0.5)
     # L2 (1, 1) merges into L1 (1, 1) for either threshold, never across thresholds
-    assert key(norm="L2", block_shape=(1, 1), threshold="global") == key(block_shape=(1, 1), threshold="global")
+    assert key(norm="L2", block_shape=(1, 1), threshold="global") == key(
+        block_shape=(1, 1), threshold="global"
+    )
     assert key(threshold="global") != key()

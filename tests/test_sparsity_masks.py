@@ -36,12 +36,18 @@ def block_scores(w, block_shape, norm):
 def assert_same_up_to_boundary_ties(ours, ref, w, level, block_shape, norm):
     """Same number of pruned blocks; any difference only among blocks tied at the cut."""
     bh, bw = block_shape
-    pooled = lambda m: F.max_pool2d((~m).float()[None, None], block_shape, block_shape,  # noqa: E731
-                                    ceil_mode=True)[0, 0].bool()  # block pruned?
+    pooled = lambda m: F.max_pool2d(
+        (~m).float()[None, None],
+        block_shape,
+        block_shape,  # noqa: E731
+        ceil_mode=True,
+    )[0, 0].bool()  # block pruned?
     p_ours, p_ref = pooled(ours), pooled(ref)
     assert int(p_ours.sum()) == int(p_ref.sum())
     # whole blocks only
-    assert torch.equal(ours, ~p_ours.repeat_interleave(bh, 0).repeat_interleave(bw, 1)[: w.shape[0], : w.shape[1]])
+    assert torch.equal(
+        ours, ~p_ours.repeat_interleave(bh, 0).repeat_interleave(bw, 1)[: w.shape[0], : w.shape[1]]
+    )
     diff = p_ours != p_ref
     if diff.any():
         s = block_scores(w, block_shape, norm)
@@ -67,7 +73,9 @@ def test_parity_with_data_norm_sparsifier(name, w, block_shape, norm):
     for level in LEVELS:
         ref = reference_mask(w, level, block_shape, norm)
         # exact reproduction of the reference, ties included
-        assert torch.equal(keep_mask(w, level, block_shape, norm, ties="torch", chunk_elems=64), ref)
+        assert torch.equal(
+            keep_mask(w, level, block_shape, norm, ties="torch", chunk_elems=64), ref
+        )
         ours = keep_mask(w, level, block_shape, norm, chunk_elems=64)
         assert ours.dtype == torch.bool and ours.shape == w.shape
         assert_same_up_to_boundary_ties(ours, ref, w, level, block_shape, norm)
@@ -112,11 +120,16 @@ def test_chunking_does_not_change_the_mask():
 def test_parity_property(rows, dim, bw, level, norm, tied, seed):
     bw = min(bw, dim)
     g = torch.Generator().manual_seed(seed)
-    w = torch.randint(-2, 3, (rows, dim), generator=g).float() if tied else torch.randn(rows, dim, generator=g)
+    w = (
+        torch.randint(-2, 3, (rows, dim), generator=g).float()
+        if tied
+        else torch.randn(rows, dim, generator=g)
+    )
     ref = reference_mask(w, level, (1, bw), norm)
     assert torch.equal(keep_mask(w, level, (1, bw), norm, ties="torch", chunk_elems=32), ref)
-    assert_same_up_to_boundary_ties(keep_mask(w, level, (1, bw), norm, chunk_elems=32), ref, w,
-                                    level, (1, bw), norm)
+    assert_same_up_to_boundary_ties(
+        keep_mask(w, level, (1, bw), norm, chunk_elems=32), ref, w, level, (1, bw), norm
+    )
 
 
 def test_prune_leaves_original_and_signs_zeros_like_reference():
@@ -166,9 +179,15 @@ def test_l1_l2_singletons_same_on_safe_data_but_not_on_tiny_values():
     g = torch.Generator().manual_seed(4)
     safe = torch.randint(-3, 4, (100, 16), generator=g).float() * 0.25  # many ties, all safe
     for level in [0.1, 0.5, 0.91]:
-        assert torch.equal(reference_mask(safe, level, (1, 1), "L1"), reference_mask(safe, level, (1, 1), "L2"))
-        assert torch.equal(keep_mask(safe, level, (1, 1), "L1"), keep_mask(safe, level, (1, 1), "L2"))
+        assert torch.equal(
+            reference_mask(safe, level, (1, 1), "L1"), reference_mask(safe, level, (1, 1), "L2")
+        )
+        assert torch.equal(
+            keep_mask(safe, level, (1, 1), "L1"), keep_mask(safe, level, (1, 1), "L2")
+        )
     # distinct |w| below 2**-75 all square to +0.0: L2 ties them, L1 does not
     tiny = torch.tensor([[3e-30, 1e-30, 2e-30, 1.0]])
     assert not torch.equal(keep_mask(tiny, 0.25, (1, 1), "L1"), keep_mask(tiny, 0.25, (1, 1), "L2"))
-    assert not torch.equal(reference_mask(tiny, 0.25, (1, 1), "L1"), reference_mask(tiny, 0.25, (1, 1), "L2"))
+    assert not torch.equal(
+        reference_mask(tiny, 0.25, (1, 1), "L1"), reference_mask(tiny, 0.25, (1, 1), "L2")
+    )

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from test_sparsity_masks import reference_prune
 from torch.nn import functional as F
 
 from lit_dlrm.sparsity.grid import DEFAULT_LEVELS, GridPoint
@@ -14,7 +15,6 @@ from lit_dlrm.sparsity.series import (
     cuts_for_levels,
     prune_tables_,
 )
-from test_sparsity_masks import reference_prune
 
 
 def tables():
@@ -42,8 +42,15 @@ def test_series_and_in_place_match_prune_bit_for_bit(norm, block_shape):
         for signed in (False, True):
             want = prune_tables(ws, point, signed_zeros=signed)
             out = [torch.full_like(w, 7.0) for w in ws]
-            apply_cuts(ws, series.for_level(level), norm, block_shape, out=out, signed_zeros=signed,
-                       chunk_elems=160)
+            apply_cuts(
+                ws,
+                series.for_level(level),
+                norm,
+                block_shape,
+                out=out,
+                signed_zeros=signed,
+                chunk_elems=160,
+            )
             inplace = [w.clone() for w in ws]
             prune_tables_(inplace, point, signed_zeros=signed, chunk_elems=160)
             for a, b, c in zip(want, out, inplace):
@@ -97,7 +104,9 @@ def test_stale_cut_is_detected_not_applied_silently():
 def test_block_sum_order_is_avg_pool2d_bit_for_bit():
     assert _pool_order_ok()
     g = torch.Generator().manual_seed(8)
-    s = (torch.randn(5000, 16, generator=g) * torch.exp(torch.randn(5000, 16, generator=g) * 10)).abs()
+    s = (
+        torch.randn(5000, 16, generator=g) * torch.exp(torch.randn(5000, 16, generator=g) * 10)
+    ).abs()
     ref = F.avg_pool2d(s[None, None], (1, 4), (1, 4), ceil_mode=True)[0, 0]
     assert torch.equal(bits(_sum_blocks(s, 4)), bits(ref.contiguous()))
 

@@ -6,9 +6,9 @@ import runpy
 import pandas as pd
 import pytest
 import torch
+from conftest import REPO
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO
 from lit_dlrm.data import CriteoDataModule
 from lit_dlrm.module import DLRMModule
 from lit_dlrm.results import FORWARD_TIME_CSV, METADATA_CSV, METRICS_CSV, STUDY_COLUMNS, read_table
@@ -25,8 +25,15 @@ STUDIES = (
     "{activation_levels: [0.8], levels: [0.0, 0.9]},"
     "{finetune_steps: [40], levels: [0.9]}]"
 )
-GRID = ["--sweep.levels=[0.0, 0.9, 1.0]", "--sweep.norms=[L2]", "--sweep.block_shapes=[[1, 4]]", STUDIES,
-        "--timing.warmup=0", "--timing.repeats=1", "--timing.batch_size=256"]
+GRID = [
+    "--sweep.levels=[0.0, 0.9, 1.0]",
+    "--sweep.norms=[L2]",
+    "--sweep.block_shapes=[[1, 4]]",
+    STUDIES,
+    "--timing.warmup=0",
+    "--timing.repeats=1",
+    "--timing.batch_size=256",
+]
 # (threshold, weight_bits, activation_sparsity, finetune_steps, level) of every point of GRID
 POINTS = (
     [("per_table", 32, 0.0, 0, lv) for lv in (0.0, 0.9, 1.0)]
@@ -47,12 +54,21 @@ def run(tmp_path_factory, tiny_data_args, checkpoint):
 @pytest.fixture(scope="module")
 def table_bytes(tiny_data_args):
     cache = next(a for a in tiny_data_args if a.startswith("--data.cache_dir=")).split("=", 1)[1]
-    return sum(CriteoDataModule(synthetic_rows=14000, max_table_size=300, cache_dir=cache).table_sizes) * 16 * 4
+    return (
+        sum(CriteoDataModule(synthetic_rows=14000, max_table_size=300, cache_dir=cache).table_sizes)
+        * 16
+        * 4
+    )
 
 
 def point_of(row) -> tuple:
-    return (row.threshold, int(row.weight_bits), float(row.activation_sparsity), int(row.finetune_steps),
-            float(row.sparsity_level))
+    return (
+        row.threshold,
+        int(row.weight_bits),
+        float(row.activation_sparsity),
+        int(row.finetune_steps),
+        float(row.sparsity_level),
+    )
 
 
 def test_every_table_has_the_new_columns_and_every_point(run):
@@ -61,12 +77,22 @@ def test_every_table_has_the_new_columns_and_every_point(run):
         assert set(STUDY_COLUMNS) <= set(table.columns)
         points = [point_of(r) for r in table.itertuples()]
         assert sorted(set(points)) == sorted(POINTS)
-        assert len(points) == len(POINTS) * (table["dlrm_type"].nunique() if name == FORWARD_TIME_CSV else 1)
+        assert len(points) == len(POINTS) * (
+            table["dlrm_type"].nunique() if name == FORWARD_TIME_CSV else 1
+        )
 
 
 def test_each_dimension_changes_what_it_should(run, table_bytes):
-    m = read_table(run, METRICS_CSV).assign(point=lambda t: [point_of(r) for r in t.itertuples()]).set_index("point")
-    meta = read_table(run, METADATA_CSV).assign(point=lambda t: [point_of(r) for r in t.itertuples()]).set_index("point")
+    m = (
+        read_table(run, METRICS_CSV)
+        .assign(point=lambda t: [point_of(r) for r in t.itertuples()])
+        .set_index("point")
+    )
+    meta = (
+        read_table(run, METADATA_CSV)
+        .assign(point=lambda t: [point_of(r) for r in t.itertuples()])
+        .set_index("point")
+    )
     ref = ("per_table", 32, 0.0, 0)
 
     def at(table, dims, level, column):
@@ -81,9 +107,15 @@ def test_each_dimension_changes_what_it_should(run, table_bytes):
     # shrink to about 1/4 and 1/8 (plus row scales; the MLPs stay float32); quality close
     for bits, saved in ((8, 0.6), (4, 0.75)):
         for column in ("zip_bytes", "zstd_sparse_bytes"):
-            assert at(meta, ref, 0.0, column) - at(meta, ("per_table", bits, 0.0, 0), 0.0, column) > saved * table_bytes
+            assert (
+                at(meta, ref, 0.0, column) - at(meta, ("per_table", bits, 0.0, 0), 0.0, column)
+                > saved * table_bytes
+            )
             assert at(meta, ("per_table", bits, 0.0, 0), 0.9, column) < at(meta, ref, 0.9, column)
-        assert abs(at(m, ("per_table", bits, 0.0, 0), 0.0, "roc_auc") - at(m, ref, 0.0, "roc_auc")) < 0.02
+        assert (
+            abs(at(m, ("per_table", bits, 0.0, 0), 0.0, "roc_auc") - at(m, ref, 0.0, "roc_auc"))
+            < 0.02
+        )
     # activation sparsity changes quality alone (table level 0) and combined (0.9)
     for level in (0.0, 0.9):
         assert at(m, ("per_table", 32, 0.8, 0), level, "log_loss") != at(m, ref, level, "log_loss")
@@ -97,12 +129,19 @@ def test_report_has_one_run_per_series_and_the_followups_plot(run):
     results = pd.read_csv(run / "results.csv")
     assert len(results) == len(POINTS)
     tuned = results[results.finetune_steps > 0].iloc[0]
-    untuned = results[(results.finetune_steps == 0) & (results.sparsity_level == tuned.sparsity_level)
-                      & (results.weight_bits == 32) & (results.activation_sparsity == 0) & (results.threshold == "per_table")]
+    untuned = results[
+        (results.finetune_steps == 0)
+        & (results.sparsity_level == tuned.sparsity_level)
+        & (results.weight_bits == 32)
+        & (results.activation_sparsity == 0)
+        & (results.threshold == "per_table")
+    ]
     assert tuned.log_loss_before_finetune == untuned.log_loss.item() != tuned.log_loss
     assert results[results.finetune_steps == 0].roc_auc_before_finetune.isna().all()
     runs = sorted(p.name for p in (run / "tensorboard").iterdir())
-    assert runs == sorted(["L2_1x4", "L2_1x4_global", "L2_1x4_int8", "L2_1x4_int4", "L2_1x4_act0.8", "L2_1x4_ft40"])
+    assert runs == sorted(
+        ["L2_1x4", "L2_1x4_global", "L2_1x4_int8", "L2_1x4_int4", "L2_1x4_act0.8", "L2_1x4_ft40"]
+    )
     acc = EventAccumulator(str(run / "tensorboard" / "L2_1x4_int8"))
     acc.Reload()
     assert [e.step for e in acc.Scalars("zstd_sparse_bytes")] == [0, 90, 100]
@@ -111,17 +150,27 @@ def test_report_has_one_run_per_series_and_the_followups_plot(run):
 
 def test_finetune_holds_the_masks_and_trains_the_rest():
     torch.manual_seed(0)
-    module = DLRMModule([40, 60, 25], embedding_dim=8, bottom_mlp=[16], top_mlp=[16], optimizer="adagrad", lr=0.05)
+    module = DLRMModule(
+        [40, 60, 25], embedding_dim=8, bottom_mlp=[16], top_mlp=[16], optimizer="adagrad", lr=0.05
+    )
     prune_tables_([t.weight.data for t in module.model.emb_l], GridPoint("L1", (1, 4), 0.7))
     before = {k: v.clone() for k, v in module.model.state_dict().items()}
     g = torch.Generator().manual_seed(1)
-    batches = [(torch.rand(64, 13, generator=g), torch.stack([torch.randint(0, n, (64,), generator=g) for n in (40, 60, 25)], 1),
-                (torch.rand(64, generator=g) < 0.3).float()) for _ in range(3)]
+    batches = [
+        (
+            torch.rand(64, 13, generator=g),
+            torch.stack([torch.randint(0, n, (64,), generator=g) for n in (40, 60, 25)], 1),
+            (torch.rand(64, generator=g) < 0.3).float(),
+        )
+        for _ in range(3)
+    ]
     finetune(module, batches, steps=10)  # more steps than batches: cycles
     after = module.model.state_dict()
     for k in range(3):
         w0, w1 = before[f"emb_l.{k}.weight"], after[f"emb_l.{k}.weight"]
         zero = w0 == 0
-        assert zero.float().mean() > 0.6 and (w1[zero] == 0).all() and (w1[zero].signbit() == 0).all()
+        assert (
+            zero.float().mean() > 0.6 and (w1[zero] == 0).all() and (w1[zero].signbit() == 0).all()
+        )
         assert not torch.equal(w0[~zero], w1[~zero])  # the survivors did train
     assert not torch.equal(before["top_l.0.weight"], after["top_l.0.weight"])

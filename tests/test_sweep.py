@@ -5,14 +5,20 @@ import runpy
 
 import pandas as pd
 import pytest
+from conftest import REPO
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO
 from lit_dlrm.results import FORWARD_TIME_CSV, METRICS_CSV, REFERENCE_COLUMNS, read_table
 
 SCRIPT = REPO / "scripts" / "sweep.py"
 sweep = runpy.run_path(str(SCRIPT))["main"]
-GRID = ["--sweep.levels=[0.0, 0.5, 0.9, 1.0]", "--sweep.studies=[]", "--timing.warmup=0", "--timing.repeats=2", "--timing.batch_size=256"]
+GRID = [
+    "--sweep.levels=[0.0, 0.5, 0.9, 1.0]",
+    "--sweep.studies=[]",
+    "--timing.warmup=0",
+    "--timing.repeats=2",
+    "--timing.batch_size=256",
+]
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +51,15 @@ def test_report_files_and_tensorboard_runs(full_run):
     os.umask(umask)
     assert (full_run / "results.csv").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
     results = pd.read_csv(full_run / "results.csv")
-    assert len(results) == 16 and {"roc_auc", "zip_bytes", "zstd_sparse_bytes", "forward_s_dense", "forward_s_coo", "forward_s_compact", "table_bytes_compact"} <= set(results)
+    assert len(results) == 16 and {
+        "roc_auc",
+        "zip_bytes",
+        "zstd_sparse_bytes",
+        "forward_s_dense",
+        "forward_s_coo",
+        "forward_s_compact",
+        "table_bytes_compact",
+    } <= set(results)
     for png in ("disk_size.png", "quality.png", "forward_time.png", "memory.png"):
         assert (full_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     runs = sorted(p.name for p in (full_run / "tensorboard").iterdir())
@@ -57,8 +71,11 @@ def test_report_files_and_tensorboard_runs(full_run):
 
 
 def test_invalid_grid_fails_before_any_work(tmp_path, tiny_data_args, checkpoint):
-    for option, message in [("--sweep.levels=[0.5, 1.5]", "sweep.levels"), ("--sweep.norms=[L3]", "sweep.norms"),
-                            ("--sweep.block_shapes=[[1, 32]]", "sweep.block_shapes")]:
+    for option, message in [
+        ("--sweep.levels=[0.5, 1.5]", "sweep.levels"),
+        ("--sweep.norms=[L3]", "sweep.norms"),
+        ("--sweep.block_shapes=[[1, 32]]", "sweep.block_shapes"),
+    ]:
         with pytest.raises(ValueError, match=message):
             sweep([*tiny_data_args, f"--ckpt_path={checkpoint}", f"--out_dir={tmp_path}", option])
     assert not any(tmp_path.iterdir())

@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import REPO
+
 from lit_dlrm.data import CriteoDataModule
 from lit_dlrm.module import DLRMModule
 
@@ -42,8 +42,18 @@ def sweep_dir(tmp_path_factory, tiny_data_args):
     torch.manual_seed(0)
     torch.save(DLRMModule(tables).model.state_dict(), root / "model.pt")
     sweep = runpy.run_path(str(REPO / "scripts" / "sweep.py"))["main"]
-    sweep([*tiny_data_args, f"--ckpt_path={root / 'model.pt'}", f"--out_dir={root / 'out'}", "--sweep.levels=[0.0, 0.5]",
-           "--sweep.studies=[]", "--timing.warmup=0", "--timing.repeats=1", "--timing.batch_size=256"])
+    sweep(
+        [
+            *tiny_data_args,
+            f"--ckpt_path={root / 'model.pt'}",
+            f"--out_dir={root / 'out'}",
+            "--sweep.levels=[0.0, 0.5]",
+            "--sweep.studies=[]",
+            "--timing.warmup=0",
+            "--timing.repeats=1",
+            "--timing.batch_size=256",
+        ]
+    )
     return root / "out"
 
 
@@ -54,8 +64,19 @@ def get_json(url: str):
 
 def start_server(logdir) -> tuple[subprocess.Popen, str]:
     """A tensorboard server on a free port and its base URL; skips the test if it cannot bind."""
-    cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1", "--port", "0",
-           "--load_fast=false", "--reload_interval=1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tensorboard.main",
+        "--logdir",
+        str(logdir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--load_fast=false",
+        "--reload_interval=1",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     found = threading.Event()
@@ -74,10 +95,14 @@ def start_server(logdir) -> tuple[subprocess.Popen, str]:
         proc.kill()
         proc.wait()
         output = "".join(lines)
-        if re.search(r"could not bind|unable to find any open port|must be run as superuser", output):
+        if re.search(
+            r"could not bind|unable to find any open port|must be run as superuser", output
+        ):
             pytest.skip(f"tensorboard cannot bind a port here: {output[-300:]}")
         raise AssertionError(f"tensorboard did not start within {STARTUP_S} s:\n{output[-2000:]}")
-    url = re.search(r"at (http://\S+?)/? ", next(ln for ln in lines if " at http://" in ln)).group(1)
+    url = re.search(r"at (http://\S+?)/? ", next(ln for ln in lines if " at http://" in ln)).group(
+        1
+    )
     return proc, url
 
 
@@ -92,7 +117,10 @@ def expected_series(results: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 def test_tensorboard_serves_the_sweep_results(sweep_dir):
     results = pd.read_csv(sweep_dir / "results.csv")
-    assert (results[["threshold", "weight_bits", "finetune_steps"]].astype(str).values == ["per_table", "32", "0"]).all()
+    assert (
+        results[["threshold", "weight_bits", "finetune_steps"]].astype(str).values
+        == ["per_table", "32", "0"]
+    ).all()
     runs = expected_series(results)
     assert sorted(runs) == ["L1_1x1", "L1_1x4", "L2_1x1", "L2_1x4"]
     proc, url = start_server(sweep_dir / "tensorboard")
@@ -101,21 +129,38 @@ def test_tensorboard_serves_the_sweep_results(sweep_dir):
         while True:  # the server loads the event files in the background: wait until it settles
             served_runs = get_json(f"{url}/data/runs")
             tags, before = get_json(f"{url}/data/plugin/scalars/tags"), tags
-            if sorted(served_runs) == sorted(runs) and all(tags.get(r) for r in runs) and tags == before:
+            if (
+                sorted(served_runs) == sorted(runs)
+                and all(tags.get(r) for r in runs)
+                and tags == before
+            ):
                 break
             assert time.monotonic() < deadline, f"runs served: {served_runs}, tags: {tags}"
             time.sleep(0.3)
         for run, rows in runs.items():
             served_tags = set(tags[run])
-            assert {"roc_auc", "log_loss", "ne", "zip_bytes", "zstd_sparse_bytes", "forward_s_coo"} <= served_tags, run
-            assert served_tags <= set(results.columns), f"{run}: tags that are no results.csv column"
+            assert {
+                "roc_auc",
+                "log_loss",
+                "ne",
+                "zip_bytes",
+                "zstd_sparse_bytes",
+                "forward_s_coo",
+            } <= served_tags, run
+            assert served_tags <= set(results.columns), (
+                f"{run}: tags that are no results.csv column"
+            )
             for tag in sorted(served_tags):
                 query = urllib.parse.urlencode({"run": run, "tag": tag})
-                events = get_json(f"{url}/data/plugin/scalars/scalars?{query}")  # [[wall_time, step, value], ...]
+                events = get_json(
+                    f"{url}/data/plugin/scalars/scalars?{query}"
+                )  # [[wall_time, step, value], ...]
                 steps = [step for _, step, _ in events]
                 assert steps == [round(level * 100) for level in rows.sparsity_level], (run, tag)
                 served = np.array([value for _, _, value in events], dtype=np.float32)
-                np.testing.assert_array_equal(served, rows[tag].to_numpy(np.float32), err_msg=f"{run}/{tag}")
+                np.testing.assert_array_equal(
+                    served, rows[tag].to_numpy(np.float32), err_msg=f"{run}/{tag}"
+                )
     finally:
         proc.terminate()
         try:

@@ -4,9 +4,9 @@ import runpy
 
 import pytest
 import torch
+from conftest import REPO
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO
 from lit_dlrm.checkpoint import build_model, latest_checkpoint
 
 train = runpy.run_path(str(REPO / "scripts" / "train.py"))["main"]
@@ -15,8 +15,16 @@ train = runpy.run_path(str(REPO / "scripts" / "train.py"))["main"]
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, tiny_data_args):
     root = tmp_path_factory.mktemp("train")
-    train([*tiny_data_args, "--trainer.max_epochs=2", f"--trainer.logger.init_args.save_dir={root}",
-           "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=2", "--trainer.val_check_interval=0.5"])
+    train(
+        [
+            *tiny_data_args,
+            "--trainer.max_epochs=2",
+            f"--trainer.logger.init_args.save_dir={root}",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.log_every_n_steps=2",
+            "--trainer.val_check_interval=0.5",
+        ]
+    )
     return root / "train" / "version_0"
 
 
@@ -33,7 +41,16 @@ def scalars(run_dir) -> dict[str, list]:
 
 def test_fit_writes_tensorboard_curves_and_hparams(run_dir):
     series = scalars(run_dir)
-    expected = {"train/loss", "train/auc", "val/auc", "val/log_loss", "val/ne", "val/calibration", "test/auc", "hp/val_auc"}
+    expected = {
+        "train/loss",
+        "train/auc",
+        "val/auc",
+        "val/log_loss",
+        "val/ne",
+        "val/calibration",
+        "test/auc",
+        "hp/val_auc",
+    }
     assert expected <= set(series)
     assert len(series["train/loss"]) >= 5  # a curve, not a point
     assert len(series["val/auc"]) == 4  # two per epoch
@@ -48,11 +65,20 @@ def test_best_checkpoint_reloads_and_resumes(run_dir, tiny_data_args, capsys):
     model = build_model(best)
     ckpt = torch.load(best, weights_only=True)
     assert ckpt["callbacks"]  # a Lightning checkpoint, selected on validation
-    torch.testing.assert_close(model.state_dict()["top_l.0.weight"], ckpt["state_dict"]["model.top_l.0.weight"])
+    torch.testing.assert_close(
+        model.state_dict()["top_l.0.weight"], ckpt["state_dict"]["model.top_l.0.weight"]
+    )
     # resuming from last.ckpt continues the epoch count
-    train([*tiny_data_args, "--trainer.max_epochs=3", f"--trainer.logger.init_args.save_dir={run_dir.parents[1]}",
-           "--trainer.enable_progress_bar=false", "--trainer.val_check_interval=0.5",
-           f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"])
+    train(
+        [
+            *tiny_data_args,
+            "--trainer.max_epochs=3",
+            f"--trainer.logger.init_args.save_dir={run_dir.parents[1]}",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.val_check_interval=0.5",
+            f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+        ]
+    )
     out = capsys.readouterr().out
     assert "teacher (Bayes)" in out and "best checkpoint:" in out
     # the resumed run continues in the same version, with the best score of the whole run

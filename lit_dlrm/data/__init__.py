@@ -14,11 +14,23 @@ and Lightning: `from lit_dlrm.data import CriteoDataModule` works as usual.
 import importlib
 
 _WHERE = {
-    "CriteoDataModule": "datamodule", "CriteoBatches": "datamodule", "ShardedBatchSampler": "datamodule",
-    "CriteoFormatError": "criteo", "read_file": "criteo", "sniff_format": "criteo", "write_kaggle_tsv": "criteo",
-    "KAGGLE_TABLE_SIZES": "kaggle", "NUM_DENSE": "kaggle", "NUM_SPARSE": "kaggle",
-    "PreprocessOptions": "preprocess", "cached_text": "preprocess", "split_ranges": "preprocess",
-    "SyntheticConfig": "synthetic", "Teacher": "synthetic", "cached_synthetic": "synthetic", "write_tsv": "synthetic",
+    "CriteoDataModule": "datamodule",
+    "CriteoBatches": "datamodule",
+    "ShardedBatchSampler": "datamodule",
+    "CriteoFormatError": "criteo",
+    "read_file": "criteo",
+    "sniff_format": "criteo",
+    "write_kaggle_tsv": "criteo",
+    "KAGGLE_TABLE_SIZES": "kaggle",
+    "NUM_DENSE": "kaggle",
+    "NUM_SPARSE": "kaggle",
+    "PreprocessOptions": "preprocess",
+    "cached_text": "preprocess",
+    "split_ranges": "preprocess",
+    "SyntheticConfig": "synthetic",
+    "Teacher": "synthetic",
+    "cached_synthetic": "synthetic",
+    "write_tsv": "synthetic",
     "cached_npz": "npz",
 }
 __all__ = sorted(_WHERE)

@@ -24,10 +24,11 @@ import gzip
 import os
 import zlib
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 import numpy as np
 
@@ -207,7 +208,9 @@ def sniff_format(path: str | os.PathLike, has_label: bool | None = None) -> Text
                 f"{','.join(cols[:4])}... ({len(cols)} columns)"
             )
         if has_label is not None and has_label != has_lab:
-            raise CriteoFormatError(f"{name}:1: header says label={has_lab}, option has_label={has_label}")
+            raise CriteoFormatError(
+                f"{name}:1: header says label={has_lab}, option has_label={has_label}"
+            )
         return TextFormat(sep=sep, header=True, has_id=has_id, has_label=has_lab, gzip=is_gz)
     if has_label is None:
         data_lines = [ln for ln in lines[:1000] if ln]
@@ -232,7 +235,9 @@ _FILL = np.array(
     [0x3030303030303030] + [(0x3030303030303030 & ((1 << (8 * (8 - k))) - 1)) for k in range(1, 9)],
     dtype=np.uint64,
 )
-_KEEP = np.array([0] + [((1 << (8 * k)) - 1) << (8 * (8 - k)) for k in range(1, 9)], dtype=np.uint64)
+_KEEP = np.array(
+    [0] + [((1 << (8 * k)) - 1) << (8 * (8 - k)) for k in range(1, 9)], dtype=np.uint64
+)
 # KEEP[0] == 0 makes an empty field all fill (a shift by 64 bits is not defined).
 
 _ONES = np.uint64(0x0101010101010101)
@@ -498,7 +503,9 @@ def iter_blocks(
             for body, first in bodies():
                 pending.append((body, first, pool.submit(_parse_block, body, fmt)))
                 while len(pending) > threads:  # bounded: at most `threads` + 1 blocks in flight
-                    yield from _finish(pending.popleft(), name, fmt, on_bad_line, stats, progress, raw)
+                    yield from _finish(
+                        pending.popleft(), name, fmt, on_bad_line, stats, progress, raw
+                    )
             while pending:
                 yield from _finish(pending.popleft(), name, fmt, on_bad_line, stats, progress, raw)
     finally:
@@ -530,7 +537,10 @@ def _bodies(stream, name: str, fmt: TextFormat, block_bytes: int) -> Iterator[tu
             raise CriteoFormatError(f"{name}:{line_no}: cannot decompress: {damage}") from damage
         if not chunk:
             if data:
-                yield (data if data.endswith(b"\n") else data + b"\n").replace(b"\r\n", b"\n"), line_no
+                yield (
+                    (data if data.endswith(b"\n") else data + b"\n").replace(b"\r\n", b"\n"),
+                    line_no,
+                )
             return
         cut = data.rfind(b"\n") + 1
         if cut == 0:
@@ -559,7 +569,7 @@ def _finish(item, name, fmt, on_bad_line, stats, progress, raw) -> Iterator[Pars
             if on_bad_line == "skip" and len(stats.examples) >= 5:
                 break
             end = body.index(b"\n", starts[i])
-            msg = f"{name}:{line_no + i}: {explain_line(body[starts[i]:end], fmt)}"
+            msg = f"{name}:{line_no + i}: {explain_line(body[starts[i] : end], fmt)}"
             if on_bad_line == "error":
                 raise CriteoFormatError(msg)
             stats.examples.append(msg)
@@ -579,8 +589,12 @@ def read_file(path, **kwargs) -> tuple[ParsedBlock, ParseStats]:
     blocks = list(iter_blocks(path, stats=stats, **kwargs))
     has_label = blocks[0].label is not None if blocks else False
     label = np.concatenate([b.label for b in blocks]) if has_label else None
-    dense = np.concatenate([b.dense for b in blocks]) if blocks else np.zeros((0, NUM_DENSE), np.int32)
-    cat = np.concatenate([b.cat for b in blocks]) if blocks else np.zeros((0, NUM_SPARSE), np.uint32)
+    dense = (
+        np.concatenate([b.dense for b in blocks]) if blocks else np.zeros((0, NUM_DENSE), np.int32)
+    )
+    cat = (
+        np.concatenate([b.cat for b in blocks]) if blocks else np.zeros((0, NUM_SPARSE), np.uint32)
+    )
     return ParsedBlock(label=label, dense=dense, cat=cat, first_line=1), stats
 
 
@@ -636,7 +650,9 @@ def _format_rows(label: np.ndarray | None, dense: np.ndarray, cat: np.ndarray) -
     return m[m != pad].tobytes()
 
 
-def write_kaggle_tsv(path, label, dense, cat, *, append: bool = False, rows_per_block: int = 100_000) -> None:
+def write_kaggle_tsv(
+    path, label, dense, cat, *, append: bool = False, rows_per_block: int = 100_000
+) -> None:
     """Write rows as Kaggle `train.txt` (or `test.txt` when `label` is None), LF line ends.
 
     dense: int (n, 13) with `MISSING_DENSE` for empty fields; cat: uint32 (n, 26) with 0 for empty.
@@ -648,4 +664,3 @@ def write_kaggle_tsv(path, label, dense, cat, *, append: bool = False, rows_per_
         for s in range(0, len(dense), rows_per_block):
             e = s + rows_per_block
             f.write(_format_rows(None if label is None else label[s:e], dense[s:e], cat[s:e]))
-

@@ -23,8 +23,9 @@ Trainer is still the clearest setting. The memory maps are opened lazily in each
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -99,8 +100,18 @@ class ShardedBatchSampler(DistributedSampler):
     wrap it in another one; it shards itself.
     """
 
-    def __init__(self, start: int, end: int, batch_size: int, *, shuffle: bool, rank: int = 0,
-                 world_size: int = 1, seed: int = 0, drop_last: bool = False):
+    def __init__(
+        self,
+        start: int,
+        end: int,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        drop_last: bool = False,
+    ):
         # (DistributedSampler.__init__ is not called: it wants a dataset and a process group.)
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
@@ -178,14 +189,20 @@ class CriteoDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         if source not in ("synthetic", "kaggle", "dlrm_npz"):
-            raise ValueError(f"data.source: expected 'synthetic', 'kaggle' or 'dlrm_npz', got {source!r}")
+            raise ValueError(
+                f"data.source: expected 'synthetic', 'kaggle' or 'dlrm_npz', got {source!r}"
+            )
         if source != "synthetic" and not path:
             raise ValueError(f"data.path: source={source!r} needs the input file (--data.path=...)")
         if batch_size < 1 or eval_batch_size < 1:
             raise ValueError("data.batch_size and data.eval_batch_size must be positive")
         if num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
-        for name, value, least in (("synthetic_rows", synthetic_rows, 1), ("max_table_size", max_table_size, 1), ("seed", seed, 0)):
+        for name, value, least in (
+            ("synthetic_rows", synthetic_rows, 1),
+            ("max_table_size", max_table_size, 1),
+            ("seed", seed, 0),
+        ):
             if value < least:
                 raise ValueError(f"data.{name}: expected an integer >= {least}, got {value}")
         check_directory("data.cache_dir", cache_dir)
@@ -193,8 +210,12 @@ class CriteoDataModule(LightningDataModule):
         self.source, self.path, self.cache_dir = source, path, cache_dir
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers, self.shuffle, self.seed = num_workers, shuffle, seed
-        self.options = PreprocessOptions(max_ind_range=max_ind_range, min_frequency=min_frequency, on_bad_line=on_bad_line)
-        self.synthetic = SyntheticConfig(rows=synthetic_rows, max_table_size=max_table_size, seed=seed)
+        self.options = PreprocessOptions(
+            max_ind_range=max_ind_range, min_frequency=min_frequency, on_bad_line=on_bad_line
+        )
+        self.synthetic = SyntheticConfig(
+            rows=synthetic_rows, max_table_size=max_table_size, seed=seed
+        )
         self.has_label, self.progress = has_label, progress
         self.num_dense = NUM_DENSE
         self._dir: Path | None = None
@@ -205,16 +226,28 @@ class CriteoDataModule(LightningDataModule):
     def _ensure(self) -> dict:
         if self._meta is None:
             if self.source == "synthetic":
-                self._dir, self._meta = cached_synthetic(self.synthetic, self.cache_dir, self.options)
+                self._dir, self._meta = cached_synthetic(
+                    self.synthetic, self.cache_dir, self.options
+                )
             elif self.source == "kaggle":
-                self._dir, self._meta = cached_text(self.path, self.cache_dir, self.options, has_label=self.has_label, progress=self.progress)
+                self._dir, self._meta = cached_text(
+                    self.path,
+                    self.cache_dir,
+                    self.options,
+                    has_label=self.has_label,
+                    progress=self.progress,
+                )
             else:
                 from .npz import cached_npz
 
                 self._dir, self._meta = cached_npz(self.path, self.cache_dir, self.options)
             if self._meta.get("skipped_lines"):
-                log.warning("%s: %d bad line(s) were skipped when the cache was built (see %s)",
-                            self.path, self._meta["skipped_lines"], self._dir / "meta.json")
+                log.warning(
+                    "%s: %d bad line(s) were skipped when the cache was built (see %s)",
+                    self.path,
+                    self._meta["skipped_lines"],
+                    self._dir / "meta.json",
+                )
         return self._meta
 
     @property
@@ -250,20 +283,36 @@ class CriteoDataModule(LightningDataModule):
             return 0, 1
         return int(trainer.global_rank), int(trainer.world_size)
 
-    def dataloader(self, split: str, *, shuffle: bool | None = None, rank: int | None = None,
-                   world_size: int | None = None) -> DataLoader:
+    def dataloader(
+        self,
+        split: str,
+        *,
+        shuffle: bool | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> DataLoader:
         """Loader of one split; `rank`/`world_size` default to the attached trainer's."""
         meta = self._ensure()
         if not meta.get("has_label"):
-            raise ValueError(f"{self.path}: has no labels (a Kaggle test.txt?); training and evaluation need train.txt")
+            raise ValueError(
+                f"{self.path}: has no labels (a Kaggle test.txt?); training and evaluation need train.txt"
+            )
         start, end = self.split_range(split)
         r, w = self._rank_world()
         rank = r if rank is None else rank
         world_size = w if world_size is None else world_size
         shuffle = (self.shuffle and split == "train") if shuffle is None else shuffle
         batch = self.batch_size if split == "train" else self.eval_batch_size
-        sampler = ShardedBatchSampler(start, end, batch, shuffle=shuffle, rank=rank, world_size=world_size,
-                                      seed=self.seed, drop_last=split == "train")
+        sampler = ShardedBatchSampler(
+            start,
+            end,
+            batch,
+            shuffle=shuffle,
+            rank=rank,
+            world_size=world_size,
+            seed=self.seed,
+            drop_last=split == "train",
+        )
         return DataLoader(
             CriteoBatches(self._dir),
             batch_size=None,

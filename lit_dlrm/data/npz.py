@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import os
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -31,7 +31,9 @@ def _open_member(zf: zipfile.ZipFile, key: str, name: str):
     """(stream positioned at the data, dtype, shape) of member `key` of the archive `name`."""
     member = f"{key}.npy"
     if member not in zf.namelist():
-        raise CriteoFormatError(f"{name}: no array {key!r} (has {sorted(n[:-4] for n in zf.namelist())}); expected keys {REQUIRED}")
+        raise CriteoFormatError(
+            f"{name}: no array {key!r} (has {sorted(n[:-4] for n in zf.namelist())}); expected keys {REQUIRED}"
+        )
     f = zf.open(member)
     version = np.lib.format.read_magic(f)
     if version == (1, 0):
@@ -53,7 +55,9 @@ def _read_rows(f, dtype: np.dtype, row_shape: tuple, rows: int) -> np.ndarray:
     return np.frombuffer(buf, dtype=dtype).reshape((rows, *row_shape))
 
 
-def iter_npz_blocks(path: str | os.PathLike, rows_per_block: int = 1 << 18) -> Iterator[ParsedBlock]:
+def iter_npz_blocks(
+    path: str | os.PathLike, rows_per_block: int = 1 << 18
+) -> Iterator[ParsedBlock]:
     """Blocks of (label, dense, ids) streamed from a dlrm processed .npz; checks shapes and ids."""
     path = Path(path)
     name = path.name
@@ -68,7 +72,9 @@ def iter_npz_blocks(path: str | os.PathLike, rows_per_block: int = 1 << 18) -> I
         fy, dty, shy = _open_member(zf, "y", name)
         n = shy[0] if len(shy) == 1 else -1
         if shi != (n, NUM_DENSE) or shc != (n, NUM_SPARSE) or len(shy) != 1:
-            raise CriteoFormatError(f"{name}: shapes X_int {shi}, X_cat {shc}, y {shy}; expected (N, 13), (N, 26), (N,)")
+            raise CriteoFormatError(
+                f"{name}: shapes X_int {shi}, X_cat {shc}, y {shy}; expected (N, 13), (N, 26), (N,)"
+            )
         with fi, fc, fy:
             for start in range(0, n, rows_per_block):
                 m = min(rows_per_block, n - start)
@@ -86,17 +92,30 @@ def iter_npz_blocks(path: str | os.PathLike, rows_per_block: int = 1 << 18) -> I
                     r = int(np.flatnonzero(~np.isin(y, (0, 1)))[0])
                     raise CriteoFormatError(f"{name}: y[{start + r}] = {y[r]!r}, expected 0 or 1")
                 if dense.dtype.kind == "f" and not np.array_equal(dense, np.floor(dense)):
-                    raise CriteoFormatError(f"{name}: X_int holds non-integer values near row {start}")
-                yield ParsedBlock(label=y.astype(np.uint8), dense=dense.astype(np.int64).astype(np.int32) if dense.dtype.kind == "f" else dense, cat=ids, first_line=start)
+                    raise CriteoFormatError(
+                        f"{name}: X_int holds non-integer values near row {start}"
+                    )
+                yield ParsedBlock(
+                    label=y.astype(np.uint8),
+                    dense=dense.astype(np.int64).astype(np.int32)
+                    if dense.dtype.kind == "f"
+                    else dense,
+                    cat=ids,
+                    first_line=start,
+                )
 
 
 def _counts(zf: zipfile.ZipFile, name: str) -> np.ndarray:
     try:
         counts = np.load(zf.open("counts.npy"), allow_pickle=False)
     except (KeyError, ValueError, EOFError, OSError) as e:
-        raise CriteoFormatError(f"{name}: cannot read 'counts' ({e}); expected keys {REQUIRED}") from e
+        raise CriteoFormatError(
+            f"{name}: cannot read 'counts' ({e}); expected keys {REQUIRED}"
+        ) from e
     if counts.shape != (NUM_SPARSE,) or counts.dtype.kind not in "iu" or (counts < 1).any():
-        raise CriteoFormatError(f"{name}: counts must be {NUM_SPARSE} positive table sizes, got shape {counts.shape}")
+        raise CriteoFormatError(
+            f"{name}: counts must be {NUM_SPARSE} positive table sizes, got shape {counts.shape}"
+        )
     return counts.astype(np.int64)
 
 
@@ -117,7 +136,9 @@ def preprocess_npz(path: str | os.PathLike, out_dir: Path, options: PreprocessOp
     return build_arrays(iter_npz_blocks(path), out_dir, options, given_ids=sizes)
 
 
-def cached_npz(path: str | os.PathLike, cache_dir: str | os.PathLike, options: PreprocessOptions) -> tuple[Path, dict]:
+def cached_npz(
+    path: str | os.PathLike, cache_dir: str | os.PathLike, options: PreprocessOptions
+) -> tuple[Path, dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--data.path: no such file: {path}")

@@ -37,9 +37,9 @@ import shutil
 import struct
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -62,11 +62,17 @@ class PreprocessOptions:
 
     def __post_init__(self):
         if self.max_ind_range is not None and self.max_ind_range < 1:
-            raise ValueError(f"data.max_ind_range: expected a positive integer or None, got {self.max_ind_range}")
+            raise ValueError(
+                f"data.max_ind_range: expected a positive integer or None, got {self.max_ind_range}"
+            )
         if self.min_frequency < 1:
-            raise ValueError(f"data.min_frequency: expected an integer >= 1, got {self.min_frequency}")
+            raise ValueError(
+                f"data.min_frequency: expected an integer >= 1, got {self.min_frequency}"
+            )
         if self.on_bad_line not in ("error", "skip"):
-            raise ValueError(f"data.on_bad_line: expected 'error' or 'skip', got {self.on_bad_line!r}")
+            raise ValueError(
+                f"data.on_bad_line: expected 'error' or 'skip', got {self.on_bad_line!r}"
+            )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -106,7 +112,11 @@ class NpyAppender:
         self.f.write(self._header(0))
 
     def _header(self, rows: int) -> bytes:
-        d = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": (rows, *self.row_shape)}
+        d = {
+            "descr": np.lib.format.dtype_to_descr(self.dtype),
+            "fortran_order": False,
+            "shape": (rows, *self.row_shape),
+        }
         text = repr(d).encode("latin1")
         room = self.HEADER_BYTES - 10 - 1
         if len(text) > room:
@@ -217,7 +227,9 @@ def build_arrays(
             if has_label:
                 label_w = NpyAppender(out_dir / "label.npy", np.uint8, ())
         n = len(block.dense)
-        dense = np.clip(np.asarray(block.dense), 0, None).astype(np.int32)  # negative / missing -> 0
+        dense = np.clip(np.asarray(block.dense), 0, None).astype(
+            np.int32
+        )  # negative / missing -> 0
         raw = np.asarray(block.cat, dtype=np.uint32 if given_ids is None else np.int64)
         if mod is not None and given_ids is None:
             raw = raw % mod
@@ -229,7 +241,9 @@ def build_arrays(
                 ids[:, j] = raw[:, j] if mod is None else raw[:, j] % mod
                 a = assign[j]
                 a.size = given_ids[j]
-                a.counts = np.pad(a.counts, (0, a.size - len(a.counts))) + np.bincount(ids[:, j], minlength=a.size)
+                a.counts = np.pad(a.counts, (0, a.size - len(a.counts))) + np.bincount(
+                    ids[:, j], minlength=a.size
+                )
         dense_w.append(dense)
         sparse_w.append(ids)
         if label_w is not None:
@@ -297,11 +311,19 @@ def fingerprint_file(path: str | os.PathLike, edge_bytes: int = 1 << 20) -> dict
         if st.st_size > edge_bytes:
             f.seek(max(edge_bytes, st.st_size - edge_bytes))
             h.update(f.read(edge_bytes))
-    return {"name": path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256_head_tail": h.hexdigest()}
+    return {
+        "name": path.name,
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "sha256_head_tail": h.hexdigest(),
+    }
 
 
 def cache_key(source: str, fingerprint: dict, options: dict) -> str:
-    blob = json.dumps({"v": FORMAT_VERSION, "source": source, "input": fingerprint, "options": options}, sort_keys=True)
+    blob = json.dumps(
+        {"v": FORMAT_VERSION, "source": source, "input": fingerprint, "options": options},
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -329,7 +351,13 @@ def _locked(lock_path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def ensure_cache(cache_dir: str | os.PathLike, name: str, key: str, build: Callable[[Path], dict], meta_extra: dict) -> tuple[Path, dict]:
+def ensure_cache(
+    cache_dir: str | os.PathLike,
+    name: str,
+    key: str,
+    build: Callable[[Path], dict],
+    meta_extra: dict,
+) -> tuple[Path, dict]:
     """Return (directory, meta) of the cache `name`, building it with `build(tmp_dir)` if needed.
 
     Concurrent callers (e.g. DDP ranks) serialise on a lock file; the build goes to a temp
@@ -386,7 +414,14 @@ class _Progress:
         from tqdm.auto import tqdm
 
         self.total_bytes = max(total_bytes, 1)
-        self.bar = tqdm(total=None, unit="rows", unit_scale=True, desc=desc, disable=enable is False if enable is not None else None, dynamic_ncols=True)
+        self.bar = tqdm(
+            total=None,
+            unit="rows",
+            unit_scale=True,
+            desc=desc,
+            disable=enable is False if enable is not None else None,
+            dynamic_ncols=True,
+        )
         if enable is True:
             self.bar.disable = False
         self.rows = 0
@@ -419,7 +454,9 @@ def preprocess_text(
     bar = _Progress(path.stat().st_size, f"preprocess {path.name}", progress)
     kwargs = {} if block_bytes is None else {"block_bytes": block_bytes}
     try:
-        blocks = iter_blocks(path, fmt=fmt, on_bad_line=options.on_bad_line, stats=stats, progress=bar, **kwargs)
+        blocks = iter_blocks(
+            path, fmt=fmt, on_bad_line=options.on_bad_line, stats=stats, progress=bar, **kwargs
+        )
         meta = build_arrays(blocks, out_dir, options)
     finally:
         bar.close()
@@ -431,13 +468,21 @@ def preprocess_text(
     if stats.skipped:
         log.warning(
             "%s: skipped %d bad line(s) of %d (on_bad_line='skip'); first: %s",
-            path.name, stats.skipped, stats.lines, "; ".join(stats.examples[:3]),
+            path.name,
+            stats.skipped,
+            stats.lines,
+            "; ".join(stats.examples[:3]),
         )
     meta.update(
         lines=stats.lines,
         skipped_lines=stats.skipped,
         skipped_examples=stats.examples,
-        text_format={"sep": fmt.sep.decode(), "header": fmt.header, "has_id": fmt.has_id, "gzip": fmt.gzip},
+        text_format={
+            "sep": fmt.sep.decode(),
+            "header": fmt.header,
+            "has_id": fmt.has_id,
+            "gzip": fmt.gzip,
+        },
     )
     return meta
 

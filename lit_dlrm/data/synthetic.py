@@ -32,9 +32,9 @@ so the text path can be run end to end on them (and must give back the same arra
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -46,8 +46,34 @@ BLOCK_ROWS = 1 << 17  # generation is deterministic per block of this many rows
 
 # Kaggle-like missing rates: I1..I13, C1..C26.
 _DENSE_MISSING = (0.45, 0.0, 0.21, 0.22, 0.03, 0.22, 0.04, 0.0005, 0.04, 0.45, 0.04, 0.77, 0.22)
-_SPARSE_MISSING = (0, 0, 0.034, 0.034, 0, 0.12, 0, 0, 0, 0.034, 0, 0.034, 0, 0, 0, 0.034, 0,
-                   0, 0.44, 0.44, 0.034, 0.76, 0, 0.034, 0.44, 0.44)
+_SPARSE_MISSING = (
+    0,
+    0,
+    0.034,
+    0.034,
+    0,
+    0.12,
+    0,
+    0,
+    0,
+    0.034,
+    0,
+    0.034,
+    0,
+    0,
+    0,
+    0.034,
+    0,
+    0,
+    0.44,
+    0.44,
+    0.034,
+    0.76,
+    0,
+    0.034,
+    0.44,
+    0.44,
+)
 # log-normal location/scale of each dense count (roughly Kaggle's medians and spreads)
 _DENSE_MU = (0.7, 1.3, 2.3, 1.8, 7.2, 4.0, 1.7, 2.3, 3.6, 0.4, 1.0, 0.3, 1.8)
 _DENSE_SIGMA = (1.0, 1.6, 1.5, 1.0, 1.9, 1.7, 1.4, 1.0, 1.2, 0.6, 0.9, 1.0, 1.0)
@@ -81,11 +107,17 @@ class Teacher:
     config: SyntheticConfig
     probs: list[np.ndarray] = field(default_factory=list)  # per feature: Zipf probabilities (T_j,)
     cdfs: list[np.ndarray] = field(default_factory=list)
-    hashes: list[np.ndarray] = field(default_factory=list)  # per feature: raw uint32 value (T_j,), nonzero
-    effects: list[np.ndarray] = field(default_factory=list)  # per feature: (T_j + 1,), last = missing
+    hashes: list[np.ndarray] = field(
+        default_factory=list
+    )  # per feature: raw uint32 value (T_j,), nonzero
+    effects: list[np.ndarray] = field(
+        default_factory=list
+    )  # per feature: (T_j + 1,), last = missing
     pairs: list[tuple[int, int]] = field(default_factory=list)
     vectors: dict[int, np.ndarray] = field(default_factory=dict)  # feature -> (T_j + 1, r)
-    slopes: list[tuple[int, int, np.ndarray]] = field(default_factory=list)  # (dense i, feature j, (T_j + 1,))
+    slopes: list[tuple[int, int, np.ndarray]] = field(
+        default_factory=list
+    )  # (dense i, feature j, (T_j + 1,))
     dense_w: np.ndarray | None = None
     dense_pairs: list[tuple[int, int, float]] = field(default_factory=list)
     dense_center: np.ndarray | None = None
@@ -93,18 +125,20 @@ class Teacher:
     bias: float = 0.0
 
     @classmethod
-    def from_config(cls, config: SyntheticConfig) -> "Teacher":
+    def from_config(cls, config: SyntheticConfig) -> Teacher:
         rng = np.random.default_rng([config.seed, 7919])
         t = cls(config=config)
         for j, size in enumerate(config.table_sizes()):
             ranks = np.arange(1, size + 1, dtype=np.float64)
-            p = ranks ** -config.zipf_exponent
+            p = ranks**-config.zipf_exponent
             p /= p.sum()
             t.probs.append(p)
             cdf = np.cumsum(p)
             cdf[-1] = 1.0
             t.cdfs.append(cdf)
-            h = rng.choice(np.iinfo(np.uint32).max, size=size, replace=False).astype(np.uint32) + np.uint32(1)
+            h = rng.choice(np.iinfo(np.uint32).max, size=size, replace=False).astype(
+                np.uint32
+            ) + np.uint32(1)
             t.hashes.append(h)
             strength = _strength(p, config.rare_reference)
             sigma = config.category_scale * rng.uniform(0.3, 1.7) * (1.0 if size > 2 else 0.5)
@@ -132,7 +166,9 @@ class Teacher:
             st = np.r_[_strength(t.probs[j], config.rare_reference), 1.0]
             t.slopes.append((i, j, config.dense_cat_scale * st * rng.standard_normal(len(st))))
         # dense: standardise log1p of the typical counts, a linear part and a few nonlinear pairs
-        pilot = np.log1p(np.clip(_dense_raw(np.random.default_rng([config.seed, 104729]), 50_000), 0, None))
+        pilot = np.log1p(
+            np.clip(_dense_raw(np.random.default_rng([config.seed, 104729]), 50_000), 0, None)
+        )
         t.dense_center, t.dense_spread = pilot.mean(axis=0), pilot.std(axis=0) + 1e-6
         w = rng.standard_normal(NUM_DENSE)
         t.dense_w = config.dense_scale * w / np.linalg.norm(w) * np.sqrt(2.0)
@@ -211,8 +247,13 @@ class Teacher:
                 h = np.r_[self.hashes[j], np.uint32(0)]  # missing -> raw 0, as the parser gives
                 cat[:, j] = h[codes[:, j]]
             label = (u < prob).astype(np.uint8)
-            yield ParsedBlock(label=label, dense=dense, cat=cat, first_line=start + 1,
-                              extras={"prob": prob.astype(np.float32)})
+            yield ParsedBlock(
+                label=label,
+                dense=dense,
+                cat=cat,
+                first_line=start + 1,
+                extras={"prob": prob.astype(np.float32)},
+            )
 
 
 def _dense_raw(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -264,7 +305,11 @@ def binary_metrics(prob: np.ndarray, label: np.ndarray) -> dict:
     y = label.astype(np.float64)
     ll = float(-(y * np.log(p) + (1 - y) * np.log1p(-p)).mean()) if len(y) else float("nan")
     auc = float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
-    return {"auc": auc, "log_loss": ll, "positive_rate": float(y.mean()) if len(y) else float("nan")}
+    return {
+        "auc": auc,
+        "log_loss": ll,
+        "positive_rate": float(y.mean()) if len(y) else float("nan"),
+    }
 
 
 def cached_synthetic(config: SyntheticConfig, cache_dir, options) -> tuple[Path, dict]:
@@ -287,14 +332,20 @@ def cached_synthetic(config: SyntheticConfig, cache_dir, options) -> tuple[Path,
         meta["teacher"] = {
             "bias": teacher.bias,
             "pairs": teacher.pairs,
-            "metrics": {s: binary_metrics(prob[a:b], label[a:b]) for s, (a, b) in meta["splits"].items()},
+            "metrics": {
+                s: binary_metrics(prob[a:b], label[a:b]) for s, (a, b) in meta["splits"].items()
+            },
             "dense_only_auc": {},  # the ceiling of a model of the dense features alone
         }
         dense = np.load(tmp / "dense.npy", mmap_mode="r")
         for s, (a, b) in meta["splits"].items():
             if s != "train" and b > a and 0 < label[a:b].sum() < b - a:
-                meta["teacher"]["dense_only_auc"][s] = roc_auc(teacher.dense_term(dense[a:b]), label[a:b])
+                meta["teacher"]["dense_only_auc"][s] = roc_auc(
+                    teacher.dense_term(dense[a:b]), label[a:b]
+                )
         return meta
 
     name = f"synthetic-{config.rows}-{config.max_table_size}-s{config.seed}-{key}"
-    return ensure_cache(cache_dir, name, key, build, {"source": "synthetic", "input": cfg, "options": opts})
+    return ensure_cache(
+        cache_dir, name, key, build, {"source": "synthetic", "input": cfg, "options": opts}
+    )

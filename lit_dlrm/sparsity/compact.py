@@ -85,10 +85,14 @@ def _index_dtype(limit: int, small: tuple[torch.dtype, ...]) -> torch.dtype:
 
 def _check_weight(weight: Tensor, block_width: int) -> tuple[int, int, int]:
     if weight.dim() != 2:
-        raise ValueError(f"weight: expected a 2-D table (rows, dim), got shape {tuple(weight.shape)}")
+        raise ValueError(
+            f"weight: expected a 2-D table (rows, dim), got shape {tuple(weight.shape)}"
+        )
     n, d = weight.shape
     if block_width < 1 or d % block_width:
-        raise ValueError(f"block_width: {block_width} does not divide the embedding dim {d} (expected d % block_width == 0)")
+        raise ValueError(
+            f"block_width: {block_width} does not divide the embedding dim {d} (expected d % block_width == 0)"
+        )
     return n, d, d // block_width
 
 
@@ -103,7 +107,9 @@ def block_counts(weight: Tensor, block_width: int, chunk_rows: int = DEFAULT_CHU
     return counts
 
 
-def _layout(d: int, block_width: int, nnz_blocks: int) -> tuple[torch.dtype, torch.dtype, int, torch.dtype]:
+def _layout(
+    d: int, block_width: int, nnz_blocks: int
+) -> tuple[torch.dtype, torch.dtype, int, torch.dtype]:
     """dtypes of row_base and row_off, rows per group, dtype of cols (module docstring)."""
     nb = d // block_width
     offset = next(dtype for dtype in _SMALL if torch.iinfo(dtype).max >= nb)
@@ -116,7 +122,11 @@ def csr_nbytes(n: int, d: int, block_width: int, nnz_blocks: int, value_size: in
     """Bytes of a :class:`CompactEmbeddingBag` of ``n`` rows of width ``d`` holding ``nnz_blocks``."""
     base, offset, group, col = _layout(d, block_width, nnz_blocks)
     size = lambda dtype: torch.empty((), dtype=dtype).element_size()  # noqa: E731
-    return -(-(n + 1) // group) * size(base) + (n + 1) * size(offset) + nnz_blocks * (size(col) + block_width * value_size)
+    return (
+        -(-(n + 1) // group) * size(base)
+        + (n + 1) * size(offset)
+        + nnz_blocks * (size(col) + block_width * value_size)
+    )
 
 
 def coo_nbytes(weight: Tensor) -> int:
@@ -140,8 +150,13 @@ class CompactEmbeddingBag(nn.Module):
     and O(chunk) temporaries. Kaggle-size tables (33.8M rows): 2-11 s for all 26 on 2 shared cores.
     """
 
-    def __init__(self, weight: Tensor, block_width: int, counts: Tensor | None = None,
-                 chunk_rows: int = DEFAULT_CHUNK_ROWS) -> None:
+    def __init__(
+        self,
+        weight: Tensor,
+        block_width: int,
+        counts: Tensor | None = None,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    ) -> None:
         super().__init__()
         n, d, nb = _check_weight(weight, block_width)
         self.num_embeddings, self.embedding_dim, self.block_width = n, d, block_width
@@ -152,17 +167,23 @@ class CompactEmbeddingBag(nn.Module):
         base_dtype, offset_dtype, group, col_dtype = _layout(d, block_width, nnz)
         self.group_shift = group.bit_length() - 1
         groups = -(-(n + 1) // group)
-        row_ptr = torch.full((groups * group,), nnz, dtype=base_dtype, device=w.device)  # (n + 1,) padded
+        row_ptr = torch.full(
+            (groups * group,), nnz, dtype=base_dtype, device=w.device
+        )  # (n + 1,) padded
         row_ptr[0] = 0
         torch.cumsum(counts, 0, dtype=base_dtype, out=row_ptr[1 : n + 1])
         by_group = row_ptr.view(groups, group)
         row_base = by_group[:, 0].clone()  # (groups,)
-        row_off = (by_group - row_base[:, None]).view(-1)[: n + 1].to(offset_dtype, copy=True)  # (n + 1,)
+        row_off = (
+            (by_group - row_base[:, None]).view(-1)[: n + 1].to(offset_dtype, copy=True)
+        )  # (n + 1,)
         cols = torch.empty(nnz, dtype=col_dtype, device=w.device)
         values = torch.empty(nnz, block_width, dtype=w.dtype, device=w.device)  # (nnz, bw)
         for r0 in range(0, n, chunk_rows):
             chunk = w[r0 : r0 + chunk_rows].reshape(-1, block_width)  # (r * nb, bw)
-            kept = (chunk != 0).any(1).nonzero().squeeze(1)  # (k,) int64: the chunk's surviving blocks
+            kept = (
+                (chunk != 0).any(1).nonzero().squeeze(1)
+            )  # (k,) int64: the chunk's surviving blocks
             a = int(row_ptr[r0])
             torch.index_select(chunk, 0, kept, out=values[a : a + kept.numel()])
             cols[a : a + kept.numel()] = kept.remainder_(nb)
@@ -182,36 +203,60 @@ class CompactEmbeddingBag(nn.Module):
 
     def nbytes(self) -> int:
         """In-memory bytes of the stored tensors."""
-        return sum(t.numel() * t.element_size() for t in (self.row_base, self.row_off, self.cols, self.values))
+        return sum(
+            t.numel() * t.element_size()
+            for t in (self.row_base, self.row_off, self.cols, self.values)
+        )
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, block_width={self.block_width}, nnz_blocks={self.nnz_blocks}"
 
-    def _bags(self, input: Tensor, offsets: Tensor | None) -> tuple[Tensor, int, Tensor | None, int]:
+    def _bags(
+        self, input: Tensor, offsets: Tensor | None
+    ) -> tuple[Tensor, int, Tensor | None, int]:
         """-> ids (N,) int64, bags B, bag of each id (N,) or None when it is ``id_index // L``, L."""
         if input.dim() == 2:
             if offsets is not None:
-                raise ValueError("offsets: must be None when input is 2-D (B, L): each row is one bag")
+                raise ValueError(
+                    "offsets: must be None when input is 2-D (B, L): each row is one bag"
+                )
             return input.reshape(-1).long(), input.shape[0], None, input.shape[1]
         if input.dim() != 1 or offsets is None or offsets.dim() != 1:
-            raise ValueError(f"input: expected 2-D (B, L), or 1-D with 1-D offsets; got input {tuple(input.shape)}, "
-                             f"offsets {None if offsets is None else tuple(offsets.shape)}")
+            raise ValueError(
+                f"input: expected 2-D (B, L), or 1-D with 1-D offsets; got input {tuple(input.shape)}, "
+                f"offsets {None if offsets is None else tuple(offsets.shape)}"
+            )
         ids, offsets = input.long(), offsets.long()
-        if offsets.numel() and (int(offsets[0]) != 0 or int(offsets[-1]) > ids.numel() or bool((offsets.diff() < 0).any())):
-            raise ValueError(f"offsets: expected non-decreasing offsets starting at 0 and <= len(input) = {ids.numel()}")
+        if offsets.numel() and (
+            int(offsets[0]) != 0
+            or int(offsets[-1]) > ids.numel()
+            or bool((offsets.diff() < 0).any())
+        ):
+            raise ValueError(
+                f"offsets: expected non-decreasing offsets starting at 0 and <= len(input) = {ids.numel()}"
+            )
         if offsets.numel() == 0 and ids.numel():
             raise ValueError("offsets: empty, but input has ids (expected offsets[0] == 0)")
-        bag_of_id = torch.searchsorted(offsets, torch.arange(ids.numel(), device=ids.device), right=True) - 1
+        bag_of_id = (
+            torch.searchsorted(offsets, torch.arange(ids.numel(), device=ids.device), right=True)
+            - 1
+        )
         return ids, offsets.numel(), bag_of_id, 0
 
-    def forward(self, input: Tensor, offsets: Tensor | None = None, per_sample_weights: Tensor | None = None) -> Tensor:
+    def forward(
+        self, input: Tensor, offsets: Tensor | None = None, per_sample_weights: Tensor | None = None
+    ) -> Tensor:
         """``nn.EmbeddingBag(mode="sum")``'s forward -> (bags, d)."""
         ids, bags, bag_of_id, per_bag = self._bags(input, offsets)
         if per_sample_weights is not None and per_sample_weights.shape != input.shape:
-            raise ValueError(f"per_sample_weights: expected the input's shape {tuple(input.shape)}, "
-                             f"got {tuple(per_sample_weights.shape)}")
+            raise ValueError(
+                f"per_sample_weights: expected the input's shape {tuple(input.shape)}, "
+                f"got {tuple(per_sample_weights.shape)}"
+            )
         nb, bw = self.embedding_dim // self.block_width, self.block_width
-        out = torch.zeros(bags * nb, bw, dtype=self.values.dtype, device=self.values.device)  # (B * nb, bw)
+        out = torch.zeros(
+            bags * nb, bw, dtype=self.values.dtype, device=self.values.device
+        )  # (B * nb, bw)
         start, end = self.row_ptr(torch.cat([ids, ids + 1])).view(2, -1)  # (N,) each
         counts = end - start  # blocks of each looked-up row
         ends = counts.cumsum(0)
@@ -220,7 +265,9 @@ class CompactEmbeddingBag(nn.Module):
         # which id each gathered block serves: ids starting at or before it, minus one (faster than
         # repeat_interleave; an empty row starts where the next one does and is counted before it)
         owner = torch.bincount(first, minlength=total + 1)[:total].cumsum_(0).sub_(1)  # (M,)
-        pos = (start - first).index_select(0, owner).add_(torch.arange(total, device=ids.device))  # (M,)
+        pos = (
+            (start - first).index_select(0, owner).add_(torch.arange(total, device=ids.device))
+        )  # (M,)
         # width-1 blocks as flat vectors: 1-D index ops are ~2x faster than on (M, 1) rows
         table, dst = (self.values.view(-1), out.view(-1)) if bw == 1 else (self.values, out)
         values = table.index_select(0, pos)  # (M,) or (M, bw)
@@ -231,7 +278,9 @@ class CompactEmbeddingBag(nn.Module):
             bag = bag_of_id.index_select(0, owner)
         else:
             bag = owner if per_bag == 1 else torch.div(owner, per_bag, rounding_mode="floor")
-        target = (bag * nb).add_(self.cols.index_select(0, pos))  # (M,) int64: output slot of each block
+        target = (bag * nb).add_(
+            self.cols.index_select(0, pos)
+        )  # (M,) int64: output slot of each block
         if bag_of_id is not None or per_bag != 1:  # several ids per bag: sum
             dst.index_add_(0, target, values)
         elif bw == 1:  # one id per bag: every slot is written once
@@ -244,13 +293,22 @@ class CompactEmbeddingBag(nn.Module):
 def compact_table(table: nn.EmbeddingBag, block_width: int, name: str = "table") -> nn.Module:
     """``table`` itself when its dense weight is no larger than the compact form, else a
     :class:`CompactEmbeddingBag` of it (exact sizes: one counting pass decides). ``name`` is for errors."""
-    if table.mode != "sum" or table.padding_idx is not None or table.max_norm is not None or table.include_last_offset:
-        raise ValueError(f"{name}: expected nn.EmbeddingBag(mode='sum') without padding_idx, max_norm and "
-                         f"include_last_offset, got {table}")
+    if (
+        table.mode != "sum"
+        or table.padding_idx is not None
+        or table.max_norm is not None
+        or table.include_last_offset
+    ):
+        raise ValueError(
+            f"{name}: expected nn.EmbeddingBag(mode='sum') without padding_idx, max_norm and "
+            f"include_last_offset, got {table}"
+        )
     weight = table.weight.detach()
     counts = block_counts(weight, block_width)
     n, d = weight.shape
-    compact = csr_nbytes(n, d, block_width, int(counts.sum(dtype=torch.int64)), weight.element_size())
+    compact = csr_nbytes(
+        n, d, block_width, int(counts.sum(dtype=torch.int64)), weight.element_size()
+    )
     if compact >= weight.numel() * weight.element_size():
         return table
     return CompactEmbeddingBag(weight, block_width, counts=counts)
@@ -260,8 +318,12 @@ def compact_model(model: nn.Module, block_width: int) -> nn.Module:
     """A shallow copy of the DLRM ``model`` (MLPs shared) whose tables are compacted where that is
     smaller (:func:`compact_table`), for inference. ``block_width``: the pruning block's width."""
     compact = copy.copy(model)
-    compact._modules = dict(model._modules)  # the copy's own module dict: emb_l is replaced, not shared
-    compact.emb_l = nn.ModuleList(compact_table(t, block_width, f"emb_l.{k}") for k, t in enumerate(model.emb_l))
+    compact._modules = dict(
+        model._modules
+    )  # the copy's own module dict: emb_l is replaced, not shared
+    compact.emb_l = nn.ModuleList(
+        compact_table(t, block_width, f"emb_l.{k}") for k, t in enumerate(model.emb_l)
+    )
     return compact
 
 

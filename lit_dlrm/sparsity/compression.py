@@ -49,7 +49,9 @@ import torch
 MAGIC = b"LDSZ"
 VERSION = 1
 SUFFIX = ".lds"
-DEFAULT_LEVEL = 1  # zstd level: measured best speed/size trade-off for fp32 tables (benchmarks/compress.py)
+DEFAULT_LEVEL = (
+    1  # zstd level: measured best speed/size trade-off for fp32 tables (benchmarks/compress.py)
+)
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
@@ -92,9 +94,13 @@ def _read_reference_zip(zpath: Path, workdir: Path) -> dict[str, torch.Tensor]:
         pt.unlink()
 
 
-def reference_zip_size(state_dict: dict[str, torch.Tensor], workdir: str | os.PathLike,
-                       keep_dir: str | os.PathLike | None = None, stem: str = "model",
-                       measure_read: bool = True) -> SizeResult:
+def reference_zip_size(
+    state_dict: dict[str, torch.Tensor],
+    workdir: str | os.PathLike,
+    keep_dir: str | os.PathLike | None = None,
+    stem: str = "model",
+    measure_read: bool = True,
+) -> SizeResult:
     """torch.save + ZIP_DEFLATED (default level), exactly as the reference; size in bytes."""
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         tmp = Path(tmp)
@@ -157,13 +163,21 @@ def _encode(t: torch.Tensor, cctx) -> tuple[dict, list[bytes]]:
         planes = values.view(np.uint8).reshape(-1, itemsize).T.copy()  # (itemsize, nnz) shuffled
         del values
         vals_c = cctx.compress(memoryview(planes))
-    entry = {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape), "nnz": nnz,
-             "neg_zeros": n_neg}
+    entry = {
+        "dtype": str(t.dtype).removeprefix("torch."),
+        "shape": list(t.shape),
+        "nnz": nnz,
+        "neg_zeros": n_neg,
+    }
     return entry, [mask_c, signs_c, vals_c]
 
 
-def save_compressed(state_dict: dict[str, torch.Tensor], path: str | os.PathLike,
-                    level: int = DEFAULT_LEVEL, threads: int = -1) -> int:
+def save_compressed(
+    state_dict: dict[str, torch.Tensor],
+    path: str | os.PathLike,
+    level: int = DEFAULT_LEVEL,
+    threads: int = -1,
+) -> int:
     """Write `state_dict` (tensors only) in the sparse-shuffle-zstd format; returns bytes.
 
     Atomic: written to a temporary file beside `path`, then renamed. `threads=-1`: all cores.
@@ -239,10 +253,15 @@ def load_compressed(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         return out
 
 
-def zstd_sparse_size(state_dict: dict[str, torch.Tensor], workdir: str | os.PathLike,
-                     keep_dir: str | os.PathLike | None = None, stem: str = "model",
-                     level: int = DEFAULT_LEVEL, threads: int = -1,
-                     measure_read: bool = True) -> SizeResult:
+def zstd_sparse_size(
+    state_dict: dict[str, torch.Tensor],
+    workdir: str | os.PathLike,
+    keep_dir: str | os.PathLike | None = None,
+    stem: str = "model",
+    level: int = DEFAULT_LEVEL,
+    threads: int = -1,
+    measure_read: bool = True,
+) -> SizeResult:
     """Write the sparse-shuffle-zstd format, measure size and times, delete unless kept."""
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         path = Path(tmp) / f"{stem}{SUFFIX}"

@@ -65,5 +65,5 @@ def finetune(module, batches: Iterable[tuple[Tensor, Tensor, Tensor]], steps: in
                     table.masked_fill_(zero, 0.0)
             losses.append(loss.item())
         model.train(was_training)
-    tail = losses[-max(1, len(losses) // 10):]
+    tail = losses[-max(1, len(losses) // 10) :]
     return sum(tail) / len(tail) if tail else float("nan")

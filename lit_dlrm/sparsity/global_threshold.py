@@ -58,9 +58,15 @@ from .series import (
 )
 
 
-def global_cuts(weights: Sequence[torch.Tensor], norm: str, block_shape: Sequence[int],
-                levels: Sequence[float], *, chunk_elems: int = FAST_CHUNK_ELEMS,
-                workers: int | None = None) -> SeriesCuts:
+def global_cuts(
+    weights: Sequence[torch.Tensor],
+    norm: str,
+    block_shape: Sequence[int],
+    levels: Sequence[float],
+    *,
+    chunk_elems: int = FAST_CHUNK_ELEMS,
+    workers: int | None = None,
+) -> SeriesCuts:
     """Every table's cut at every global level of one (norm, block shape): 3 counting passes.
 
     ``apply_cuts(dense, series.for_level(level), norm, block_shape, out=...)`` prunes a global
@@ -71,7 +77,9 @@ def global_cuts(weights: Sequence[torch.Tensor], norm: str, block_shape: Sequenc
     ws = [w.detach() for w in weights]
     for i, w in enumerate(ws):
         if w.dtype != torch.float32:
-            raise ValueError(f"weights[{i}]: a global threshold needs float32 tables, got {w.dtype}")
+            raise ValueError(
+                f"weights[{i}]: a global threshold needs float32 tables, got {w.dtype}"
+            )
         for lv in levels:
             _check_args(w, lv, bs, norm, "stable")
     levels = [float(lv) for lv in levels]
@@ -82,21 +90,35 @@ def global_cuts(weights: Sequence[torch.Tensor], norm: str, block_shape: Sequenc
     counts = {j: [(0 if big_k[j] <= 0 else nb, 0, 0) for nb in nbs] for j in range(len(levels))}
     thresholds: dict[int, int] = {}
     if todo:
-        thresholds = _count(ws, norm, bs, [big_k[j] for j in todo], chunk_elems, workers, counts, todo)
-    per_table = [[_cut(counts[j][i], nbs[i], thresholds.get(j, 0), levels[j]) for j in range(len(levels))]
-                 for i in range(len(ws))]
+        thresholds = _count(
+            ws, norm, bs, [big_k[j] for j in todo], chunk_elems, workers, counts, todo
+        )
+    per_table = [
+        [_cut(counts[j][i], nbs[i], thresholds.get(j, 0), levels[j]) for j in range(len(levels))]
+        for i in range(len(ws))
+    ]
     return _series(ws, norm, bs, levels, per_table)
 
 
-def global_counts(weights: Sequence[torch.Tensor], norm: str, block_shape: Sequence[int],
-                  levels: Sequence[float], *, chunk_elems: int = FAST_CHUNK_ELEMS,
-                  workers: int | None = None) -> dict[float, list[int]]:
+def global_counts(
+    weights: Sequence[torch.Tensor],
+    norm: str,
+    block_shape: Sequence[int],
+    levels: Sequence[float],
+    *,
+    chunk_elems: int = FAST_CHUNK_ELEMS,
+    workers: int | None = None,
+) -> dict[float, list[int]]:
     """For each global level, the number of blocks each table loses (in table order)."""
-    series = global_cuts(weights, norm, block_shape, levels, chunk_elems=chunk_elems, workers=workers)
+    series = global_cuts(
+        weights, norm, block_shape, levels, chunk_elems=chunk_elems, workers=workers
+    )
     return {lv: [c.k for c in cuts] for lv, cuts in series.cuts.items()}
 
 
-def _count(ws, norm, bs, ks: list[int], chunk_elems, workers, counts: dict, todo: list[int]) -> dict[int, int]:
+def _count(
+    ws, norm, bs, ks: list[int], chunk_elems, workers, counts: dict, todo: list[int]
+) -> dict[int, int]:
     """Passes 1-3 for the non-trivial levels ``todo`` (global block counts ``ks``).
 
     Fills ``counts[j][i] = (k_i, m_i, ties_i)`` and returns ``{j: T}``.
@@ -130,8 +152,10 @@ def _count(ws, norm, bs, ks: list[int], chunk_elems, workers, counts: dict, todo
     def read(i: int) -> tuple[list[int], list[int]]:  # pass 3: below_i and ties_i per level
         h = _hist_lo(ws[i], bs, norm, lut, nslot, chunk_elems)[:nslot]
         c = torch.cumsum(h, 1)
-        return [(int(cum1[i, hi - 1]) if hi > 0 else 0) + (int(c[s, lo - 1]) if lo > 0 else 0)
-                for s, hi, lo, _ in where], [int(h[s, lo]) for s, _, lo, _ in where]
+        return [
+            (int(cum1[i, hi - 1]) if hi > 0 else 0) + (int(c[s, lo - 1]) if lo > 0 else 0)
+            for s, hi, lo, _ in where
+        ], [int(h[s, lo]) for s, _, lo, _ in where]
 
     per_table = _map_tables(read, ws, workers)
     for n, (j, (s, hi, lo, left)) in enumerate(zip(todo, where)):
@@ -140,7 +164,9 @@ def _count(ws, norm, bs, ks: list[int], chunk_elems, workers, counts: dict, todo
             left -= m
             counts[j][i] = (below[n] + m, m, ties[n])
         if left:
-            raise AssertionError(f"level {j}: {left} ties left over (tables changed during counting?)")
+            raise AssertionError(
+                f"level {j}: {left} ties left over (tables changed during counting?)"
+            )
     return {j: (hi << _HI) | lo for j, (s, hi, lo, _) in zip(todo, where)}
 
 
@@ -151,5 +177,12 @@ def _cut(count: tuple[int, int, int], nb: int, t: int, level: float) -> TableCut
         return TableCut(k=0, num_blocks=nb, trivial="keep", level=level)
     if k >= nb:
         return TableCut(k=nb, num_blocks=nb, trivial="prune", level=level)
-    return TableCut(k=k, num_blocks=nb, level=level, t=t, ties_pruned=m, ties_total=ties,
-                    tie_end=nb if m == ties else (0 if m == 0 else None))
+    return TableCut(
+        k=k,
+        num_blocks=nb,
+        level=level,
+        t=t,
+        ties_pruned=m,
+        ties_total=ties,
+        tie_end=nb if m == ties else (0 if m == 0 else None),
+    )

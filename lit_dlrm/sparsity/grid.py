@@ -249,14 +249,10 @@ def _check_block_shapes(
         if len(shape) != 2 or not all(
             isinstance(x, int) and not isinstance(x, bool) for x in shape
         ):
-            raise ValueError(
-                f"{option}: {bs!r} is not a (height, width) pair of integers"
-            )
+            raise ValueError(f"{option}: {bs!r} is not a (height, width) pair of integers")
         bh, bw = shape
         if bh < 1 or bw < 1:
-            raise ValueError(
-                f"{option}: {shape} has a side < 1 (expected height >= 1, width >= 1)"
-            )
+            raise ValueError(f"{option}: {shape} has a side < 1 (expected height >= 1, width >= 1)")
         if embedding_dim is not None and bw > embedding_dim:
             raise ValueError(
                 f"{option}: {shape} is wider than the embedding dimension "
@@ -281,7 +277,9 @@ def make_grid(
     weight_bits: Sequence[int] = (32,),
     activation_levels: Sequence[float] = (0.0,),
     finetune_steps: Sequence[int] = (0,),
-    studies: Sequence[dict] = (),  # of Study fields; plain dicts so a CLI list replaces the config's
+    studies: Sequence[
+        dict
+    ] = (),  # of Study fields; plain dicts so a CLI list replaces the config's
     *,
     embedding_dim: int | None = None,
     min_rows: int | None = None,
@@ -293,14 +291,23 @@ def make_grid(
     `embedding_dim` (table width) and `min_rows` (rows of the smallest table), when given, are
     checked against every block shape. Raises ValueError naming the offending option.
     """
-    main = dict(levels=levels, block_shapes=block_shapes, norms=norms, thresholds=thresholds,
-                weight_bits=weight_bits, activation_levels=activation_levels, finetune_steps=finetune_steps)
+    main = dict(
+        levels=levels,
+        block_shapes=block_shapes,
+        norms=norms,
+        thresholds=thresholds,
+        weight_bits=weight_bits,
+        activation_levels=activation_levels,
+        finetune_steps=finetune_steps,
+    )
     products = [("sweep", main)]
     for i, study in enumerate(studies):
         if isinstance(study, dict):
             unknown = set(study) - set(main)
             if unknown:
-                raise ValueError(f"sweep.studies[{i}]: unknown options {sorted(unknown)} (expected some of {list(main)})")
+                raise ValueError(
+                    f"sweep.studies[{i}]: unknown options {sorted(unknown)} (expected some of {list(main)})"
+                )
             study = Study(**study)
         overrides = {k: v for k, v in vars(study).items() if v is not None}
         products.append((f"sweep.studies[{i}]", {**main, **overrides}))
@@ -308,7 +315,9 @@ def make_grid(
     for prefix, o in products:
         lv = _check_levels(o["levels"], f"{prefix}.levels")
         ns = _check_choices(o["norms"], NORMS, f"{prefix}.norms")
-        bss = _check_block_shapes(o["block_shapes"], embedding_dim, min_rows, f"{prefix}.block_shapes")
+        bss = _check_block_shapes(
+            o["block_shapes"], embedding_dim, min_rows, f"{prefix}.block_shapes"
+        )
         ths = _check_choices(o["thresholds"], THRESHOLDS, f"{prefix}.thresholds")
         bits = _check_choices(o["weight_bits"], WEIGHT_BITS, f"{prefix}.weight_bits")
         acts = _check_levels(o["activation_levels"], f"{prefix}.activation_levels")

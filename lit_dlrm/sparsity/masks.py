@@ -79,10 +79,13 @@ _INT_VIEW = {
 }
 
 
-def _check_args(weight: torch.Tensor, level: float, block_shape: Sequence[int], norm: str,
-                ties: str) -> tuple[int, int]:
+def _check_args(
+    weight: torch.Tensor, level: float, block_shape: Sequence[int], norm: str, ties: str
+) -> tuple[int, int]:
     if weight.dim() != 2:
-        raise ValueError(f"weight: expected a 2-D table (rows, dim), got shape {tuple(weight.shape)}")
+        raise ValueError(
+            f"weight: expected a 2-D table (rows, dim), got shape {tuple(weight.shape)}"
+        )
     if weight.dtype not in _INT_VIEW:
         raise ValueError(f"weight: unsupported dtype {weight.dtype} (expected a float dtype)")
     if not 0.0 <= float(level) <= 1.0:
@@ -111,8 +114,9 @@ def _chunk_scores(w: torch.Tensor, block_shape: tuple[int, int], norm: str) -> t
     s = torch.abs(w) if norm == "L1" else w * w  # (r, d)
     if block_shape == (1, 1):
         return s  # avg_pool2d with a 1x1 kernel is the identity (x / 1)
-    return F.avg_pool2d(s[None, None], kernel_size=block_shape, stride=block_shape,
-                        ceil_mode=True)[0, 0]
+    return F.avg_pool2d(s[None, None], kernel_size=block_shape, stride=block_shape, ceil_mode=True)[
+        0, 0
+    ]
 
 
 def _score_bits(w: torch.Tensor, block_shape: tuple[int, int], norm: str) -> torch.Tensor:
@@ -144,8 +148,14 @@ def _chunks(weight: torch.Tensor, bh: int, chunk_elems: int) -> Iterator[tuple[i
         yield r0, weight[r0 : r0 + step]
 
 
-def _find_cut(weight: torch.Tensor, k: int, num_blocks: int, block_shape: tuple[int, int],
-              norm: str, chunk_elems: int) -> _Cut:
+def _find_cut(
+    weight: torch.Tensor,
+    k: int,
+    num_blocks: int,
+    block_shape: tuple[int, int],
+    norm: str,
+    chunk_elems: int,
+) -> _Cut:
     """Radix select the k-th smallest block score (1 <= k < num_blocks), 16 bits per pass."""
     _, _, nbits = _INT_VIEW[weight.dtype]
     prefix = 0  # the threshold's bits above the current digit
@@ -171,7 +181,9 @@ def _find_cut(weight: torch.Tensor, k: int, num_blocks: int, block_shape: tuple[
     return _Cut(k=k, num_blocks=num_blocks, t=prefix, ties_pruned=k - below, ties_total=ties_total)
 
 
-def _expand(block_keep: torch.Tensor, block_shape: tuple[int, int], rows: int, d: int) -> torch.Tensor:
+def _expand(
+    block_keep: torch.Tensor, block_shape: tuple[int, int], rows: int, d: int
+) -> torch.Tensor:
     """Block mask (rb, nbw) -> element mask (rows, d), cropping the partial blocks."""
     bh, bw = block_shape
     m = block_keep
@@ -187,8 +199,14 @@ def _num_blocks(n: int, d: int, block_shape: tuple[int, int]) -> int:
     return -(-n // bh) * -(-d // bw)
 
 
-def _keep_chunks(weight: torch.Tensor, level: float, block_shape: tuple[int, int], norm: str,
-                 ties: str, chunk_elems: int) -> Iterator[tuple[int, torch.Tensor]]:
+def _keep_chunks(
+    weight: torch.Tensor,
+    level: float,
+    block_shape: tuple[int, int],
+    norm: str,
+    ties: str,
+    chunk_elems: int,
+) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield (first row, keep mask of that row chunk: bool (r, d)) for 0 < k < num_blocks."""
     n, d = weight.shape
     num_blocks = _num_blocks(n, d, block_shape)
@@ -220,8 +238,12 @@ def _keep_chunks_torch_sort(weight, k, block_shape, norm, chunk_elems):
     """Exact reference choice among ties: one unstable torch.sort of all block scores."""
     n, d = weight.shape
     nbw = -(-d // block_shape[1])
-    scores = torch.cat([_chunk_scores(w, block_shape, norm).reshape(-1)
-                        for _, w in _chunks(weight, block_shape[0], chunk_elems)])
+    scores = torch.cat(
+        [
+            _chunk_scores(w, block_shape, norm).reshape(-1)
+            for _, w in _chunks(weight, block_shape[0], chunk_elems)
+        ]
+    )
     order = torch.sort(scores, stable=False).indices  # (num_blocks,) int64
     del scores
     keep_blocks = torch.ones(order.numel(), dtype=torch.bool)
@@ -260,9 +282,16 @@ def _trivial(weight: torch.Tensor, level: float, block_shape: tuple[int, int]) -
     return None
 
 
-def keep_mask(weight: torch.Tensor, level: float, block_shape: Sequence[int] = (1, 4),
-              norm: str = "L1", *, ties: str = "stable",
-              chunk_elems: int = DEFAULT_CHUNK_ELEMS, threads: int | None = 1) -> torch.Tensor:
+def keep_mask(
+    weight: torch.Tensor,
+    level: float,
+    block_shape: Sequence[int] = (1, 4),
+    norm: str = "L1",
+    *,
+    ties: str = "stable",
+    chunk_elems: int = DEFAULT_CHUNK_ELEMS,
+    threads: int | None = 1,
+) -> torch.Tensor:
     """Which elements of `weight: (n, d)` DataNormSparsifier keeps -> bool (n, d), True = keep.
 
     See the module docstring for the exact parity and the `ties` policy.
@@ -279,9 +308,17 @@ def keep_mask(weight: torch.Tensor, level: float, block_shape: Sequence[int] = (
     return mask
 
 
-def prune(weight: torch.Tensor, level: float, block_shape: Sequence[int] = (1, 4),
-          norm: str = "L1", signed_zeros: bool = False, *, ties: str = "stable",
-          chunk_elems: int = DEFAULT_CHUNK_ELEMS, threads: int | None = 1) -> torch.Tensor:
+def prune(
+    weight: torch.Tensor,
+    level: float,
+    block_shape: Sequence[int] = (1, 4),
+    norm: str = "L1",
+    signed_zeros: bool = False,
+    *,
+    ties: str = "stable",
+    chunk_elems: int = DEFAULT_CHUNK_ELEMS,
+    threads: int | None = 1,
+) -> torch.Tensor:
     """A NEW tensor: `weight` where kept, zero where pruned; `weight` itself is untouched.
 
     Always a new tensor, at level 0 too (a copy), so callers may modify it freely.
@@ -308,9 +345,15 @@ def prune(weight: torch.Tensor, level: float, block_shape: Sequence[int] = (1, 4
     return out
 
 
-def prune_tables(weights: Sequence[torch.Tensor], point: GridPoint, signed_zeros: bool = False,
-                 *, ties: str = "stable", chunk_elems: int = DEFAULT_CHUNK_ELEMS,
-                 workers: int | None = None) -> list[torch.Tensor]:
+def prune_tables(
+    weights: Sequence[torch.Tensor],
+    point: GridPoint,
+    signed_zeros: bool = False,
+    *,
+    ties: str = "stable",
+    chunk_elems: int = DEFAULT_CHUNK_ELEMS,
+    workers: int | None = None,
+) -> list[torch.Tensor]:
     """Prune each table on its own at one grid point -> new tensors, in the input order.
 
     Largest tables first: their chunk temporaries come and go before the pruned copies pile up,
@@ -321,8 +364,16 @@ def prune_tables(weights: Sequence[torch.Tensor], point: GridPoint, signed_zeros
     workers = workers or max(1, min(2, os.cpu_count() or 1))
 
     def one(i: int) -> torch.Tensor:
-        return prune(weights[i], point.level, point.block_shape, point.norm, signed_zeros,
-                     ties=ties, chunk_elems=chunk_elems, threads=None)
+        return prune(
+            weights[i],
+            point.level,
+            point.block_shape,
+            point.norm,
+            signed_zeros,
+            ties=ties,
+            chunk_elems=chunk_elems,
+            threads=None,
+        )
 
     out: list[torch.Tensor | None] = [None] * len(weights)
     with torch_threads(1):

@@ -79,11 +79,15 @@ def _check(weight: torch.Tensor, bits: int, scale_dtype: torch.dtype) -> None:
     if scale_dtype not in SCALE_DTYPES:
         raise ValueError(f"scale_dtype: {scale_dtype} (expected bfloat16, float16 or float32)")
     if weight.dim() != 2 or weight.dtype != torch.float32:
-        raise ValueError(f"weight: expected a float32 table (rows, dim), got {weight.dtype} "
-                         f"of shape {tuple(weight.shape)}")
+        raise ValueError(
+            f"weight: expected a float32 table (rows, dim), got {weight.dtype} "
+            f"of shape {tuple(weight.shape)}"
+        )
     if bits == 4 and weight.shape[1] % 2:
-        raise ValueError(f"weight: 4-bit rows pack two values per byte, so the width must be even; "
-                         f"got width {weight.shape[1]} (use bits=8)")
+        raise ValueError(
+            f"weight: 4-bit rows pack two values per byte, so the width must be even; "
+            f"got width {weight.shape[1]} (use bits=8)"
+        )
 
 
 def _rows(n: int, d: int, chunk_elems: int):
@@ -92,7 +96,9 @@ def _rows(n: int, d: int, chunk_elems: int):
         yield r0, min(n, r0 + step)
 
 
-def _scales(w: torch.Tensor, qmax: int, scale_dtype: torch.dtype, r0: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _scales(
+    w: torch.Tensor, qmax: int, scale_dtype: torch.dtype, r0: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Scales of a row chunk ``w: (r, d)`` -> (stored scale (r,) scale_dtype, its float32 value)."""
     amax = w.abs().amax(1) if w.shape[1] else w.new_zeros(w.shape[0])  # (r,)
     if not torch.isfinite(amax).all():
@@ -100,11 +106,15 @@ def _scales(w: torch.Tensor, qmax: int, scale_dtype: torch.dtype, r0: int) -> tu
         raise ValueError(f"weight: row {bad} holds inf or NaN; it cannot be quantized")
     exact = amax / qmax
     s = exact.to(scale_dtype)
-    s = torch.where(s.float() < exact, torch.nextafter(s, s.new_tensor(float("inf"))), s)  # round up
+    s = torch.where(
+        s.float() < exact, torch.nextafter(s, s.new_tensor(float("inf"))), s
+    )  # round up
     if not torch.isfinite(s).all():
         bad = r0 + int((~torch.isfinite(s)).nonzero()[0])
-        raise ValueError(f"weight: row {bad}'s scale {float(exact[bad - r0]):.3g} overflows "
-                         f"{scale_dtype} (use scale_dtype=torch.bfloat16 or float32)")
+        raise ValueError(
+            f"weight: row {bad}'s scale {float(exact[bad - r0]):.3g} overflows "
+            f"{scale_dtype} (use scale_dtype=torch.bfloat16 or float32)"
+        )
     return s, s.float()
 
 
@@ -130,8 +140,14 @@ def _unpack(p: torch.Tensor) -> torch.Tensor:
     return ((u ^ 8) - 8).view(p.shape[0], -1)
 
 
-def quantize_rows(weight: torch.Tensor, bits: int = 8, *, scale_dtype: torch.dtype = torch.bfloat16,
-                  chunk_elems: int = DEFAULT_CHUNK_ELEMS, threads: int | None = 1) -> QuantizedTable:
+def quantize_rows(
+    weight: torch.Tensor,
+    bits: int = 8,
+    *,
+    scale_dtype: torch.dtype = torch.bfloat16,
+    chunk_elems: int = DEFAULT_CHUNK_ELEMS,
+    threads: int | None = 1,
+) -> QuantizedTable:
     """Quantize ``weight: float32 (n, d)`` row by row (symmetric, 8 or 4 bits; module docstring)."""
     _check(weight, bits, scale_dtype)
     w = weight.detach()
@@ -149,8 +165,9 @@ def quantize_rows(weight: torch.Tensor, bits: int = 8, *, scale_dtype: torch.dty
     return QuantizedTable(q, scale, bits)
 
 
-def dequantize(table: QuantizedTable, *, chunk_elems: int = DEFAULT_CHUNK_ELEMS,
-               threads: int | None = 1) -> torch.Tensor:
+def dequantize(
+    table: QuantizedTable, *, chunk_elems: int = DEFAULT_CHUNK_ELEMS, threads: int | None = 1
+) -> torch.Tensor:
     """``q * scale[:, None]`` -> float32 (n, d); pruned (q = 0) entries are +0.0."""
     n, d = table.shape
     out = torch.empty(n, d, device=table.q.device)
@@ -162,9 +179,15 @@ def dequantize(table: QuantizedTable, *, chunk_elems: int = DEFAULT_CHUNK_ELEMS,
     return out
 
 
-def quantize_dequantize(weight: torch.Tensor, bits: int = 8, out: torch.Tensor | None = None, *,
-                        scale_dtype: torch.dtype = torch.bfloat16,
-                        chunk_elems: int = DEFAULT_CHUNK_ELEMS, threads: int | None = 1) -> torch.Tensor:
+def quantize_dequantize(
+    weight: torch.Tensor,
+    bits: int = 8,
+    out: torch.Tensor | None = None,
+    *,
+    scale_dtype: torch.dtype = torch.bfloat16,
+    chunk_elems: int = DEFAULT_CHUNK_ELEMS,
+    threads: int | None = 1,
+) -> torch.Tensor:
     """The float32 table the quantized one stands for, written into ``out`` (None: a new tensor;
     ``out`` may be ``weight``: in place). Row chunks: temporaries O(chunk_elems). Returns ``out``.
 
@@ -176,7 +199,9 @@ def quantize_dequantize(weight: torch.Tensor, bits: int = 8, out: torch.Tensor |
     if out is None:
         out = torch.empty(n, d, device=w.device)
     elif out.shape != w.shape or out.dtype != torch.float32:
-        raise ValueError(f"out: expected float32 {tuple(w.shape)}, got {out.dtype} {tuple(out.shape)}")
+        raise ValueError(
+            f"out: expected float32 {tuple(w.shape)}, got {out.dtype} {tuple(out.shape)}"
+        )
     qmax = QMAX[bits]
     with torch_threads(threads):
         buf = w.new_empty(0)
@@ -187,25 +212,31 @@ def quantize_dequantize(weight: torch.Tensor, bits: int = 8, out: torch.Tensor |
     return out
 
 
-def quantize_dequantize_tables(weights: Sequence[torch.Tensor], bits: int = 8,
-                               out: Sequence[torch.Tensor] | None = None, *,
-                               scale_dtype: torch.dtype = torch.bfloat16,
-                               chunk_elems: int = DEFAULT_CHUNK_ELEMS,
-                               workers: int | None = None) -> list[torch.Tensor]:
+def quantize_dequantize_tables(
+    weights: Sequence[torch.Tensor],
+    bits: int = 8,
+    out: Sequence[torch.Tensor] | None = None,
+    *,
+    scale_dtype: torch.dtype = torch.bfloat16,
+    chunk_elems: int = DEFAULT_CHUNK_ELEMS,
+    workers: int | None = None,
+) -> list[torch.Tensor]:
     """:func:`quantize_dequantize` of every table, into ``out`` (None: in place), over
     ``workers`` threads (largest tables first, torch single-threaded inside, as :mod:`series`)."""
     ws = [w.detach() for w in weights]
     dst = ws if out is None else [o.detach() for o in out]
 
     def one(i: int) -> torch.Tensor:
-        return quantize_dequantize(ws[i], bits, dst[i], scale_dtype=scale_dtype,
-                                   chunk_elems=chunk_elems, threads=None)
+        return quantize_dequantize(
+            ws[i], bits, dst[i], scale_dtype=scale_dtype, chunk_elems=chunk_elems, threads=None
+        )
 
     return _map_tables(one, ws, workers)
 
 
-def quantized_state_dict(state: dict[str, torch.Tensor], bits: int = 8, *,
-                         scale_dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
+def quantized_state_dict(
+    state: dict[str, torch.Tensor], bits: int = 8, *, scale_dtype: torch.dtype = torch.bfloat16
+) -> dict[str, torch.Tensor]:
     """``state`` with every ``emb_l.K.weight`` replaced, in place in the key order, by
     ``emb_l.K.weight.q`` and ``emb_l.K.weight.scale``; other entries are the same objects."""
     out: dict[str, torch.Tensor] = {}
@@ -233,12 +264,16 @@ def load_quantized_state_dict(qstate: dict[str, torch.Tensor]) -> dict[str, torc
                 continue
             q, scale = qstate.get(f"{base}.q"), qstate.get(f"{base}.scale")
             if q is None or scale is None:
-                raise ValueError(f"state[{name!r}]: {base}.q and {base}.scale come in pairs; "
-                                 f"the other is missing")
+                raise ValueError(
+                    f"state[{name!r}]: {base}.q and {base}.scale come in pairs; "
+                    f"the other is missing"
+                )
             if q.dtype not in bits_of or q.dim() != 2 or scale.shape != (q.shape[0],):
-                raise ValueError(f"state[{base}.q]: expected int8 or uint8 (rows, cols) with a "
-                                 f"(rows,) scale, got {q.dtype} {tuple(q.shape)} and scale "
-                                 f"{tuple(scale.shape)}")
+                raise ValueError(
+                    f"state[{base}.q]: expected int8 or uint8 (rows, cols) with a "
+                    f"(rows,) scale, got {q.dtype} {tuple(q.shape)} and scale "
+                    f"{tuple(scale.shape)}"
+                )
             out[base] = dequantize(QuantizedTable(q, scale, bits_of[q.dtype]))
         else:
             out[name] = t

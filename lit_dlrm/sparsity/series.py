@@ -103,7 +103,9 @@ def _pool_order_ok() -> bool:
             for s in (w.abs(), w * w):
                 s = s[:, : 16 - 16 % bw].contiguous()
                 ref = F.avg_pool2d(s[None, None], (1, bw), (1, bw), ceil_mode=True)[0, 0]
-                ok &= torch.equal(_sum_blocks(s, bw).view(torch.int32), ref.contiguous().view(torch.int32))
+                ok &= torch.equal(
+                    _sum_blocks(s, bw).view(torch.int32), ref.contiguous().view(torch.int32)
+                )
         _POOL_ORDER_OK = bool(ok)
     return _POOL_ORDER_OK
 
@@ -145,7 +147,9 @@ def _row_chunks(n: int, d: int, bh: int, chunk_elems: int):
 # ------------------------------------------------------------------------------------ counting
 
 
-def _hist_hi(w: torch.Tensor, block_shape: tuple[int, int], norm: str, chunk_elems: int) -> torch.Tensor:
+def _hist_hi(
+    w: torch.Tensor, block_shape: tuple[int, int], norm: str, chunk_elems: int
+) -> torch.Tensor:
     """Counting pass 1: histogram of the score bits' high digit -> int64 (2**15,) (bits < 2**31)."""
     n, d = w.shape
     hist1 = torch.zeros(1 << (31 - _HI), dtype=torch.int64)
@@ -163,8 +167,14 @@ def _slot_lut(bins: Sequence[int]) -> tuple[list[int], torch.Tensor]:
     return slots, lut
 
 
-def _hist_lo(w: torch.Tensor, block_shape: tuple[int, int], norm: str, lut: torch.Tensor,
-             nslot: int, chunk_elems: int) -> torch.Tensor:
+def _hist_lo(
+    w: torch.Tensor,
+    block_shape: tuple[int, int],
+    norm: str,
+    lut: torch.Tensor,
+    nslot: int,
+    chunk_elems: int,
+) -> torch.Tensor:
     """Counting pass 2: histogram of (slot, low digit) -> int64 (nslot + 1, 2**16); last = dump.
 
     Keys are gathered in a buffer between bincounts.
@@ -190,9 +200,14 @@ def _hist_lo(w: torch.Tensor, block_shape: tuple[int, int], norm: str, lut: torc
     return hist2.view(nslot + 1, 1 << _HI)
 
 
-def _table_cuts(w: torch.Tensor, norm: str, block_shape: tuple[int, int],
-                levels: Sequence[float], chunk_elems: int,
-                ks: Sequence[int] | None = None) -> list[TableCut]:
+def _table_cuts(
+    w: torch.Tensor,
+    norm: str,
+    block_shape: tuple[int, int],
+    levels: Sequence[float],
+    chunk_elems: int,
+    ks: Sequence[int] | None = None,
+) -> list[TableCut]:
     """Cuts of one float32 table for every level: 2 counting passes (0 if all levels trivial).
 
     Level j prunes ``ks[j]`` blocks if ``ks`` is given, else ``round(levels[j] * num_blocks)``.
@@ -205,8 +220,14 @@ def _table_cuts(w: torch.Tensor, norm: str, block_shape: tuple[int, int],
         k = round(float(lv) * nb) if ks is None else int(ks[j])
         if w.dtype != torch.float32:
             # masks.prune takes a level: k / nb gives back k (|k/nb*nb - k| << 0.5)
-            out.append(TableCut(k=k, num_blocks=nb, trivial="fallback",
-                                level=float(lv) if ks is None else k / nb))
+            out.append(
+                TableCut(
+                    k=k,
+                    num_blocks=nb,
+                    trivial="fallback",
+                    level=float(lv) if ks is None else k / nb,
+                )
+            )
         elif k <= 0:  # levels are in [0, 1]: level 0 <=> k = 0, level 1 <=> k = nb
             out.append(TableCut(k=0, num_blocks=nb, trivial="keep", level=float(lv)))
         elif k >= nb:
@@ -264,9 +285,15 @@ def _map_tables(fn, weights: Sequence[torch.Tensor], workers: int | None) -> lis
     return out
 
 
-def cuts_for_levels(weights: Sequence[torch.Tensor], norm: str, block_shape: Sequence[int],
-                    levels: Sequence[float], *, chunk_elems: int = FAST_CHUNK_ELEMS,
-                    workers: int | None = None) -> SeriesCuts:
+def cuts_for_levels(
+    weights: Sequence[torch.Tensor],
+    norm: str,
+    block_shape: Sequence[int],
+    levels: Sequence[float],
+    *,
+    chunk_elems: int = FAST_CHUNK_ELEMS,
+    workers: int | None = None,
+) -> SeriesCuts:
     """Every table's cut for every level of one (norm, block shape): 2 counting passes per table.
 
     Tables that the fast path does not cover (not float32, blocks taller than 1 row or not
@@ -285,9 +312,15 @@ def cuts_for_levels(weights: Sequence[torch.Tensor], norm: str, block_shape: Seq
     return _series(ws, norm, bs, levels, _map_tables(one, ws, workers))
 
 
-def cuts_for_counts(weights: Sequence[torch.Tensor], norm: str, block_shape: Sequence[int],
-                    counts_by_level: Mapping[float, Sequence[int]], *,
-                    chunk_elems: int = FAST_CHUNK_ELEMS, workers: int | None = None) -> SeriesCuts:
+def cuts_for_counts(
+    weights: Sequence[torch.Tensor],
+    norm: str,
+    block_shape: Sequence[int],
+    counts_by_level: Mapping[float, Sequence[int]],
+    *,
+    chunk_elems: int = FAST_CHUNK_ELEMS,
+    workers: int | None = None,
+) -> SeriesCuts:
     """Like :func:`cuts_for_levels`, but table i loses ``counts_by_level[level][i]`` blocks.
 
     The level is only a label here (e.g. a global level, :mod:`global_threshold`); each table's
@@ -306,8 +339,10 @@ def cuts_for_counts(weights: Sequence[torch.Tensor], norm: str, block_shape: Seq
         for i, (k, w) in enumerate(zip(row, ws)):
             nb = _num_blocks(*w.shape, bs)
             if not 0 <= int(k) <= nb:
-                raise ValueError(f"counts_by_level[{lv}][{i}]: {k} blocks is outside [0, {nb}] "
-                                 f"(table {i} has {nb} blocks of {bs})")
+                raise ValueError(
+                    f"counts_by_level[{lv}][{i}]: {k} blocks is outside [0, {nb}] "
+                    f"(table {i} has {nb} blocks of {bs})"
+                )
 
     def one(i: int) -> list[TableCut]:
         return _table_cuts(ws[i], norm, bs, levels, chunk_elems, ks=[row[i] for row in ks])
@@ -336,7 +371,9 @@ def _keep_bits(x: torch.Tensor, keep_ties: bool) -> torch.Tensor:
     return x.bitwise_right_shift_(31).bitwise_not_()
 
 
-def _write(src: torch.Tensor, dst: torch.Tensor, keep: torch.Tensor, block_shape, signed_zeros: bool) -> None:
+def _write(
+    src: torch.Tensor, dst: torch.Tensor, keep: torch.Tensor, block_shape, signed_zeros: bool
+) -> None:
     """dst = src where keep (int32 -1/0 per block, (rb, nbw)) else zero, for one row chunk."""
     r, d = src.shape
     bh, bw = block_shape
@@ -355,8 +392,15 @@ def _write(src: torch.Tensor, dst: torch.Tensor, keep: torch.Tensor, block_shape
         torch.bitwise_and(s3.view(torch.int32), k3, out=d3.view(torch.int32))
 
 
-def _apply_table(src: torch.Tensor, dst: torch.Tensor, cut: TableCut, norm: str,
-                 block_shape: tuple[int, int], signed_zeros: bool, chunk_elems: int) -> None:
+def _apply_table(
+    src: torch.Tensor,
+    dst: torch.Tensor,
+    cut: TableCut,
+    norm: str,
+    block_shape: tuple[int, int],
+    signed_zeros: bool,
+    chunk_elems: int,
+) -> None:
     n, d = src.shape
     if cut.trivial == "keep":
         if dst.data_ptr() != src.data_ptr():
@@ -407,10 +451,17 @@ def _apply_table(src: torch.Tensor, dst: torch.Tensor, cut: TableCut, norm: str,
         raise StaleCut(f"cut for k={cut.k} pruned {pruned} blocks: tables changed since the cut")
 
 
-def apply_cuts(weights: Sequence[torch.Tensor], cuts: Sequence[TableCut], norm: str,
-               block_shape: Sequence[int], out: Sequence[torch.Tensor] | None = None,
-               signed_zeros: bool = False, *, chunk_elems: int = FAST_CHUNK_ELEMS,
-               workers: int | None = None) -> list[torch.Tensor]:
+def apply_cuts(
+    weights: Sequence[torch.Tensor],
+    cuts: Sequence[TableCut],
+    norm: str,
+    block_shape: Sequence[int],
+    out: Sequence[torch.Tensor] | None = None,
+    signed_zeros: bool = False,
+    *,
+    chunk_elems: int = FAST_CHUNK_ELEMS,
+    workers: int | None = None,
+) -> list[torch.Tensor]:
     """Prune each table with its cut: into `out` (same shapes) or, if None, in place.
 
     One pass per table: reads the table once and writes its destination once. Raises
@@ -433,9 +484,15 @@ def apply_cuts(weights: Sequence[torch.Tensor], cuts: Sequence[TableCut], norm: 
     return _map_tables(one, ws, workers)
 
 
-def prune_tables_(weights: Sequence[torch.Tensor], point: GridPoint, signed_zeros: bool = False,
-                  *, ties: str = "stable", chunk_elems: int = FAST_CHUNK_ELEMS,
-                  workers: int | None = None) -> list[torch.Tensor]:
+def prune_tables_(
+    weights: Sequence[torch.Tensor],
+    point: GridPoint,
+    signed_zeros: bool = False,
+    *,
+    ties: str = "stable",
+    chunk_elems: int = FAST_CHUNK_ELEMS,
+    workers: int | None = None,
+) -> list[torch.Tensor]:
     """Prune each table IN PLACE at one grid point (same masks as `masks.prune_tables`).
 
     2 counting passes and 1 apply pass per table; extra memory is O(chunk) per worker plus the
