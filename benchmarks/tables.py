@@ -7,7 +7,7 @@ import io
 from collections.abc import Callable
 from pathlib import Path
 
-from lit_dlrm.results import atomic_write
+from lit_dlrm.paths import atomic_write
 
 
 def markdown_table(

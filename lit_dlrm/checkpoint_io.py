@@ -9,7 +9,7 @@ checkpoint-sized orphan in ``$TMPDIR`` (Lightning issue #21253; reproduced with 
 tmpfs). The whole checkpoint is also held in memory twice (a ``BytesIO`` and its copy).
 
 :class:`AtomicCheckpointIO` has ``torch.save`` write straight into a hidden temporary file in the
-checkpoint's own directory and renames it over the target (:func:`lit_dlrm.results.atomic_write`),
+checkpoint's own directory and renames it over the target (:func:`lit_dlrm.paths.atomic_write`),
 so the final name always holds a complete checkpoint, the old one or the new one. Temporary files
 left by a killed save are removed by the next save into the same directory. Remote paths (``s3://``
 ...) keep Lightning's own behaviour.
@@ -24,7 +24,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 
-from lit_dlrm.results import atomic_write
+from lit_dlrm.paths import atomic_write
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -1,4 +1,6 @@
-"""Checking directory options early: a path that exists as a file is refused with the option named.
+"""File-system helpers: directory options checked early, files written atomically.
+
+`check_directory`: a path that exists as a file is refused with the option named.
 
 Otherwise the mistake surfaces late and unnamed, e.g. as ``NotADirectoryError`` from the first
 write after a whole epoch of training or the first grid point of a sweep.
@@ -7,6 +9,7 @@ write after a whole epoch of training or the first grid point of a sweep.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -20,3 +23,19 @@ def check_directory(option: str, path: str | os.PathLike | None) -> None:
             if not part.is_dir():
                 raise ValueError(f"{option}: {part} exists and is not a directory (got {path})")
             return
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename the result over ``path`` (same directory, same disk)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make every output private
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -28,13 +28,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
+from lit_dlrm.paths import atomic_write  # noqa: E402
 from lit_dlrm.results import (  # noqa: E402
     FORWARD_TIME_CSV,
     KEY,
     METADATA_CSV,
     METRICS_CSV,
     STUDY_COLUMNS,
-    atomic_write,
     read_table,
 )
 

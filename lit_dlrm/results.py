@@ -12,12 +12,12 @@ Tables written before those four columns existed read back with their reference 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
+
+from lit_dlrm.paths import atomic_write
 
 POINT_COLUMNS = ["norm", "sparse_block_shape", "sparsity_level"]
 # lit_dlrm's further grid dimensions and the value meaning "as the reference does".
@@ -69,22 +69,6 @@ def row_key(row: dict) -> tuple:
         float(row["activation_sparsity"]),
         int(row["finetune_steps"]),
     )
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename the result over ``path`` (same directory, same disk)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make every output private
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_table(out_dir: str | Path, name: str) -> pd.DataFrame:

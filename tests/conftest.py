@@ -22,23 +22,6 @@ def tiny_data_args(tmp_path_factory) -> list[str]:
     return [*TINY_DATA, f"--data.cache_dir={cache}"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fresh_function_classes():
-    """Let each test module run its own copy of scripts/sweep.py (loaded with runpy).
-
-    The script hands LightningCLI a function (`trained_model`); jsonargparse turns it into a class
-    registered in lightning.pytorch.cli under the function's name, and refuses another function of
-    the same name ("already defines 'trained_model_class'"). So a second test module calling its
-    own copy of `main` failed; the previous module's registration is dropped here.
-    """
-    import lightning.pytorch.cli as lightning_cli
-
-    for name, value in list(vars(lightning_cli).items()):
-        if isinstance(value, type) and hasattr(value, "wrapped_function"):
-            delattr(lightning_cli, name)
-    yield
-
-
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory, tiny_data_args) -> Path:
     """An untrained model over the tiny data's tables, saved as a bare state_dict (for sweeps)."""

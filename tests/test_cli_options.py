@@ -13,25 +13,21 @@ so a bad value that is accepted and reaches training or testing fails the test.
 
 from __future__ import annotations
 
-import runpy
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
 from jsonargparse import ActionConfigFile
 from lightning.pytorch.cli import LightningCLI
 
+from lit_dlrm import cli
 from lit_dlrm.data import CriteoDataModule
 from lit_dlrm.model import DLRM
 from lit_dlrm.module import DLRMModule
 
-SCRIPTS = {
-    name: runpy.run_path(str(REPO / "scripts" / f"{name}.py"))["main"]
-    for name in ("train", "sweep")
-}
+SCRIPTS = {"train": cli.train, "sweep": cli.sweep}
 
 
 @dataclass(frozen=True)

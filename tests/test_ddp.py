@@ -8,7 +8,6 @@ and every call that writes or measures a sweep output.
 """
 
 import os
-import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from conftest import REPO
 from ddp_workers import average_lookups, update_and_compute
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from lit_dlrm.cli import sweep
 from lit_dlrm.data import CriteoDataModule
 from lit_dlrm.data.datamodule import ShardedBatchSampler
 from lit_dlrm.metrics import ClickMetrics
@@ -271,9 +271,7 @@ def sweeps(swept_model, data, tmp_path_factory):
         root / "probe-1",
     )
     run_script("sweep.py", [*common, grid, f"--out_dir={root / 'ddp'}"], root, root / "probe-2")
-    runpy.run_path(str(REPO / "scripts" / "sweep.py"))["main"](
-        [*common, grid, f"--out_dir={root / 'one'}"]
-    )
+    sweep([*common, grid, f"--out_dir={root / 'one'}"])
     return root
 
 

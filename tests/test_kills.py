@@ -10,7 +10,6 @@ the resumed run must end where an uninterrupted one ends. The kills are counted 
 import csv
 import os
 import re
-import runpy
 import signal
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lit_dlrm.checkpoint import load_state_dict
+from lit_dlrm.cli import sweep, train
 from lit_dlrm.checkpoint_io import AtomicCheckpointIO
 from lit_dlrm.data.preprocess import PreprocessOptions, cached_text, read_meta
 from lit_dlrm.results import (
@@ -40,9 +40,6 @@ from lit_dlrm.results import (
 
 SAMPLES = REPO.parent / "shared" / "data" / "criteo-samples"
 TIMEOUT = 180  # seconds any one child may take before the test gives up on it
-train = runpy.run_path(str(REPO / "scripts" / "train.py"))["main"]
-sweep = runpy.run_path(str(REPO / "scripts" / "sweep.py"))["main"]
-
 
 CHILDREN: list[subprocess.Popen] = []
 

@@ -1,22 +1,18 @@
 """Past the reference: global threshold, int8/int4 tables, activation sparsity and fine-tuning,
 as dimensions of the same sweep (grid -> callbacks -> CSV columns -> report)."""
 
-import runpy
-
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from lit_dlrm.cli import sweep
 from lit_dlrm.data import CriteoDataModule
 from lit_dlrm.module import DLRMModule
 from lit_dlrm.results import FORWARD_TIME_CSV, METADATA_CSV, METRICS_CSV, STUDY_COLUMNS, read_table
 from lit_dlrm.sparsity.finetune import finetune
 from lit_dlrm.sparsity.grid import GridPoint
 from lit_dlrm.sparsity.series import prune_tables_
-
-sweep = runpy.run_path(str(REPO / "scripts" / "sweep.py"))["main"]
 
 STUDIES = (
     "--sweep.studies=["

@@ -1,17 +1,14 @@
 """scripts/sweep.py end to end: tables, identical-mask copies, reports, fail-fast options (kills: test_kills.py)."""
 
 import os
-import runpy
 
 import pandas as pd
 import pytest
-from conftest import REPO
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from lit_dlrm.cli import sweep
 from lit_dlrm.results import FORWARD_TIME_CSV, METRICS_CSV, REFERENCE_COLUMNS, read_table
 
-SCRIPT = REPO / "scripts" / "sweep.py"
-sweep = runpy.run_path(str(SCRIPT))["main"]
 GRID = [
     "--sweep.levels=[0.0, 0.5, 0.9, 1.0]",
     "--sweep.studies=[]",

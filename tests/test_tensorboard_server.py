@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import runpy
 import subprocess
 import sys
 import threading
@@ -24,7 +23,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO
 
 from lit_dlrm.data import CriteoDataModule
 from lit_dlrm.module import DLRMModule
@@ -41,7 +39,8 @@ def sweep_dir(tmp_path_factory, tiny_data_args):
     root = tmp_path_factory.mktemp("tb-sweep")
     torch.manual_seed(0)
     torch.save(DLRMModule(tables).model.state_dict(), root / "model.pt")
-    sweep = runpy.run_path(str(REPO / "scripts" / "sweep.py"))["main"]
+    from lit_dlrm.cli import sweep
+
     sweep(
         [
             *tiny_data_args,

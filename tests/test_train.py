@@ -1,15 +1,11 @@
 """scripts/train.py end to end on tiny synthetic data: TensorBoard curves and a reloadable checkpoint."""
 
-import runpy
-
 import pytest
 import torch
-from conftest import REPO
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lit_dlrm.checkpoint import build_model, latest_checkpoint
-
-train = runpy.run_path(str(REPO / "scripts" / "train.py"))["main"]
+from lit_dlrm.cli import train
 
 
 @pytest.fixture(scope="module")
