@@ -1,7 +1,7 @@
-"""Compact tables: in-memory bytes and full-model forward time, dense vs compact vs the reference's COO path.
+"""Compact tables: bytes and whole-model forward time, dense vs compact vs the reference's COO.
 
-    python benchmarks/compact.py --scale kaggle   # 26 tables, 33.8M rows, 2.01 GiB of float32 (minutes)
-    python benchmarks/compact.py --scale small    # tables capped at 200k rows
+    python -m benchmarks.compact --scale kaggle   # 26 tables, 33.8M rows (minutes)
+    python -m benchmarks.compact --scale small    # tables capped at 200k rows
 
 A DLRM with the Kaggle table sizes (capped at ``small``/``tiny``) and its reference init
 (float32 tables U(-sqrt(1/n), sqrt(1/n))), pruned with lit_dlrm's own cuts (norm L1, block shapes
@@ -21,12 +21,11 @@ At each point:
   dense logit| on the batch.
 
 Each block shape runs in a fresh process (one copy of the tables plus one compact copy alive);
-``peak_mib`` is that process's peak RSS (``VmHWM``). Writes ``benchmarks/results/compact_<scale>.csv``
-and ``.md`` (``compact_<scale>_<k>threads`` with ``--threads k``: torch's thread count, by default
-torch's own choice); ``run(scale)`` returns the rows of benchmarks/run.py's table. The children
-run with ``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets it: on cores shared with other
-jobs, OpenMP threads that spin while they wait made a 2-thread batch-1024 DLRM forward take
-0.35 s instead of 12 ms here (passive, or 1 thread, 13-15 ms).
+``peak_mib`` is that process's peak RSS (``VmHWM``). Writes ``benchmarks/results/
+compact_<scale>.csv`` and ``.md`` (``compact_<scale>_<k>threads`` with ``--threads k``, torch's
+thread count; by default torch's own choice); ``run(scale)`` returns the rows of
+benchmarks/run.py's table. The children run with ``OMP_WAIT_POLICY=PASSIVE`` unless the
+environment sets it (why: ``docs/design-pruning.md``, Threads).
 """
 
 from __future__ import annotations
@@ -37,29 +36,21 @@ import os
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.memory import peak_rss_mib
+from benchmarks.sparsify import CAPS, REPO, RESULTS, table_sizes
+from benchmarks.tables import markdown_table, write_results
 
-from benchmarks.memory import peak_rss_mib  # noqa: E402
-from benchmarks.tables import markdown_table, write_results  # noqa: E402
-from lit_dlrm.data.kaggle import KAGGLE_TABLE_SIZES  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
-CAPS = {"kaggle": None, "small": 200_000, "tiny": 2_000}
 BATCHES = {"kaggle": (16_384, 1_024), "small": (16_384, 1_024), "tiny": (256,)}
 REPEATS = {"kaggle": 20, "small": 20, "tiny": 2}
 LEVELS = (0.5, 0.9, 0.99)
 BLOCKS = ((1, 1), (1, 4))
 MIB = 2**20
-
-
-def table_sizes(scale: str) -> list[int]:
-    cap = CAPS[scale]
-    return [n if cap is None else min(n, cap) for n in KAGGLE_TABLE_SIZES]
 
 
 def timed_rounds(paths: dict, repeats: int, warmup: int = 2) -> dict[str, np.ndarray]:
@@ -84,7 +75,7 @@ def measure_block(scale: str, block: tuple[int, int], threads: int | None = None
     from callbacks.timing import coo_forward
     from lit_dlrm.model import DLRM
     from lit_dlrm.sparsity.compact import compact_model, coo_nbytes, table_bytes
-    from lit_dlrm.sparsity.series import apply_cuts, cuts_for_levels
+    from lit_dlrm.sparsity.prune import apply_cuts, cuts_for_levels
 
     sizes = table_sizes(scale)
     torch.manual_seed(0)
@@ -114,20 +105,15 @@ def measure_block(scale: str, block: tuple[int, int], threads: int | None = None
             }
             for batch, (dense, sparse) in batches.items():
                 diff = float((compact(dense, sparse) - model(dense, sparse)).abs().max())
-                times = timed_rounds(
-                    {
-                        "dense": lambda: model(dense, sparse),
-                        "compact": lambda: compact(dense, sparse),
-                        "coo": lambda: coo_forward(model, dense, sparse),
-                    },
-                    REPEATS[scale],
-                )
+                paths = {"dense": model, "compact": compact, "coo": partial(coo_forward, model)}
+                paths = {name: partial(f, dense, sparse) for name, f in paths.items()}
+                times = timed_rounds(paths, REPEATS[scale])
                 results.append(
                     {
                         **point,
                         "batch": batch,
                         **{f"{k}_s": float(np.median(v)) for k, v in times.items()},
-                        # paired: each round's ratio, then the median; load that drifts between rounds cancels
+                        # paired: the median of each round's ratio (drifting load cancels)
                         "compact_ratio": float(np.median(times["compact"] / times["dense"])),
                         "coo_ratio": float(np.median(times["coo"] / times["dense"])),
                         "max_abs_diff": diff,
@@ -142,7 +128,8 @@ def measure_block(scale: str, block: tuple[int, int], threads: int | None = None
 def _isolated(scale: str, block: tuple[int, int], threads: int | None) -> list[dict]:
     cmd = [
         sys.executable,
-        str(Path(__file__).resolve()),
+        "-m",
+        "benchmarks.compact",
         "--scale",
         scale,
         "--child",
@@ -150,7 +137,7 @@ def _isolated(scale: str, block: tuple[int, int], threads: int | None) -> list[d
     ]
     cmd += ["--threads", str(threads)] if threads else []
     env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ}  # read when the OpenMP runtime starts
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env, cwd=REPO)
     if res.returncode != 0:
         raise RuntimeError(f"compact benchmark, block {block} failed:\n{res.stderr[-4000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -198,8 +185,9 @@ def harness_rows(points: list[dict]) -> list[dict]:
                     "lit_dlrm_peak_mib": p["peak_mib"],
                     "reference_peak_mib": None,
                     "floor": None,
-                    "note": f"tables in memory, compact vs dense (= the reference's COO path); compact/dense "
-                    f"{p['compact_bytes'] / p['dense_bytes']:.3f}; as torch.sparse_coo {p['coo_bytes'] / MIB:,.1f} MiB "
+                    "note": "tables in memory, compact vs dense (= the reference's COO path); "
+                    f"compact/dense {p['compact_bytes'] / p['dense_bytes']:.3f}; "
+                    f"as torch.sparse_coo {p['coo_bytes'] / MIB:,.1f} MiB "
                     f"({p['coo_bytes'] / p['dense_bytes']:.2f}x dense)",
                 }
             )
@@ -226,7 +214,8 @@ def harness_rows(points: list[dict]) -> list[dict]:
                 "lit_dlrm_peak_mib": None,
                 "reference_peak_mib": None,
                 "floor": None,
-                "note": f"whole model, compact vs dense tables: compact/dense {p['compact_ratio']:.2f}x; "
+                "note": "whole model, compact vs dense tables: "
+                f"compact/dense {p['compact_ratio']:.2f}x; "
                 f"reference COO path {p['coo_s']:.4g} s ({p['coo_ratio']:.2f}x dense); "
                 f"max |logit diff| {p['max_abs_diff']:.1e}",
             }
@@ -240,7 +229,8 @@ def run(
     isolate: bool = True,
     threads: int | None = None,
 ) -> list[dict]:
-    """Every block shape and level at ``scale``; writes compact_<scale>.csv/.md, returns run.py rows."""
+    """Every block shape and level at ``scale``: writes compact_<scale>.csv/.md, returns run.py's
+    rows."""
     points = []
     for block in BLOCKS:
         points += (
@@ -250,14 +240,15 @@ def run(
     sizes = table_sizes(scale)
     text = (
         f"# Compact tables, scale `{scale}`\n\n{sum(sizes):,} rows x 16 float32 in 26 tables "
-        f"({sum(sizes) * 64 / MIB:,.0f} MiB), L1 pruning; torch {torch.__version__}, {points[0]['threads']} threads "
-        f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'PASSIVE' if isolate else 'unset')}), "
-        f"{time.strftime('%Y-%m-%d %H:%M')}; `python benchmarks/compact.py --scale {scale}"
-        f"{f' --threads {threads}' if threads else ''}`. Forward times: whole model, one batch, median of "
-        f"{REPEATS[scale]} rounds with the three paths in rotated order; the time ratios are the medians of "
-        "each round's ratio (robust to load that drifts between rounds). peak_mib: peak RSS of the process "
-        "measuring that block shape (one copy of the dense tables + one compact copy).\n\n"
-        + markdown_table(detail, list(detail[0]))
+        f"({sum(sizes) * 64 / MIB:,.0f} MiB), L1 pruning; torch {torch.__version__}, "
+        f"{points[0]['threads']} threads (OMP_WAIT_POLICY="
+        f"{os.environ.get('OMP_WAIT_POLICY', 'PASSIVE' if isolate else 'unset')}), "
+        f"{time.strftime('%Y-%m-%d %H:%M')}; `python -m benchmarks.compact --scale {scale}"
+        f"{f' --threads {threads}' if threads else ''}`. Forward times: whole model, one batch, "
+        f"median of {REPEATS[scale]} rounds with the three paths in rotated order; the time ratios "
+        "are the medians of each round's ratio (robust to load that drifts between rounds). "
+        "peak_mib: peak RSS of the process measuring that block shape (one copy of the dense "
+        "tables + one compact copy).\n\n" + markdown_table(detail, list(detail[0]))
     )
     if out_dir is not None:
         write_results(

@@ -1,7 +1,7 @@
 """Checkpoint size and write/read time: torch.save + deflate (the reference) vs sparse-shuffle-zstd.
 
-    python benchmarks/compress.py --scale kaggle   # 2.16 GB model; the reference deflate ~70 s/level
-    python benchmarks/compress.py --scale small
+    python -m benchmarks.compress --scale kaggle   # the reference's deflate: about a minute a level
+    python -m benchmarks.compress --scale small
 
 The model is a DLRM state_dict (Kaggle-sized tables as in benchmarks/sparsify.py, random MLPs of
 the Kaggle architecture), pruned with L1 (1, 1) at levels 0.0, 0.5, 0.9 and 1.0. Rows:
@@ -12,11 +12,12 @@ the Kaggle architecture), pruned with L1 (1, 1) at levels 0.0, 0.5, 0.9 and 1.0.
   data (`--no-reference-signed` skips the reference on the signed data: ~1 min per level).
 
 Sizes are bytes (MiB floored is the reference's `zip_file_size` column); `size_vs_ref` is ours
-over the reference's bytes on the same data, `write_speedup` the reference's write time over ours. Files go to a temporary folder
-(`--workdir`) and are deleted. Writes `benchmarks/results/compress_<scale>.csv` and `.md` (the
-detailed table above). `run(scale)` returns the common benchmark schema instead: per level and
-zeros, a "compress <level> write" and a "... read" row (lit_dlrm = sparse-shuffle-zstd seconds,
-reference = torch.save+deflate seconds, ratio = speedup) with both sizes in the note.
+over the reference's bytes on the same data, `write_speedup` the reference's write time over
+ours. Files go to a temporary folder (`--workdir`) and are deleted. Writes
+`benchmarks/results/compress_<scale>.csv` and `.md` (the detailed table above). `run(scale)`
+returns the common benchmark schema instead: per level and zeros, a "compress <level> write" and
+a "... read" row (lit_dlrm = sparse-shuffle-zstd seconds, reference = torch.save+deflate seconds,
+ratio = speedup) with both sizes in the note.
 """
 
 from __future__ import annotations
@@ -24,18 +25,14 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import sys
 import tempfile
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.sparsify import DIM, RESULTS, build_tables, table_sizes  # noqa: E402
-from benchmarks.tables import markdown_table, write_results  # noqa: E402
-from lit_dlrm.sparsity.compression import reference_zip_size, zstd_sparse_size  # noqa: E402
-from lit_dlrm.sparsity.grid import GridPoint  # noqa: E402
-from lit_dlrm.sparsity.masks import prune_tables  # noqa: E402
+from benchmarks.sparsify import DIM, RESULTS, build_tables, table_sizes
+from benchmarks.tables import markdown_table, write_results
+from lit_dlrm.sparsity.compression import reference_zip_size, zstd_sparse_size
+from lit_dlrm.sparsity.prune import prune
 
 OURS, REF = "sparse-shuffle-zstd", "torch.save+deflate"
 
@@ -68,7 +65,8 @@ def run(
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         for level in levels:
             for signed in (False, True):
-                pruned = prune_tables(tables, GridPoint("L1", (1, 1), level), signed_zeros=signed)
+                pruned = [torch.empty_like(t) for t in tables]
+                prune(tables, "L1", (1, 1), level, pruned, signed_zeros=signed)
                 sd = {f"emb_l.{i}.weight": t for i, t in enumerate(pruned)} | mlp
                 results = []
                 if reference and (not signed or reference_signed):
@@ -122,7 +120,8 @@ def common_rows(rows: list[dict]) -> list[dict]:
         zeros = "" if r["zeros"] == "+0.0" else " signed"
         sizes = f"{r['zeros']} zeros; sizes MiB: ours {r['bytes'] / 2**20:.1f}"
         if ref:
-            sizes += f", deflate {ref['bytes'] / 2**20:.1f} (ours/deflate {r['bytes'] / ref['bytes']:.3f})"
+            sizes += f", deflate {ref['bytes'] / 2**20:.1f} "
+            sizes += f"(ours/deflate {r['bytes'] / ref['bytes']:.3f})"
         for op in ("write", "read"):
             ours_s, ref_s = r[f"{op}_s"], (ref[f"{op}_s"] if ref else None)
             out.append(

@@ -153,8 +153,7 @@ def run_child(kind: str, directory: Path, rows: int, scale: str) -> dict:
 
 def forward_rows(scale: str) -> list[dict]:
     from callbacks.timing import coo_forward, time_runs
-    from lit_dlrm.sparsity.grid import GridPoint
-    from lit_dlrm.sparsity.masks import prune_tables
+    from lit_dlrm.sparsity.prune import prune
 
     sizes, (_, _, batch, repeats) = table_sizes(scale), SCALES[scale]
     model = model_for(sizes).model.eval()
@@ -164,9 +163,8 @@ def forward_rows(scale: str) -> list[dict]:
     originals = [t.weight.data for t in model.emb_l]
     rows = []
     for level in (0.0, 0.5, 0.9):
-        for table, pruned in zip(
-            model.emb_l, prune_tables(originals, GridPoint("L1", (1, 4), level))
-        ):
+        copies = [torch.empty_like(t) for t in originals]
+        for table, pruned in zip(model.emb_l, prune(originals, "L1", (1, 4), level, copies)):
             table.weight.data = pruned
         with torch.no_grad():
             dense_s = np.median(time_runs(lambda: model(dense, sparse), dense.device, 2, repeats))

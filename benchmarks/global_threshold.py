@@ -1,15 +1,15 @@
 """Time and memory of global-threshold cuts: lit_dlrm's counting passes versus concatenate + select.
 
-    python benchmarks/global_threshold.py --scale kaggle   # 26 tables, 33.8M rows, 2.01 GiB (minutes)
-    python benchmarks/global_threshold.py --scale small    # tables capped at 200k rows (seconds)
+    python -m benchmarks.global_threshold --scale kaggle   # 26 tables, 33.8M rows (minutes)
+    python -m benchmarks.global_threshold --scale small    # tables capped at 200k rows
 
 Tables as in benchmarks/sparsify.py (Kaggle row counts, width 16, DLRM's uniform init). Each
 (side, norm, block shape) runs in a fresh process; in it, after the tables are built:
 
 * `lit_dlrm`: `global_cuts` for the 20 default levels (3 counting passes over all tables), then
   one level (0.9) applied with `apply_cuts` into pruned buffers allocated (and paged in) before,
-  as the sweep's `Sparsify` reuses them: one more copy of the tables. For scale, the per-table series of the same levels
-  (`cuts_for_levels`, 2 passes) is timed in the same process.
+  as the sweep's `Sparsify` reuses them: one more copy of the tables. For scale, the per-table
+  series of the same levels (`cuts_for_levels`, 2 passes) is timed in the same process.
 * `reference`: every block score concatenated in table order into one float32 array (2 GiB for
   (1, 1) at the Kaggle size), `numpy.partition` in place with all 18 non-trivial K at once
   (gives each level's threshold T = K-th smallest score), then per table and level the blocks
@@ -36,40 +36,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.memory import peak_rss_mib  # noqa: E402
-from benchmarks.sparsify import CAPS, DIM, build_tables, table_sizes  # noqa: E402
-from benchmarks.tables import markdown_table, write_results  # noqa: E402
+from benchmarks.memory import peak_rss_mib, reset_peak, rss_mib
+from benchmarks.sparsify import CAPS, DIM, REPO, build_tables, table_sizes
+from benchmarks.tables import markdown_table, write_results
 from lit_dlrm.sparsity.global_threshold import global_cuts
 from lit_dlrm.sparsity.grid import DEFAULT_LEVELS
-from lit_dlrm.sparsity.masks import _chunk_scores, _num_blocks
-from lit_dlrm.sparsity.series import apply_cuts, cuts_for_levels
+from lit_dlrm.sparsity.prune import apply_cuts, block_scores, cuts_for_levels, num_blocks
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COMBOS = [("L1", (1, 1)), ("L2", (1, 4))]
 APPLY_LEVEL = 0.9
 
 
-def _reset_peak() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0); False where that is not allowed."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
 def ours(tables, norm, block) -> dict:
     global_cuts([tables[-1][:64]], norm, block, DEFAULT_LEVELS)  # warm-up: thread pool, first calls
-    base = _rss_mib()
-    _reset_peak()
+    base = rss_mib()
+    reset_peak()
     t0 = time.perf_counter()
     series = global_cuts(tables, norm, block, DEFAULT_LEVELS)
     cuts_s = time.perf_counter() - t0
@@ -79,8 +61,8 @@ def ours(tables, norm, block) -> dict:
     cuts_for_levels(tables, norm, block, DEFAULT_LEVELS)
     per_table_s = time.perf_counter() - t0
     out = [torch.zeros_like(t) for t in tables]  # reused buffers: allocated and paged in before
-    base = _rss_mib()
-    reset = _reset_peak()
+    base = rss_mib()
+    reset = reset_peak()
     t0 = time.perf_counter()
     apply_cuts(tables, series.for_level(APPLY_LEVEL), norm, block, out=out)
     apply_s = time.perf_counter() - t0
@@ -98,14 +80,14 @@ def ours(tables, norm, block) -> dict:
 
 def reference(tables, norm, block) -> dict:
     """Concatenate every score, select the K-th smallest in place, count per table (docstring)."""
-    base = _rss_mib()
-    _reset_peak()
+    base = rss_mib()
+    reset_peak()
     t0 = time.perf_counter()
-    nbs = [_num_blocks(*t.shape, block) for t in tables]
+    nbs = [num_blocks(t.shape, block) for t in tables]
     scores = np.empty(sum(nbs), dtype=np.float32)  # (all blocks,)
     start = 0
     for t, nb in zip(tables, nbs):
-        scores[start : start + nb] = _chunk_scores(t, block, norm).reshape(-1).numpy()
+        scores[start : start + nb] = block_scores(t, norm, block).reshape(-1).numpy()
         start += nb
     total = scores.size
     ks = [round(lv * total) for lv in DEFAULT_LEVELS]
@@ -117,7 +99,7 @@ def reference(tables, norm, block) -> dict:
     below = {k: [] for k in thresholds}
     ties = {k: [] for k in thresholds}
     for t in tables:
-        s = _chunk_scores(t, block, norm)  # whole table
+        s = block_scores(t, norm, block)  # whole table
         for k, th in thresholds.items():
             below[k].append(int((s < th).sum()))
             ties[k].append(int((s == th).sum()))
@@ -145,12 +127,12 @@ def run_stage(name: str, scale: str) -> dict:
     block = (int(h), int(w))
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     res = ours(tables, norm, block) if side == "lit_dlrm" else reference(tables, norm, block)
-    return {"stage": name, "tables_rss_mib": _rss_mib(), **res}
+    return {"stage": name, "tables_rss_mib": rss_mib(), **res}
 
 
 def _run_isolated(name: str, scale: str) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--scale", scale]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    cmd = [sys.executable, "-m", "benchmarks.global_threshold", "--child", name, "--scale", scale]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO)
     if res.returncode != 0:
         raise RuntimeError(f"stage {name!r} failed:\n{res.stderr[-4000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])

@@ -1,7 +1,7 @@
 """Time and memory of row-wise quantization: lit_dlrm's symmetric int8/int4 against torch's path.
 
-    python benchmarks/quantize.py --scale kaggle   # 26 tables, 33.8M rows, 2.01 GiB (minutes)
-    python benchmarks/quantize.py --scale small
+    python -m benchmarks.quantize --scale kaggle   # 26 tables, 33.8M rows (minutes)
+    python -m benchmarks.quantize --scale small
 
 Tables as in benchmarks/sparsify.py. Each (side, bits) runs in a fresh process; "extra" peak
 memory is over the loaded tables, reset between steps (``/proc/self/clear_refs``):
@@ -32,11 +32,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.global_threshold import _reset_peak, _rss_mib  # noqa: E402
-from benchmarks.memory import peak_rss_mib  # noqa: E402
-from benchmarks.sparsify import CAPS, DIM, build_tables, table_sizes  # noqa: E402
-from benchmarks.tables import markdown_table, write_results  # noqa: E402
+from benchmarks.memory import peak_rss_mib, reset_peak, rss_mib
+from benchmarks.sparsify import CAPS, DIM, REPO, build_tables, table_sizes
+from benchmarks.tables import markdown_table, write_results
 from lit_dlrm.sparsity.compression import zstd_sparse_size
 from lit_dlrm.sparsity.quantize import quantize_dequantize_tables, quantized_state_dict
 
@@ -44,8 +42,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _timed(fn):
-    base = _rss_mib()
-    _reset_peak()
+    base = rss_mib()
+    reset_peak()
     t0 = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t0, peak_rss_mib() - base
@@ -109,8 +107,8 @@ def run_stage(name: str, scale: str) -> dict:
 
 
 def _run_isolated(name: str, scale: str) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--scale", scale]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    cmd = [sys.executable, "-m", "benchmarks.quantize", "--child", name, "--scale", scale]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO)
     if res.returncode != 0:
         raise RuntimeError(f"stage {name!r} failed:\n{res.stderr[-4000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -137,7 +135,8 @@ def run(
                 "note": (
                     f"lit_dlrm in place (symmetric, bf16 scales); reference prepare+convert "
                     f"(affine float_qparams) + torch.dequantize. quantized_state_dict "
-                    f"{o['state_s']:.2f} s, +{o['state_mib']:.0f} MiB; zstd_sparse bytes at level 0: "
+                    f"{o['state_s']:.2f} s, +{o['state_mib']:.0f} MiB; "
+                    "zstd_sparse bytes at level 0: "
                     f"{o['q_bytes']:,} against float32 {o['dense_bytes']:,} "
                     f"({o['dense_bytes'] / o['q_bytes']:.2f}x smaller)"
                 ),

@@ -1,7 +1,7 @@
 """Time sparsity grid points: lit_dlrm's in-place pruning versus torch's DataNormSparsifier.
 
-    python benchmarks/sparsify.py --scale kaggle   # 26 tables, 33.8M rows, 2.01 GiB (minutes)
-    python benchmarks/sparsify.py --scale small    # tables capped at 200k rows (seconds)
+    python -m benchmarks.sparsify --scale kaggle   # 26 tables, 33.8M rows (minutes)
+    python -m benchmarks.sparsify --scale small    # tables capped at 200k rows (seconds)
 
 Tables get the Kaggle row counts (capped at `small`/`tiny` scale), width 16 and DLRM's init
 U(-sqrt(1/n), sqrt(1/n)), generated in chunks. Each measured stage runs in a fresh subprocess, so
@@ -9,10 +9,11 @@ its peak RSS is clean; "extra" = the child's peak RSS (VmHWM) minus its RSS once
 are built, i.e. what the stage adds over the loaded tables:
 
 * `floor`: clone every table (one read + one write of the tables, fresh memory);
-* `lit_dlrm <norm> <block>`: `prune_tables_` (in place) at level 0.5 (time is flat in the level);
+* `lit_dlrm <norm> <block>`: `prune` (in place) at level 0.5 (time is flat in the level);
 * `reference <norm> <block>`: DataNormSparsifier `step()` + `squash_mask()` (also in place) at
-  level 0.5. At the kaggle scale only L1 is run per block shape (its cost does not depend on the
-  norm, REFERENCE.md section 1);
+  level 0.5. At the kaggle scale only L1 is run per block shape: the reference's cost does not
+  depend on the norm (it sorts the same number of scores; see PyTorch's data-sparsifier DLRM
+  benchmark, `torch/ao/pruning/_experimental/data_sparsifier/benchmarks`);
 * `grid lit_dlrm`: all 80 points, run as the sweep runs them: per (norm, block) series one
   `cuts_for_levels` (2 counting passes for all 20 levels), then per level one `apply_cuts` from
   the untouched dense tables into pruned buffers that are reused from point to point (what
@@ -38,16 +39,17 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.memory import peak_rss_mib  # noqa: E402
-from benchmarks.tables import markdown_table, write_results  # noqa: E402
+from benchmarks.memory import peak_rss_mib
+from benchmarks.tables import markdown_table, write_results
 from lit_dlrm.data.kaggle import KAGGLE_TABLE_SIZES
-from lit_dlrm.sparsity.grid import DEFAULT_LEVELS, GridPoint, default_grid
-from lit_dlrm.sparsity.series import apply_cuts, cuts_for_levels, prune_tables_
+from lit_dlrm.sparsity.chunks import row_chunks
+from lit_dlrm.sparsity.grid import DEFAULT_LEVELS, default_grid
+from lit_dlrm.sparsity.prune import apply_cuts, cuts_for_levels, prune
 
 DIM = 16
 CAPS = {"kaggle": None, "small": 200_000, "tiny": 2_000}
-RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
 COMBOS = [("L1", (1, 1)), ("L2", (1, 1)), ("L1", (1, 4)), ("L2", (1, 4))]
 
 
@@ -65,8 +67,8 @@ def build_tables(
     for n in sizes:
         t = torch.empty(n, dim)  # (n, dim)
         a = (1.0 / n) ** 0.5
-        for r0 in range(0, n, chunk_rows):
-            part = t[r0 : r0 + chunk_rows]
+        for r0, r1 in row_chunks(n, dim, chunk_rows * dim):
+            part = t[r0:r1]
             torch.rand(part.shape, generator=g, out=part)
             part.mul_(2 * a).sub_(a)
         tables.append(t)
@@ -86,7 +88,7 @@ def stage_floor(tables):
 
 def stage_ours(tables, norm, block, level=0.5):
     t0 = time.perf_counter()
-    prune_tables_(tables, GridPoint(norm, block, level))
+    prune(tables, norm, block, level)
     return time.perf_counter() - t0
 
 
@@ -150,8 +152,8 @@ def _parse_block(s: str) -> tuple[int, int]:
 
 
 def _run_isolated(name: str, scale: str) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--scale", scale]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    cmd = [sys.executable, "-m", "benchmarks.sparsify", "--child", name, "--scale", scale]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO)
     if res.returncode != 0:
         raise RuntimeError(f"stage {name!r} failed:\n{res.stderr[-4000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])

@@ -50,8 +50,8 @@ from lit_dlrm.results import METRICS_CSV, STUDY_COLUMNS, point_row, upsert_rows
 from lit_dlrm.sparsity.finetune import finetune
 from lit_dlrm.sparsity.global_threshold import global_cuts
 from lit_dlrm.sparsity.grid import GridPoint, make_grid
+from lit_dlrm.sparsity.prune import SeriesCuts, StaleCut, apply_cuts, cuts_for_levels
 from lit_dlrm.sparsity.quantize import quantize_dequantize_tables
-from lit_dlrm.sparsity.series import SeriesCuts, StaleCut, apply_cuts, cuts_for_levels
 
 DENSE = {"norm": "dense", "sparse_block_shape": "(1, 1)", "sparsity_level": 0.0, **STUDY_COLUMNS}
 
@@ -157,47 +157,27 @@ class Sparsify(Callback):
     def _prune(self, dense: list) -> list:
         """Pruned copies of `dense` (the buffers), with the series' cuts (computed or cached)."""
         p = self.point
-        shapes = tuple((tuple(t.shape), t.dtype) for t in dense)
-        key = (p.norm, tuple(p.block_shape), p.threshold, shapes)
-        series = self._series
-        if series is None or series.key != key or float(p.level) not in series.cuts:
-            levels = {float(p.level)}
-            for q in self.plan or []:
-                if (q.norm, tuple(q.block_shape), q.threshold) == (
-                    p.norm,
-                    tuple(p.block_shape),
-                    p.threshold,
-                ):
-                    levels.add(float(q.level))
-            series = self._cuts(dense, sorted(levels))
-            series.key = key
-            self._series = series
-        buffers = self._buffers
-        self._buffers = None
-        if buffers is None or [(tuple(b.shape), b.dtype) for b in buffers] != [
-            s[:2] for s in shapes
-        ]:
+        series_of = (p.norm, tuple(p.block_shape), p.threshold)
+        key = (*series_of, tuple((tuple(t.shape), t.dtype) for t in dense))
+        cached, series = self._series or (None, None)
+        if cached != key or float(p.level) not in series.cuts:
+            plan = [
+                q
+                for q in self.plan or []
+                if (q.norm, tuple(q.block_shape), q.threshold) == series_of
+            ]
+            series = self._cuts(dense, sorted({float(p.level)} | {float(q.level) for q in plan}))
+            self._series = (key, series)
+        buffers, self._buffers = self._buffers, None
+        if buffers is None or [(tuple(b.shape), b.dtype) for b in buffers] != list(key[3]):
             buffers = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in dense]
+        kw = {"out": buffers, "signed_zeros": self.signed_zeros}
         try:
-            return apply_cuts(
-                dense,
-                series.for_level(p.level),
-                p.norm,
-                p.block_shape,
-                out=buffers,
-                signed_zeros=self.signed_zeros,
-            )
+            return apply_cuts(dense, series.for_level(p.level), p.norm, p.block_shape, **kw)
         except StaleCut:  # the tables changed since the cuts: recompute this level only
             self._series = None
-            fresh = self._cuts(dense, [p.level])
-            return apply_cuts(
-                dense,
-                fresh.for_level(p.level),
-                p.norm,
-                p.block_shape,
-                out=buffers,
-                signed_zeros=self.signed_zeros,
-            )
+            fresh = self._cuts(dense, [p.level]).for_level(p.level)
+            return apply_cuts(dense, fresh, p.norm, p.block_shape, **kw)
 
     def _cuts(self, dense: list, levels: list[float]) -> SeriesCuts:
         """The cuts of ``levels`` for this point's norm, block shape and threshold."""

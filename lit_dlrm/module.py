@@ -103,11 +103,15 @@ class DLRMModule(L.LightningModule):
     def forward(self, dense: Tensor, sparse: Tensor) -> Tensor:
         return self.model(dense, sparse)
 
-    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+    def batch_loss(self, batch: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """The training loss of a batch -> (logits (B,), mean binary cross-entropy)."""
         dense, sparse, labels = batch
         logits = self.model(dense, sparse)
-        loss = F.binary_cross_entropy_with_logits(logits, labels)
-        self.train_metrics.update(logits, labels)
+        return logits, F.binary_cross_entropy_with_logits(logits, labels)
+
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+        logits, loss = self.batch_loss(batch)
+        self.train_metrics.update(logits, batch[2])
         # self.log costs more than a batch-128 step, and Lightning writes step values only every
         # log_every_n_steps: log the mean loss of those steps when it is about to write them.
         self._loss_sum, self._loss_steps = self._loss_sum + loss.detach(), self._loss_steps + 1

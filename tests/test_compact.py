@@ -1,4 +1,4 @@
-"""CompactEmbeddingBag keeps nn.EmbeddingBag(mode="sum") semantics on pruned tables, in fewer bytes."""
+"""CompactEmbeddingBag keeps nn.EmbeddingBag(mode="sum") semantics on pruned tables, in less."""
 
 import importlib.util
 import math
@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 from conftest import REPO
+from pruning_oracle import prune
 from torch import nn
 
 from lit_dlrm.model import DLRM
 from lit_dlrm.sparsity.compact import CompactEmbeddingBag, compact_model, coo_nbytes, table_bytes
-from lit_dlrm.sparsity.masks import prune
 
 ROWS, DIM = 300, 16
 LEVELS = [0.0, 0.5, 0.9, 1.0]
@@ -31,7 +31,7 @@ def pointer_bytes(rows: int, blocks_per_row: int) -> int:
 
 
 def expected_nbytes(weight: torch.Tensor, bw: int) -> int:
-    """Counted here by hand: row pointers, a uint8 block column and bw float32 per surviving block."""
+    """Counted by hand: row pointers, a uint8 block column and bw float32 per surviving block."""
     blocks = weight.view(weight.shape[0], -1, bw)
     nnz = int(sum(bool(block.ne(0).any()) for row in blocks for block in row))
     return pointer_bytes(weight.shape[0], DIM // bw) + nnz * (1 + 4 * bw)

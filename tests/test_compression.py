@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+from pruning_oracle import prune
 
 from lit_dlrm.sparsity.compression import (
     load_compressed,
@@ -11,7 +12,6 @@ from lit_dlrm.sparsity.compression import (
     save_compressed,
     zstd_sparse_size,
 )
-from lit_dlrm.sparsity.masks import prune
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:

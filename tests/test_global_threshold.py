@@ -1,11 +1,11 @@
-"""Global threshold: the K lowest blocks of all tables together, against a concatenate-and-sort reference."""
+"""Global threshold: the K lowest blocks of all tables together, against the oracle's sort."""
 
 import pytest
 import torch
-from torch.nn import functional as F
+from pruning_oracle import global_prune
 
 from lit_dlrm.sparsity.global_threshold import global_counts, global_cuts
-from lit_dlrm.sparsity.series import StaleCut, apply_cuts, cuts_for_counts, cuts_for_levels
+from lit_dlrm.sparsity.prune import StaleCut, apply_cuts, cuts_for_counts, cuts_for_levels
 
 LEVELS = [0.0, 0.37, 0.9, 1.0]
 
@@ -32,28 +32,6 @@ def tables(kind="mixed"):
     ]
 
 
-def block_scores(w, block_shape, norm):
-    s = w.abs() if norm == "L1" else w * w
-    return F.avg_pool2d(s[None, None], block_shape, block_shape, ceil_mode=True)[0, 0]
-
-
-def naive_prune(ws, level, block_shape, norm):
-    """Concatenate every block score in table order, stable sort, zero the first K blocks."""
-    scores = [block_scores(w, block_shape, norm).reshape(-1) for w in ws]
-    alls = torch.cat(scores)
-    k = round(level * alls.numel())
-    pruned = torch.zeros(alls.numel(), dtype=torch.bool)
-    pruned[torch.sort(alls, stable=True).indices[:k]] = True
-    out, counts, start = [], [], 0
-    for w, s in zip(ws, scores):
-        p = pruned[start : start + s.numel()].view(-1, -(-w.shape[1] // block_shape[1]))
-        start += s.numel()
-        counts.append(int(p.sum()))
-        keep = ~p.repeat_interleave(block_shape[0], 0).repeat_interleave(block_shape[1], 1)
-        out.append(torch.where(keep[: w.shape[0], : w.shape[1]], w, torch.zeros(())))
-    return out, counts, k
-
-
 @pytest.mark.parametrize("norm", ["L1", "L2"])
 @pytest.mark.parametrize("block_shape", [(1, 1), (1, 4), (2, 3)])
 @pytest.mark.parametrize("kind", ["mixed", "ties"])
@@ -63,7 +41,7 @@ def test_global_cuts_match_concatenate_and_stable_sort(norm, block_shape, kind):
     counts = global_counts(ws, norm, block_shape, LEVELS)
     from_counts = cuts_for_counts(ws, norm, block_shape, counts, chunk_elems=96)
     for level in LEVELS:
-        want, want_counts, k = naive_prune(ws, level, block_shape, norm)
+        want, want_counts, k = global_prune(ws, level, block_shape, norm)
         assert counts[level] == want_counts and sum(counts[level]) == k
         for cuts in (series.for_level(level), from_counts.for_level(level)):
             out = [torch.full_like(w, 7.0) for w in ws]

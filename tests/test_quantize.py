@@ -4,6 +4,7 @@ import warnings
 
 import pytest
 import torch
+from pruning_oracle import prune
 from torch import nn
 
 from lit_dlrm.sparsity.compression import (
@@ -12,7 +13,6 @@ from lit_dlrm.sparsity.compression import (
     save_compressed,
     zstd_sparse_size,
 )
-from lit_dlrm.sparsity.masks import prune
 from lit_dlrm.sparsity.quantize import (
     QMAX,
     QuantizedTable,

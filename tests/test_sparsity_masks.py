@@ -1,14 +1,15 @@
-"""Mask parity with torch's DataNormSparsifier, and prune()/prune_tables() contracts."""
+"""Mask parity: the oracle against DataNormSparsifier, the engine against the oracle; prune()."""
 
+import pruning_oracle as oracle
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pruning_oracle import block_scores, keep_mask
 from torch.ao.pruning._experimental.data_sparsifier import DataNormSparsifier
 from torch.nn import functional as F
 
-from lit_dlrm.sparsity.grid import GridPoint
-from lit_dlrm.sparsity.masks import keep_mask, prune, prune_tables
+from lit_dlrm.sparsity.prune import prune
 
 LEVELS = [0.0, 0.1, 0.5, 0.91, 0.99, 1.0]
 
@@ -28,21 +29,14 @@ def reference_prune(w: torch.Tensor, level, block_shape, norm) -> torch.Tensor:
     return sp.get_data("t", return_original=False).detach()
 
 
-def block_scores(w, block_shape, norm):
-    s = w.abs() if norm == "L1" else w * w
-    return F.avg_pool2d(s[None, None], block_shape, block_shape, ceil_mode=True)[0, 0]
-
-
 def assert_same_up_to_boundary_ties(ours, ref, w, level, block_shape, norm):
     """Same number of pruned blocks; any difference only among blocks tied at the cut."""
     bh, bw = block_shape
-    pooled = lambda m: F.max_pool2d(
-        (~m).float()[None, None],
-        block_shape,
-        block_shape,  # noqa: E731
-        ceil_mode=True,
-    )[0, 0].bool()  # block pruned?
-    p_ours, p_ref = pooled(ours), pooled(ref)
+
+    def pruned(m):  # block pruned?
+        return F.max_pool2d((~m).float()[None, None], block_shape, block_shape, ceil_mode=True)
+
+    p_ours, p_ref = pruned(ours)[0, 0].bool(), pruned(ref)[0, 0].bool()
     assert int(p_ours.sum()) == int(p_ref.sum())
     # whole blocks only
     assert torch.equal(
@@ -53,6 +47,19 @@ def assert_same_up_to_boundary_ties(ours, ref, w, level, block_shape, norm):
         s = block_scores(w, block_shape, norm)
         t = s[p_ref].max()  # the cut: the largest pruned score
         assert bool((s[diff] == t).all())
+
+
+def bits(t):
+    return t.view(torch.int32) if t.dtype == torch.float32 else t
+
+
+def assert_engine_is_oracle(w, level, block_shape, norm, chunk_elems):
+    """The engine's pruned copy, +0.0 and signed zeros, is the oracle's bit for bit."""
+    for signed in (False, True):
+        ours = prune(
+            w, norm, block_shape, level, torch.empty_like(w), signed, chunk_elems=chunk_elems
+        )
+        assert torch.equal(bits(ours), bits(oracle.prune(w, level, block_shape, norm, signed)))
 
 
 def tables():
@@ -73,14 +80,13 @@ def test_parity_with_data_norm_sparsifier(name, w, block_shape, norm):
     for level in LEVELS:
         ref = reference_mask(w, level, block_shape, norm)
         # exact reproduction of the reference, ties included
-        assert torch.equal(
-            keep_mask(w, level, block_shape, norm, ties="torch", chunk_elems=64), ref
-        )
-        ours = keep_mask(w, level, block_shape, norm, chunk_elems=64)
+        assert torch.equal(keep_mask(w, level, block_shape, norm, stable=False), ref)
+        ours = keep_mask(w, level, block_shape, norm)
         assert ours.dtype == torch.bool and ours.shape == w.shape
         assert_same_up_to_boundary_ties(ours, ref, w, level, block_shape, norm)
         if name.startswith("randn"):  # distinct floats: no ties, identical masks
             assert torch.equal(ours, ref)
+        assert_engine_is_oracle(w, level, block_shape, norm, chunk_elems=64)
 
 
 def test_taller_blocks_and_odd_widths():
@@ -88,23 +94,23 @@ def test_taller_blocks_and_odd_widths():
     w = torch.randn(37, 7, generator=g)
     for bs in [(2, 2), (3, 4), (1, 3)]:
         for level in [0.1, 0.5, 0.99]:
-            ref = reference_mask(w, level, bs, "L2")
-            assert torch.equal(keep_mask(w, level, bs, "L2", chunk_elems=50), ref)
+            ref = reference_prune(w, level, bs, "L2")  # w * the reference's mask
+            ours = prune(w.clone(), "L2", bs, level, signed_zeros=True, chunk_elems=50)
+            assert torch.equal(bits(ours), bits(ref))
 
 
 def test_stable_ties_prune_lowest_index_first():
     w = torch.full((10, 4), 0.5)
-    m = keep_mask(w, 0.3, (1, 1), "L1")
-    flat = m.reshape(-1)
+    flat = prune(w, "L1", (1, 1), 0.3).reshape(-1) != 0  # kept
     assert not flat[:12].any() and flat[12:].all()
 
 
 def test_chunking_does_not_change_the_mask():
     w = torch.randint(-3, 4, (999, 16)).float()
     for bs in [(1, 1), (1, 4), (2, 4)]:
-        a = keep_mask(w, 0.37, bs, "L2", chunk_elems=1 << 20)
-        b = keep_mask(w, 0.37, bs, "L2", chunk_elems=48)
-        assert torch.equal(a, b)
+        a = prune(w.clone(), "L2", bs, 0.37, chunk_elems=1 << 20)
+        b = prune(w.clone(), "L2", bs, 0.37, chunk_elems=48)
+        assert torch.equal(bits(a), bits(b))
 
 
 @settings(max_examples=30, deadline=None)
@@ -126,10 +132,11 @@ def test_parity_property(rows, dim, bw, level, norm, tied, seed):
         else torch.randn(rows, dim, generator=g)
     )
     ref = reference_mask(w, level, (1, bw), norm)
-    assert torch.equal(keep_mask(w, level, (1, bw), norm, ties="torch", chunk_elems=32), ref)
+    assert torch.equal(keep_mask(w, level, (1, bw), norm, stable=False), ref)
     assert_same_up_to_boundary_ties(
-        keep_mask(w, level, (1, bw), norm, chunk_elems=32), ref, w, level, (1, bw), norm
+        keep_mask(w, level, (1, bw), norm), ref, w, level, (1, bw), norm
     )
+    assert_engine_is_oracle(w, level, (1, bw), norm, chunk_elems=32)
 
 
 def test_prune_leaves_original_and_signs_zeros_like_reference():
@@ -137,8 +144,8 @@ def test_prune_leaves_original_and_signs_zeros_like_reference():
     before = w.clone()
     for bs in [(1, 1), (1, 4)]:
         for level in [0.0, 0.5, 1.0]:
-            plain = prune(w, level, bs, "L1")
-            signed = prune(w, level, bs, "L1", signed_zeros=True)
+            plain = prune(w, "L1", bs, level, torch.empty_like(w))
+            signed = prune(w, "L1", bs, level, torch.empty_like(w), signed_zeros=True)
             assert torch.equal(w.view(torch.int32), before.view(torch.int32))  # untouched
             assert plain.data_ptr() != w.data_ptr()
             ref = reference_prune(w, level, bs, "L1")
@@ -153,11 +160,10 @@ def test_prune_leaves_original_and_signs_zeros_like_reference():
 def test_prune_tables_matches_per_table():
     g = torch.Generator().manual_seed(3)
     ws = [torch.randn(n, 16, generator=g) for n in (5, 300, 1, 77)]
-    p = GridPoint("L2", (1, 4), 0.91)
-    out = prune_tables(ws, p)
+    out = prune(ws, "L2", (1, 4), 0.91, [torch.empty_like(w) for w in ws])
     assert len(out) == len(ws)
     for w, o in zip(ws, out):
-        assert torch.equal(o, prune(w, p.level, p.block_shape, p.norm))
+        assert torch.equal(o, prune(w.clone(), "L2", (1, 4), 0.91))
 
 
 @pytest.mark.parametrize(
@@ -169,9 +175,10 @@ def test_prune_tables_matches_per_table():
         ((torch.zeros(4), 0.5, (1, 1), "L1"), "expected a 2-D table"),
     ],
 )
-def test_keep_mask_argument_errors(args, message):
+def test_prune_argument_errors(args, message):
+    w, level, block_shape, norm = args
     with pytest.raises(ValueError) as err:
-        keep_mask(*args)
+        prune(w, norm, block_shape, level)
     assert message in str(err.value)
 
 
@@ -185,9 +192,14 @@ def test_l1_l2_singletons_same_on_safe_data_but_not_on_tiny_values():
         assert torch.equal(
             keep_mask(safe, level, (1, 1), "L1"), keep_mask(safe, level, (1, 1), "L2")
         )
+        assert torch.equal(
+            prune(safe.clone(), "L1", (1, 1), level), prune(safe.clone(), "L2", (1, 1), level)
+        )
     # distinct |w| below 2**-75 all square to +0.0: L2 ties them, L1 does not
     tiny = torch.tensor([[3e-30, 1e-30, 2e-30, 1.0]])
-    assert not torch.equal(keep_mask(tiny, 0.25, (1, 1), "L1"), keep_mask(tiny, 0.25, (1, 1), "L2"))
+    assert not torch.equal(
+        prune(tiny.clone(), "L1", (1, 1), 0.25), prune(tiny.clone(), "L2", (1, 1), 0.25)
+    )
     assert not torch.equal(
         reference_mask(tiny, 0.25, (1, 1), "L1"), reference_mask(tiny, 0.25, (1, 1), "L2")
     )

@@ -1,19 +1,19 @@
-"""In-place pruning and series-shared cuts: bit-identical to masks.prune / DataNormSparsifier."""
+"""Series-shared cuts, apply and in-place pruning: bit-identical to the oracle and the reference."""
 
+import pruning_oracle as oracle
 import pytest
 import torch
 from test_sparsity_masks import reference_prune
 from torch.nn import functional as F
 
 from lit_dlrm.sparsity.grid import DEFAULT_LEVELS, GridPoint
-from lit_dlrm.sparsity.masks import prune, prune_tables
-from lit_dlrm.sparsity.series import (
+from lit_dlrm.sparsity.prune import (
     StaleCut,
-    _pool_order_ok,
-    _sum_blocks,
     apply_cuts,
+    block_scores,
     cuts_for_levels,
-    prune_tables_,
+    prune,
+    sums_ok,
 )
 
 
@@ -29,7 +29,7 @@ def tables():
 
 
 def bits(t):
-    return t.view(torch.int32)
+    return t.view(torch.int32) if t.dtype == torch.float32 else t
 
 
 @pytest.mark.parametrize("norm", ["L1", "L2"])
@@ -38,9 +38,8 @@ def test_series_and_in_place_match_prune_bit_for_bit(norm, block_shape):
     ws = [w for w in tables() if w.shape[0] >= block_shape[0] and w.shape[1] >= block_shape[1]]
     series = cuts_for_levels(ws, norm, block_shape, DEFAULT_LEVELS, chunk_elems=160)
     for level in DEFAULT_LEVELS[::3] + (0.99, 1.0):
-        point = GridPoint(norm, block_shape, level)
         for signed in (False, True):
-            want = prune_tables(ws, point, signed_zeros=signed)
+            want = [oracle.prune(w, level, block_shape, norm, signed) for w in ws]
             out = [torch.full_like(w, 7.0) for w in ws]
             apply_cuts(
                 ws,
@@ -52,7 +51,7 @@ def test_series_and_in_place_match_prune_bit_for_bit(norm, block_shape):
                 chunk_elems=160,
             )
             inplace = [w.clone() for w in ws]
-            prune_tables_(inplace, point, signed_zeros=signed, chunk_elems=160)
+            prune(inplace, norm, block_shape, level, signed_zeros=signed, chunk_elems=160)
             for a, b, c in zip(want, out, inplace):
                 assert torch.equal(bits(a), bits(b)) and torch.equal(bits(a), bits(c))
 
@@ -63,24 +62,17 @@ def test_in_place_matches_the_reference_squash_and_keeps_storage():
         for level in [0.3, 0.91]:
             t = w.clone()
             ptr = t.data_ptr()
-            prune_tables_([t], GridPoint("L2", bs, level), signed_zeros=True)
+            prune([t], "L2", bs, level, signed_zeros=True)
             assert t.data_ptr() == ptr
             assert torch.equal(bits(t), bits(reference_prune(w, level, bs, "L2")))
 
 
-def test_ties_torch_in_place_matches_prune():
-    w = torch.randint(-2, 3, (3000, 16), generator=torch.Generator().manual_seed(6)).float()
-    for bs in [(1, 1), (1, 4)]:
-        t = w.clone()
-        prune_tables_([t], GridPoint("L1", bs, 0.37), ties="torch")
-        assert torch.equal(bits(t), bits(prune(w, 0.37, bs, "L1", ties="torch")))
-
-
-def test_other_dtypes_fall_back():
-    w = torch.randn(100, 8, dtype=torch.float64)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_other_dtypes(dtype):
+    w = torch.randn(100, 8, dtype=dtype)
     t = w.clone()
-    prune_tables_([t], GridPoint("L1", (1, 4), 0.5))
-    assert torch.equal(t, prune(w, 0.5, (1, 4), "L1"))
+    prune([t], "L1", (1, 4), 0.5)
+    assert torch.equal(t, oracle.prune(w, 0.5, (1, 4), "L1"))
     series = cuts_for_levels([w], "L1", (1, 4), [0.5])
     out = [torch.empty_like(w)]
     apply_cuts([w], series.for_level(0.5), "L1", (1, 4), out=out)
@@ -94,21 +86,21 @@ def test_stale_cut_is_detected_not_applied_silently():
     changed = w * 3 + 1
     with pytest.raises(StaleCut):
         apply_cuts([changed], series.for_level(0.5), "L1", (1, 1), out=[torch.empty_like(w)])
-    # a cut reused on the same tables (tie position now remembered) stays exact
+    # a cut reused on the same tables stays exact
     for _ in range(2):
         out = [torch.empty_like(w)]
         apply_cuts([w], series.for_level(0.5), "L1", (1, 1), out=out)
-        assert torch.equal(out[0], prune(w, 0.5, (1, 1), "L1"))
+        assert torch.equal(out[0], oracle.prune(w, 0.5, (1, 1), "L1"))
 
 
 def test_block_sum_order_is_avg_pool2d_bit_for_bit():
-    assert _pool_order_ok()
+    assert sums_ok()
     g = torch.Generator().manual_seed(8)
     s = (
         torch.randn(5000, 16, generator=g) * torch.exp(torch.randn(5000, 16, generator=g) * 10)
     ).abs()
     ref = F.avg_pool2d(s[None, None], (1, 4), (1, 4), ceil_mode=True)[0, 0]
-    assert torch.equal(bits(_sum_blocks(s, 4)), bits(ref.contiguous()))
+    assert torch.equal(bits(block_scores(s, "L1", (1, 4))), bits(ref.contiguous()))
 
 
 def test_sparsify_callback_shares_series_cuts_and_survives_changed_tables():
@@ -120,13 +112,15 @@ def test_sparsify_callback_shares_series_cuts_and_survives_changed_tables():
     cb.plan = [GridPoint("L1", (1, 4), lv) for lv in (0.5, 0.9)] + [GridPoint("L2", (1, 1), 0.5)]
     cb.keep_buffers = True
     first = cb._prune(dense)
-    series = cb._series
+    _, series = cb._series
     assert set(series.cuts) == {0.5, 0.9}
     cb._buffers = first
     cb.point = GridPoint("L1", (1, 4), 0.9)
     second = cb._prune(dense)
-    assert cb._series is series and second[0].data_ptr() == first[0].data_ptr()  # reused
-    assert all(torch.equal(a, b) for a, b in zip(second, prune_tables(dense, cb.point)))
+    assert cb._series[1] is series and second[0].data_ptr() == first[0].data_ptr()  # reused
+    want = [oracle.prune(w, 0.9, (1, 4), "L1") for w in dense]
+    assert all(torch.equal(a, b) for a, b in zip(second, want))
     dense[1].mul_(-2).add_(0.3)  # the tables change under the cache: recomputed, still exact
     third = cb._prune(dense)
-    assert all(torch.equal(a, b) for a, b in zip(third, prune_tables(dense, cb.point)))
+    want = [oracle.prune(w, 0.9, (1, 4), "L1") for w in dense]
+    assert all(torch.equal(a, b) for a, b in zip(third, want))

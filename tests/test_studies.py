@@ -11,8 +11,7 @@ from lit_dlrm.data import CriteoDataModule
 from lit_dlrm.module import DLRMModule
 from lit_dlrm.results import FORWARD_TIME_CSV, METADATA_CSV, METRICS_CSV, STUDY_COLUMNS, read_table
 from lit_dlrm.sparsity.finetune import finetune
-from lit_dlrm.sparsity.grid import GridPoint
-from lit_dlrm.sparsity.series import prune_tables_
+from lit_dlrm.sparsity.prune import prune
 
 STUDIES = (
     "--sweep.studies=["
@@ -149,7 +148,7 @@ def test_finetune_holds_the_masks_and_trains_the_rest():
     module = DLRMModule(
         [40, 60, 25], embedding_dim=8, bottom_mlp=[16], top_mlp=[16], optimizer="adagrad", lr=0.05
     )
-    prune_tables_([t.weight.data for t in module.model.emb_l], GridPoint("L1", (1, 4), 0.7))
+    prune([t.weight.data for t in module.model.emb_l], "L1", (1, 4), 0.7)
     before = {k: v.clone() for k, v in module.model.state_dict().items()}
     g = torch.Generator().manual_seed(1)
     batches = [

@@ -1,69 +1,28 @@
-"""Embedding-table pruning: the sweep grid, DataNormSparsifier-identical masks, checkpoint size.
+"""Embedding-table pruning and what is measured of it.
 
-* `grid`: `GridPoint`, `default_grid()` (the benchmark's 80 points), validated `make_grid()`;
-* `masks`: `keep_mask`, `prune`, `prune_tables` -- the reference's masks without its sort;
-* `series`: `prune_tables_` (in place), `cuts_for_levels` + `apply_cuts` (cuts of a whole
-  (norm, block shape) series from two counting passes, then one pass per level);
-* `global_threshold`: `global_cuts` / `global_counts` -- one threshold across all tables
-  (the K lowest blocks of all tables), as per-table cuts that `apply_cuts` takes;
-* `quantize`: row-wise symmetric int8/int4 quantization that keeps pruned zeros exactly zero
-  (`quantize_rows`, `dequantize`, `quantize_dequantize`, `quantized_state_dict`);
-* `compression`: `reference_zip_size` (torch.save + deflate) and the sparse-shuffle-zstd format
-  (`zstd_sparse_size`, `save_compressed`, `load_compressed`).
+* `prune`: the pruning engine (DataNormSparsifier's masks): `cuts_for_levels`, `apply_cuts`,
+  `prune.prune`; `global_threshold`: one threshold across all tables, as per-table cuts;
+* `quantize`: row-wise symmetric int8/int4 that keeps pruned zeros zero;
+* `compression`: checkpoint sizes (the reference's torch.save + deflate, sparse-shuffle-zstd);
+* `compact`: pruned tables holding only their surviving blocks; `finetune`: masks held fixed;
+* `chunks`: row chunks and a thread pool over tables, shared by the above.
 """
 
-from .compression import (
-    SizeResult,
-    load_compressed,
-    reference_zip_size,
-    save_compressed,
-    zstd_sparse_size,
-)
+from .compression import load_compressed, reference_zip_size, save_compressed, zstd_sparse_size
 from .global_threshold import global_counts, global_cuts
-from .grid import GridPoint, default_grid, make_grid, squares_preserve_order
-from .masks import keep_mask, prune, prune_tables
-from .quantize import (
-    QuantizedTable,
-    dequantize,
-    load_quantized_state_dict,
-    quantize_dequantize,
-    quantize_dequantize_tables,
-    quantize_rows,
-    quantized_state_dict,
-)
-from .series import (
-    SeriesCuts,
-    StaleCut,
-    apply_cuts,
-    cuts_for_counts,
-    cuts_for_levels,
-    prune_tables_,
-)
+from .prune import StaleCut, TableCut, apply_cuts, cuts_for_counts, cuts_for_levels
+from .quantize import quantize_dequantize_tables, quantized_state_dict
 
 __all__ = [
-    "GridPoint",
-    "default_grid",
-    "make_grid",
-    "squares_preserve_order",
-    "keep_mask",
-    "prune",
-    "prune_tables",
-    "prune_tables_",
     "cuts_for_levels",
     "cuts_for_counts",
     "apply_cuts",
-    "SeriesCuts",
+    "TableCut",
     "StaleCut",
     "global_cuts",
     "global_counts",
-    "QuantizedTable",
-    "quantize_rows",
-    "dequantize",
-    "quantize_dequantize",
     "quantize_dequantize_tables",
     "quantized_state_dict",
-    "load_quantized_state_dict",
-    "SizeResult",
     "reference_zip_size",
     "zstd_sparse_size",
     "save_compressed",

@@ -1,34 +1,11 @@
-"""Checkpoint size on disk: the reference's torch.save + deflate, and a sparsity-aware format.
+"""Checkpoint size on disk: the reference's torch.save + deflate, and sparse-shuffle-zstd.
 
-`reference_zip_size` does what `evaluate_disk_savings.py` does: `torch.save(state_dict)`, then a
-`zipfile.ZIP_DEFLATED` archive (default level) around that file. It reports bytes (the honest
-column) and `zip_file_size`, the same size floored to whole MiB as the reference's CSV does.
-
-`zstd_sparse_size` writes the "sparse-shuffle-zstd" format (`.lds`, read back by
-`load_compressed`). Per tensor:
-
-* a bitmask of the elements whose bit pattern is neither +0 nor sign-only, packed 8 per byte;
-* if the tensor holds any -0.0 (bit pattern: sign bit only; e.g. the reference's `weight * mask`
-  pruning), one more bit per zero saying which zeros are -0.0, so both signs round-trip exactly
-  at ~1 bit per zero instead of 4 bytes;
-* the surviving elements, byte-shuffled: all first bytes, then all second bytes, ... (for float32
-  the sign/exponent bytes are highly repetitive, the low mantissa bytes are noise);
-* every section compressed with zstandard, level 1, multi-threaded.
-
-Dense tables cost a bitmask of all ones (compresses to almost nothing); fully pruned tables cost
-only their compressed all-zero bitmask. Any dtype round-trips bit-for-bit.
-
-File layout: ``b"LDSZ" | u32 version | u64 header length | JSON header | sections``; the header
-lists, per tensor, name, dtype, shape, counts and the (offset, length) of its three sections
-(mask, signs, values). Files are written to a temporary name and renamed into place, and deleted
-after measuring unless the caller passes `keep_dir`.
-
-Why: at the Kaggle size (2.06 GiB state_dict, 2 shared cores) deflate takes 60-85 s per
-checkpoint and leaves dense fp32 at ~91% of raw. Byte shuffling isolates the compressible
-sign/exponent byte, so zstd level 1 reaches ~82% dense, and the bitmask makes pruned zeros
-nearly free: smaller than deflate at every level, ~10-18x faster to write
-(benchmarks/results/compress_kaggle.md). zstd level 3 was no smaller on dense fp32 (0.854 vs
-0.841 of raw, 2M x 16 table) and slower, so level 1 it is.
+``reference_zip_size``: ``torch.save(state_dict)`` wrapped in a ``ZIP_DEFLATED`` archive (the
+reference's ``evaluate_disk_savings.py``); bytes, and ``zip_file_size`` floored to MiB as its CSV.
+``zstd_sparse_size`` / ``save_compressed`` / ``load_compressed``: the ``.lds`` format (per tensor
+a bitmask of the non-zeros, the signs of any -0.0, the byte-shuffled survivors, each
+zstd-compressed); any dtype round-trips bit for bit. Files are written atomically and deleted
+after measuring unless ``keep_dir`` is given. Layout and why: ``docs/design-pruning.md``.
 """
 
 from __future__ import annotations
@@ -45,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from lit_dlrm.paths import atomic_write
 
 MAGIC = b"LDSZ"
 VERSION = 1
@@ -118,15 +97,11 @@ def reference_zip_size(
 
 
 def _keep(path: Path, keep_dir: str | os.PathLike | None) -> str | None:
-    """Move a measured file into keep_dir atomically (temp name + rename); None if not kept."""
+    """Move a measured file into keep_dir atomically; None if not kept."""
     if keep_dir is None:
         return None
-    keep_dir = Path(keep_dir)
-    keep_dir.mkdir(parents=True, exist_ok=True)
-    final = keep_dir / path.name
-    tmp = keep_dir / f".{path.name}.tmp"
-    shutil.move(str(path), tmp)
-    os.replace(tmp, final)
+    final = Path(keep_dir) / path.name
+    atomic_write(final, lambda tmp: shutil.move(path, tmp))
     return str(final)
 
 
@@ -197,17 +172,14 @@ def save_compressed(
         entries.append(entry)
         blobs += sections
     header = json.dumps({"tensors": entries}).encode()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
             f.write(MAGIC + struct.pack("<IQ", VERSION, len(header)) + header)
             for b in blobs:
                 f.write(b)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(path, write)
     return os.path.getsize(path)
 
 

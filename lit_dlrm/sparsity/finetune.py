@@ -1,20 +1,8 @@
-"""Recovery by fine-tuning: train a pruned model for a few steps with its masks held fixed.
+"""Fine-tuning a pruned model for a few steps with its masks held fixed.
 
-How much of the quality lost at high sparsity comes back if the surviving weights (and the
-MLPs) are trained a little more? :func:`finetune` runs ``steps`` optimiser steps of the
-module's own loss and optimiser (``DLRMModule.configure_optimizers``, a fresh optimiser state)
-on training batches, and after every step writes 0.0 again wherever a table was zero when it
-started: the pruned weights stay exactly zero throughout (the optimiser's update to them is
-discarded, so they never leak into the next step's forward).
-
-The mask is "was zero after pruning": a surviving weight that is exactly 0.0 is held too (a
-trained float32 weight is exactly zero with negligible probability, and holding it changes
-nothing the sweep reports). Memory: one bool per table weight (a quarter of the tables' bytes).
-
-A plain loop rather than a nested ``trainer.fit``: it runs inside the sweep's ``trainer.test``
-(:class:`callbacks.Sparsify`), on the model's device. Under DDP every process runs the same
-steps on the same batches, so the replicas stay equal without exchanging gradients (the
-fine-tuning is not faster for it; a few hundred steps do not need to be).
+:func:`finetune` trains with the module's own loss and optimiser (a fresh state) and writes 0.0
+again after every step wherever a table was zero when it started: pruned weights stay exactly
+zero. Memory: one bool per table weight. Reasoning: ``docs/design-pruning.md``.
 """
 
 from __future__ import annotations
@@ -23,7 +11,6 @@ import itertools
 from collections.abc import Iterable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -54,9 +41,8 @@ def finetune(module, batches: Iterable[tuple[Tensor, Tensor, Tensor]], steps: in
         model.train()
         losses = []
         device = tables[0].device
-        for dense, sparse, labels in itertools.islice(repeat(batches), steps):
-            dense, sparse, labels = dense.to(device), sparse.to(device), labels.to(device)
-            loss = F.binary_cross_entropy_with_logits(model(dense, sparse), labels)
+        for batch in itertools.islice(repeat(batches), steps):
+            _, loss = module.batch_loss([t.to(device) for t in batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

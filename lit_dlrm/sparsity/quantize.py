@@ -1,44 +1,14 @@
-"""Row-wise post-training quantization of (pruned) embedding tables that keeps pruned zeros zero.
+"""Row-wise symmetric quantization of (pruned) float32 tables that keeps pruned zeros exactly zero.
 
-PyTorch pairs pruning with quantization in ``post_training_sparse_quantize``
-(``torch.ao.pruning._experimental.data_sparsifier.quantization_utils``): prune, then convert
-every embedding with ``float_qparams_weight_only_qconfig``, i.e. per-row *affine* quint8 with a
-float scale and a float zero point taken from the row's min and max. An affine grid need not
-hold 0.0, so pruned weights come back non-zero after dequantization (tests/test_quantize.py
-shows it on this torch). Here the grid is *symmetric* per row:
-
-    scale_r = max_j |w_rj| / qmax          qmax = 127 (8 bits) or 7 (4 bits)
-    q_rj    = clamp(round(w_rj / scale_r), -qmax, qmax)
-    w'_rj   = q_rj * scale_r
-
-so 0.0 (either sign) maps to q = 0 and back to +0.0 exactly: the pruned blocks stay pruned and
-the bitmask of :mod:`compression` still finds them. An all-zero row gets scale 0 and q = 0. The
-error is at most scale_r / 2 per element (the grid reaches the row's largest |w|).
-
-Storage (:class:`QuantizedTable`):
-
-* 8 bits: ``q`` int8 (n, d), values in [-127, 127];
-* 4 bits: ``q`` uint8 (n, d / 2), two values per byte in two's complement nibbles, column 2j
-  in the low nibble and 2j+1 in the high one, so a pair of zeros is the byte 0 (cheap for the
-  zstd format's bitmask). Odd widths are refused at 4 bits (no padding to account for);
-* ``scale`` (n,) bfloat16 by default. Why not float32: at width 16 a float32 scale adds 25% to
-  an int8 row and 50% to an int4 row; 2 bytes halve that (raw bytes per row against float32's
-  64: 18 = 3.6x smaller at 8 bits, 10 = 6.4x at 4 bits). Why bfloat16 rather than float16 (what
-  fbgemm's 4-bit tables use): float16 lacks range for small rows. DLRM initialises a 10M-row
-  table in +-3.2e-4, so its int8 scales (~2.5e-6) are float16 subnormals, spaced 6e-8 apart
-  (a grid up to 2.4% coarser after rounding up), and a row below 127 x 6e-8 = 7.6e-6 gets a
-  grid coarser than the row itself; untouched rows of big tables keep such values after
-  training. bfloat16 has float32's range and 8 significant bits everywhere. The scale is
-  rounded *up* to the storage dtype (never down), so round(w / scale) stays within +-qmax and
-  the scale / 2 bound holds for the stored scale, at most 2**-7 relatively coarser than a
-  float32 scale. ``scale_dtype=torch.float16`` or ``torch.float32`` are accepted.
-
-``quantize_dequantize`` (what a sweep evaluates: the float32 table the quantized one stands for)
-works in row chunks, into a preallocated buffer or in place, and equals
-``dequantize(quantize_rows(w))`` bit for bit. ``quantized_state_dict`` swaps every
-``emb_l.K.weight`` for ``emb_l.K.weight.q`` + ``emb_l.K.weight.scale`` (what is measured on
-disk; the int8/uint8/bfloat16 tensors round-trip through both size formats of
-:mod:`compression` unchanged), ``load_quantized_state_dict`` reverses it into float32 tables.
+Per row ``scale = max|w| / qmax`` (qmax 127 at 8 bits, 7 at 4 bits; stored in ``scale_dtype``,
+rounded up), ``q = clamp(round(w / scale), -qmax, qmax)``, ``w' = q * scale``: 0.0 of either sign
+comes back +0.0, an all-zero row gets scale 0, the error is at most ``scale / 2``.
+:class:`QuantizedTable` holds ``q`` (int8 ``(n, d)``, or at 4 bits uint8 ``(n, d / 2)``, column 2j
+in the low nibble; odd widths refused) and ``scale`` (``(n,)``, bfloat16 by default).
+``quantize_dequantize`` equals ``dequantize(quantize_rows(w))`` bit for bit, in row chunks.
+``quantized_state_dict`` / ``load_quantized_state_dict`` swap ``emb_l.K.weight`` for
+``.q`` + ``.scale`` and back. Errors: ValueError naming the argument (or row) at fault.
+Why symmetric, why bfloat16 scales: ``docs/design-pruning.md``.
 """
 
 from __future__ import annotations
@@ -49,8 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .masks import torch_threads
-from .series import _map_tables
+from .chunks import map_tables, row_chunks, torch_threads
 
 QMAX = {8: 127, 4: 7}
 SCALE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -88,12 +57,6 @@ def _check(weight: torch.Tensor, bits: int, scale_dtype: torch.dtype) -> None:
             f"weight: 4-bit rows pack two values per byte, so the width must be even; "
             f"got width {weight.shape[1]} (use bits=8)"
         )
-
-
-def _rows(n: int, d: int, chunk_elems: int):
-    step = max(1, chunk_elems // max(d, 1))
-    for r0 in range(0, n, step):
-        yield r0, min(n, r0 + step)
 
 
 def _scales(
@@ -157,7 +120,7 @@ def quantize_rows(
     scale = torch.empty(n, dtype=scale_dtype, device=w.device)
     with torch_threads(threads):
         buf = w.new_empty(0)
-        for r0, r1 in _rows(n, d, chunk_elems):
+        for r0, r1 in row_chunks(n, d, chunk_elems):
             s, sf = _scales(w[r0:r1], qmax, scale_dtype, r0)
             scale[r0:r1] = s
             g = _grid(w[r0:r1], sf, qmax, buf.resize_(r1 - r0, d)).to(torch.int8)  # (r, d)
@@ -172,7 +135,7 @@ def dequantize(
     n, d = table.shape
     out = torch.empty(n, d, device=table.q.device)
     with torch_threads(threads):
-        for r0, r1 in _rows(n, d, chunk_elems):
+        for r0, r1 in row_chunks(n, d, chunk_elems):
             q = table.q[r0:r1]
             q = q if table.bits == 8 else _unpack(q)
             torch.mul(q.to(torch.float32), table.scale[r0:r1].float()[:, None], out=out[r0:r1])
@@ -205,7 +168,7 @@ def quantize_dequantize(
     qmax = QMAX[bits]
     with torch_threads(threads):
         buf = w.new_empty(0)
-        for r0, r1 in _rows(n, d, chunk_elems):
+        for r0, r1 in row_chunks(n, d, chunk_elems):
             _, sf = _scales(w[r0:r1], qmax, scale_dtype, r0)
             g = _grid(w[r0:r1], sf, qmax, buf.resize_(r1 - r0, d))
             torch.mul(g, sf[:, None], out=out.detach()[r0:r1])
@@ -222,7 +185,7 @@ def quantize_dequantize_tables(
     workers: int | None = None,
 ) -> list[torch.Tensor]:
     """:func:`quantize_dequantize` of every table, into ``out`` (None: in place), over
-    ``workers`` threads (largest tables first, torch single-threaded inside, as :mod:`series`)."""
+    ``workers`` threads (:func:`.chunks.map_tables`)."""
     ws = [w.detach() for w in weights]
     dst = ws if out is None else [o.detach() for o in out]
 
@@ -231,7 +194,7 @@ def quantize_dequantize_tables(
             ws[i], bits, dst[i], scale_dtype=scale_dtype, chunk_elems=chunk_elems, threads=None
         )
 
-    return _map_tables(one, ws, workers)
+    return map_tables(one, ws, workers)
 
 
 def quantized_state_dict(
