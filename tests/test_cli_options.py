@@ -227,7 +227,9 @@ class _Exploit:
 def files(tmp_path_factory, tiny_data_args) -> dict[str, str]:
     root = tmp_path_factory.mktemp("bad-files")
     cache = next(a for a in tiny_data_args if a.startswith("--data.cache_dir=")).split("=", 1)[1]
-    tables = CriteoDataModule(synthetic_rows=14000, max_table_size=300, cache_dir=cache).table_sizes
+    data = CriteoDataModule(synthetic_rows=14000, max_table_size=300, cache_dir=cache)
+    data.setup()
+    tables = data.table_sizes
     torch.manual_seed(0)
     good = DLRMModule(tables).model.state_dict()
     f = {

@@ -163,6 +163,7 @@ def data(tmp_path_factory):
     cache = tmp_path_factory.mktemp("ddp-cache")
     dm = CriteoDataModule(cache_dir=str(cache), **TINY)
     dm.prepare_data()
+    dm.setup()
     return dm, [f"--data.{k}={v}" for k, v in TINY.items()] + [f"--data.cache_dir={cache}"]
 
 

@@ -26,8 +26,8 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lit_dlrm.checkpoint import load_state_dict
+from lit_dlrm.checkpoint import AtomicCheckpointIO
 from lit_dlrm.cli import sweep, train
-from lit_dlrm.checkpoint_io import AtomicCheckpointIO
 from lit_dlrm.data.preprocess import PreprocessOptions, cached_text, read_meta
 from lit_dlrm.results import (
     FORWARD_TIME_CSV,
@@ -151,11 +151,12 @@ def assert_consistent(checkpoints: Path) -> None:
     assert Path(best).is_file(), f"last.ckpt names {best}, which is gone"
 
 
-# Runs scripts/train.py and SIGKILLs it after the second best checkpoint is written (and the first
+# Runs the training CLI and SIGKILLs it after the second best checkpoint is written (and the first
 # superseded), before last.ckpt records that: the one moment where the two callbacks disagree.
 KILL_BETWEEN_BEST_AND_LAST = """
-import os, runpy, signal, sys
-from lit_dlrm.checkpoint_io import AtomicCheckpointIO
+import os, signal, sys
+from lit_dlrm.checkpoint import AtomicCheckpointIO
+from lit_dlrm.cli import train
 save, bests = AtomicCheckpointIO.save_checkpoint, []
 def save_or_die(self, checkpoint, path, storage_options=None):
     if os.path.basename(path).startswith("best-"):
@@ -164,8 +165,7 @@ def save_or_die(self, checkpoint, path, storage_options=None):
         os.kill(os.getpid(), signal.SIGKILL)
     return save(self, checkpoint, path, storage_options)
 AtomicCheckpointIO.save_checkpoint = save_or_die
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
+train(sys.argv[1:])
 """
 
 
@@ -186,7 +186,7 @@ def test_training_killed_twice_resumes_to_the_same_step(tmp_path, tiny_data_args
     last = checkpoints / "last.ckpt"
     # 1. Between the best and the last checkpoint of the second validation.
     child = subprocess.run(
-        [sys.executable, "-c", KILL_BETWEEN_BEST_AND_LAST, "scripts/train.py", *options],
+        [sys.executable, "-c", KILL_BETWEEN_BEST_AND_LAST, *options],
         cwd=REPO,
         capture_output=True,
         text=True,
