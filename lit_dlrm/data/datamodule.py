@@ -37,7 +37,7 @@ SPLITS = ("train", "val", "test")
 
 
 class CriteoBatches(Dataset):
-    """Whole batches from a cache directory: item = rows given by the sampler -> (dense, sparse, label).
+    """Whole batches from a cache directory: rows given by the sampler -> (dense, sparse, label).
 
     Picklable for worker processes: the memory maps are (re)opened lazily in each process.
     """
@@ -75,22 +75,13 @@ class CriteoBatches(Dataset):
 
 
 class ShardedBatchSampler(DistributedSampler):
-    """Yields this rank's batches of one split: (start, stop) pairs, or sorted row-number arrays.
+    """This rank's batches of rows [start, end): (start, stop) pairs, or with `shuffle` sorted
+    row-number arrays from the epoch's seeded permutation (`set_epoch`).
 
-    How the split's ``n`` rows are shared among ``world_size`` ranks (rows, never batches):
-
-    - ``drop_last=True`` (training): every rank gets exactly ``n // world_size`` rows, so every
-      rank runs the same number of batches. DDP all-reduces the gradients of every step, so a
-      rank with one batch more would wait forever. The ``n % world_size`` (< world_size) rows
-      left over are skipped that epoch: with ``shuffle``, a different few every epoch.
-    - ``drop_last=False`` (validation, test): rank ``r`` gets rows ``[n*r // w, n*(r+1) // w)``.
-      No row is dropped or repeated, so metrics over the split are exact. Shards differ by one
-      row at most and ranks may run different numbers of batches, which is safe: evaluation has
-      no per-batch collective, the metrics are gathered once at the end of the epoch.
-
-    Within its share a rank reads contiguous slices, or with ``shuffle`` its part of the epoch's
-    seeded permutation, in sorted batches. A `DistributedSampler` only so that Lightning does not
-    wrap it in another one; it shards itself.
+    `drop_last=True` (training): every rank gets exactly n // world_size rows, so all ranks run the
+    same number of steps; the n % world_size rows left over are skipped that epoch.
+    `drop_last=False` (val/test): rank r gets rows [n*r // w, n*(r+1) // w): each row exactly once.
+    A `DistributedSampler` so that Lightning does not wrap it in another; it shards itself.
     """
 
     def __init__(
