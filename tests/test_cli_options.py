@@ -202,7 +202,8 @@ def test_every_numeric_and_path_option_has_bad_values():
         ours = {o for o in options if not o.startswith(LIGHTNING_PREFIXES)}
         missing = sorted(o for o in ours if not SCRIPT_BAD.get((script, o), BAD.get(o)))
         assert not missing, (
-            f"scripts/{script}.py: no bad values defined for {missing}; add them to BAD in {__file__}"
+            f"scripts/{script}.py: no bad values defined for {missing}; "
+            f"add them to BAD in {__file__}"
         )
         stale = sorted(set(LIGHTNING[script]) - options)
         assert not stale, f"scripts/{script}.py has no option {stale} any more"

@@ -25,8 +25,7 @@ from conftest import REPO
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lit_dlrm.checkpoint import load_state_dict
-from lit_dlrm.checkpoint import AtomicCheckpointIO
+from lit_dlrm.checkpoint import AtomicCheckpointIO, load_state_dict
 from lit_dlrm.cli import sweep, train
 from lit_dlrm.data.preprocess import PreprocessOptions, cached_text, read_meta
 from lit_dlrm.results import (
@@ -198,12 +197,13 @@ def test_training_killed_twice_resumes_to_the_same_step(tmp_path, tiny_data_args
     assert len(list(checkpoints.glob("best-*.ckpt"))) == 2  # and so is the one written after it
     kills = [f"between the best and the last checkpoint, at step {first_at} of {final_step}"]
 
-    # 2. Resumed, then killed after the 2nd or 3rd of its 7 validations, at a random moment before the next.
+    # 2. Resumed, then killed after the 2nd or 3rd of its 7 validations, at a random moment
+    # before the next.
     log = tmp_path / "train.log"
     proc = spawn([sys.executable, "scripts/train.py", *options, f"--ckpt_path={last}"], log)
     saves, wanted, inode = [], int(rng.integers(2, 4)), last.stat().st_ino
     while len(saves) < wanted:
-        assert wait_for(proc, lambda: last.stat().st_ino != inode, log)
+        assert wait_for(proc, lambda inode=inode: last.stat().st_ino != inode, log)
         inode = last.stat().st_ino  # each save renames a new file over last.ckpt
         saves.append(time.monotonic())
     time.sleep(rng.uniform(0, 1) * float(np.median(np.diff(saves))))
@@ -264,7 +264,7 @@ def test_killed_preprocessing_rebuilds_the_same_cache(tmp_path, capsys):
     for _ in range(3):
         stale = set(cache.glob(".tmp-*"))
         proc = spawn(build, log)
-        if not wait_for(proc, lambda: bool(set(cache.glob(".tmp-*")) - stale), log):
+        if not wait_for(proc, lambda stale=stale: bool(set(cache.glob(".tmp-*")) - stale), log):
             break
         delay = rng.uniform(0, 0.9) * build_s
         time.sleep(delay)

@@ -1,4 +1,4 @@
-"""scripts/train.py end to end on tiny synthetic data: TensorBoard curves and a reloadable checkpoint."""
+"""The training CLI end to end on tiny synthetic data: TensorBoard curves, reloadable checkpoint."""
 
 import pytest
 import torch
