@@ -1,19 +1,19 @@
 """Evaluation speed: the sweep's test loop against the reference's, and dense vs COO forward time.
 
-    python benchmarks/evaluate.py --scale small     # tables capped at 20k rows, 200k test rows
-    python benchmarks/evaluate.py --scale kaggle    # Kaggle table sizes (2.16 GB model), 3.27M test rows
+    python -m benchmarks.evaluate --scale small   # tables capped at 20k rows, 200k test rows
+    python -m benchmarks.evaluate --scale kaggle  # Kaggle table sizes (2.16 GB), 3.27M test rows
 
 *test loop*: samples/s of one grid point's evaluation as the sweep does it (``trainer.test`` of
 ``DLRMModule`` over ``CriteoDataModule``-style batches sliced from memory-mapped arrays, exact AUC
 and the other metrics from torchmetrics) against a loop written the way the reference's
-``evaluate_model_metrics.py`` evaluates: a per-sample dataset, a Python collate that builds each batch
-from lists, no ``no_grad``, predictions gathered into numpy and scikit-learn metrics at the end.
+``evaluate_model_metrics.py`` evaluates: a per-sample dataset, a Python collate that builds each
+batch from lists, no ``no_grad``, predictions gathered into numpy, scikit-learn metrics last.
 Same arrays, same model, batch 16384; each side in a fresh process (peak RSS = its ``VmHWM``).
 The reference-style loop runs on the first ``--reference-rows`` rows; its rate is compared.
 
 *forward*: median forward time of the dense model and of the reference's COO path
-(:func:`callbacks.timing.coo_forward`) on one batch of 16384 (1024 at ``tiny``), tables pruned at L1 (1, 4) levels
-0.0, 0.5 and 0.9.
+(:func:`callbacks.timing.coo_forward`) on one batch of 16384 (1024 at ``tiny``), tables pruned
+at L1 (1, 4) levels 0.0, 0.5 and 0.9.
 """
 
 from __future__ import annotations
@@ -29,10 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.memory import peak_rss_mib  # noqa: E402
-from lit_dlrm.data.kaggle import KAGGLE_TABLE_SIZES  # noqa: E402
+from benchmarks.memory import peak_rss_mib
+from lit_dlrm.data.kaggle import KAGGLE_TABLE_SIZES
 
 # scale: (table cap, test rows, forward-timing batch, forward repeats)
 SCALES = {
@@ -146,8 +144,11 @@ def child_reference(directory: str, rows: int, sizes: list[int]) -> dict:
 
 
 def run_child(kind: str, directory: Path, rows: int, scale: str) -> dict:
-    command = [sys.executable, __file__, "--child", kind, str(directory), str(rows), scale]
-    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    command = [sys.executable, "-m", "benchmarks.evaluate", "--child", kind, str(directory)]
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [*command, str(rows), scale], check=True, capture_output=True, text=True, cwd=root
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -203,7 +204,8 @@ def run(scale: str = "small", reference_rows: int = 200_000) -> list[dict]:
             "ratio": lit_rate / ref_rate,
             "lit_dlrm_peak_mib": lit["peak_mib"],
             "reference_peak_mib": ref["peak_mib"],
-            "note": f"lit_dlrm over {lit['rows']:,} rows, reference-style loop over its first {ref['rows']:,}",
+            "note": f"lit_dlrm over {lit['rows']:,} rows, "
+            f"reference-style loop over its first {ref['rows']:,}",
         }
     ]
     return rows + forward_rows(scale)
@@ -226,7 +228,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     for row in run(args.scale, args.reference_rows):
         print(
-            f"{row['stage']:<28} lit_dlrm {row['lit_dlrm']:>12.4g}  reference {row['reference']:>12.4g}  "
+            f"{row['stage']:<28} lit_dlrm {row['lit_dlrm']:>12.4g}  "
+            f"reference {row['reference']:>12.4g}  "
             f"ratio {row['ratio']:.2f}  ({row['unit']})"
         )
 

@@ -8,9 +8,10 @@ at --max-table-size), then, each in a fresh subprocess so peak RSS is that run's
     feature, an element loop to renumber), on the first --line-rows rows (the rates are compared);
   * line-by-line, tight: the fastest plain per-line Python we wrote for the same rules.
 With --scale-check, lit_dlrm also runs on a 4x larger file (default 8M rows: the generated file
-repeated, so the same distinct values) to show that peak RSS does not grow with the row count. Prints a table; writes CSV + Markdown to benchmarks/results/.
+repeated, so the same distinct values) to show that peak RSS does not grow with the row count.
+Prints a table; writes CSV + Markdown to benchmarks/results/.
 
-    python benchmarks/preprocess.py --rows 2000000 --scale-check
+    python -m benchmarks.preprocess --rows 2000000 --scale-check    # from the checkout's root
 """
 
 from __future__ import annotations
@@ -27,9 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.memory import peak_rss_mib  # noqa: E402
-from benchmarks.tables import write_results  # noqa: E402
+from benchmarks.memory import peak_rss_mib
+from benchmarks.tables import write_results
 
 HERE = Path(__file__).resolve().parent
 
@@ -118,10 +118,12 @@ def child_line_by_line(path: str, limit: int) -> dict:
 
 
 def run_child(args: list[str]) -> dict:
-    """Run this script in a fresh process; returns its JSON result (with its own peak RSS, MiB)."""
-    env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
+    """Run this script in a fresh process; return its JSON result (with its own peak RSS, MiB)."""
     proc = subprocess.run(
-        [sys.executable, __file__, *args], stdout=subprocess.PIPE, env=env, check=False
+        [sys.executable, "-m", "benchmarks.preprocess", *args],
+        stdout=subprocess.PIPE,
+        cwd=HERE.parent,
+        check=False,
     )
     if proc.returncode != 0:
         raise SystemExit(f"child {args} failed with status {proc.returncode}")
@@ -129,7 +131,6 @@ def run_child(args: list[str]) -> dict:
 
 
 def make_file(rows: int, max_table_size: int, path: Path) -> float:
-    sys.path.insert(0, str(HERE.parent))
     from lit_dlrm.data.synthetic import SyntheticConfig, write_tsv
 
     t = time.perf_counter()
@@ -168,7 +169,8 @@ def measure(
     base = work / f"train-{rows}.txt"
     gen = make_file(rows, max_table_size, base)
     verbose and print(
-        f"generated {base.name}: {rows:,} rows, {base.stat().st_size / 2**20:,.0f} MiB in {gen:.1f} s",
+        f"generated {base.name}: {rows:,} rows, "
+        f"{base.stat().st_size / 2**20:,.0f} MiB in {gen:.1f} s",
         flush=True,
     )
     for n in sizes:
@@ -207,7 +209,7 @@ SCALES = {
 
 
 def run(scale: str = "small") -> list[dict]:
-    """Rows for benchmarks/run.py: lit_dlrm against each line-by-line baseline, and the RSS check."""
+    """Rows for benchmarks/run.py: lit_dlrm against each line-by-line baseline, the RSS check."""
     rows, line_rows, scale_check = SCALES[scale]
     out = measure(rows, line_rows, scale_check, None, 100_000, None, verbose=False)
     lit, big = out[0], out[-1]
@@ -220,7 +222,8 @@ def run(scale: str = "small") -> list[dict]:
             "ratio": lit["rows_per_s"] / r["rows_per_s"],
             "lit_dlrm_peak_mib": lit["peak_rss_mib"],
             "reference_peak_mib": r["peak_rss_mib"],
-            "note": f"{rows:,}-row Kaggle-format file; the baseline on its first {r['rows']:,} rows",
+            "note": f"{rows:,}-row Kaggle-format file; "
+            f"the baseline on its first {r['rows']:,} rows",
         }
         for r in out
         if r["impl"].startswith("line")
@@ -233,7 +236,8 @@ def run(scale: str = "small") -> list[dict]:
                 "lit_dlrm": big["peak_rss_mib"],
                 "reference": lit["peak_rss_mib"],
                 "ratio": lit["peak_rss_mib"] / big["peak_rss_mib"],
-                "note": f"lit_dlrm at {big['file_rows']:,} rows vs {lit['file_rows']:,} rows (target: within 20%)",
+                "note": f"lit_dlrm at {big['file_rows']:,} rows vs {lit['file_rows']:,} rows "
+                "(target: within 20%)",
             }
         )
     return table
@@ -278,29 +282,35 @@ def main() -> None:
     lit0 = rows_out[0]
     base_rows = [r for r in rows_out if r["impl"].startswith("line")]
     lines = [
-        f"# Preprocessing benchmark ({platform.machine()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')})",
+        f"# Preprocessing benchmark ({platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{time.strftime('%Y-%m-%d')})",
         "",
-        f"Kaggle-format file from the synthetic writer (tables capped at {a.max_table_size:,}); each run in a fresh process.",
+        f"Kaggle-format file from the synthetic writer (tables capped at {a.max_table_size:,}); "
+        "each run in a fresh process.",
         "",
-        "| implementation | file rows | rows processed | seconds | rows/s | CPU s | rows per CPU s | peak RSS (MiB) |",
+        "| implementation | file rows | rows processed | seconds | rows/s | CPU s "
+        "| rows per CPU s | peak RSS (MiB) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows_out:
         lines.append(
-            f"| {r['impl']} | {r['file_rows']:,} | {r['rows']:,} | {r['seconds']} | {r['rows_per_s']:,} | "
+            f"| {r['impl']} | {r['file_rows']:,} | {r['rows']:,} | {r['seconds']} "
+            f"| {r['rows_per_s']:,} | "
             f"{r['cpu_seconds']} | {r['rows_per_cpu_s']:,} | {r['peak_rss_mib']} |"
         )
     lines.append("")
     for r in base_rows:
         lines.append(
-            f"Speed-up over {r['impl']}: {lit0['rows_per_s'] / r['rows_per_s']:.1f}x in rows/s (target >= 10x); "
-            f"{lit0['rows_per_cpu_s'] / r['rows_per_cpu_s']:.1f}x per CPU second (lit_dlrm parses on 2 threads)."
+            f"Speed-up over {r['impl']}: {lit0['rows_per_s'] / r['rows_per_s']:.1f}x in rows/s "
+            f"(target >= 10x); {lit0['rows_per_cpu_s'] / r['rows_per_cpu_s']:.1f}x per CPU second "
+            "(lit_dlrm parses on 2 threads)."
         )
     if a.scale_check:
         big = rows_out[-1]
         growth = big["peak_rss_mib"] / lit0["peak_rss_mib"] - 1
         lines.append(
-            f"Peak RSS at {big['file_rows']:,} rows vs {lit0['file_rows']:,}: {growth:+.1%} (target within 20%)."
+            f"Peak RSS at {big['file_rows']:,} rows vs {lit0['file_rows']:,}: {growth:+.1%} "
+            "(target within 20%)."
         )
     text = "\n".join(lines) + "\n"
     print("\n" + text)

@@ -1,9 +1,9 @@
 """Every benchmark side by side with the reference approach, in one table.
 
-    python benchmarks/run.py --scale small                 # a few minutes
-    python benchmarks/run.py --scale kaggle                # Kaggle table sizes, synthetic weights and data
-    python benchmarks/run.py --scale small --only sparsify evaluate   # rerun two, keep the other rows
-    python benchmarks/run.py --scale kaggle --only compact             # compact tables: bytes, forward time
+    python -m benchmarks.run --scale small          # a few minutes (from the checkout's root)
+    python -m benchmarks.run --scale kaggle         # Kaggle table sizes, synthetic weights and data
+    python -m benchmarks.run --scale small --only sparsify evaluate  # rerun two, keep the others
+    python -m benchmarks.run --scale kaggle --only compact  # compact tables: bytes, forward time
 
 Each stage is measured against its reference in the same run (these machines are noisy, so only
 ratios measured side by side are worth quoting). The table (stage, lit_dlrm, reference, ratio,
@@ -25,9 +25,6 @@ from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-
 from benchmarks import (
     compact,
     compress,
@@ -37,8 +34,10 @@ from benchmarks import (
     quantize,
     sparsify,
     train_throughput,
-)  # noqa: E402
-from benchmarks.tables import markdown_table, write_results  # noqa: E402
+)
+from benchmarks.tables import markdown_table, write_results
+
+HERE = Path(__file__).resolve().parent
 
 BENCHMARKS = {
     "preprocess": preprocess.run,
@@ -77,12 +76,12 @@ COLUMNS = [
 
 
 def sweep_estimate(rows: list[dict], scale: str) -> list[dict]:
-    """A full 80-point sweep at this scale, lit_dlrm's way and the reference's, from measured stages.
+    """A full 80-point sweep at this scale, lit_dlrm's way and the reference's, from the stages.
 
     lit_dlrm: 56 tested points (level 0/1 and L2 (1,1) reuse), each = sparsify one point + both
-    size measurements + one test loop over the test split + the timing (3 paths x 11 runs, the compact
-    tables built once when the compact benchmark ran).
-    Reference: 80 points, each = DataNormSparsifier step + deflate + its evaluation loop + 2 x 100 runs.
+    size measurements + one test loop over the test split + the timing (3 paths x 11 runs, the
+    compact tables built once when the compact benchmark ran). Reference: 80 points, each =
+    DataNormSparsifier step + deflate + its evaluation loop + 2 x 100 runs.
     """
     by_stage = {r["stage"]: r for r in rows}
     writes = [
@@ -128,7 +127,8 @@ def sweep_estimate(rows: list[dict], scale: str) -> list[dict]:
             "lit_dlrm": 56 * ours,
             "reference": 80 * theirs,
             "ratio": 80 * theirs / (56 * ours),
-            "note": "per point: sparsify + deflate (+ zstd for lit_dlrm) + one pass over the test split + dense/COO timing "
+            "note": "per point: sparsify + deflate (+ zstd for lit_dlrm) "
+            "+ one pass over the test split + dense/COO timing "
             "(+ compact build and timing for lit_dlrm, when measured); "
             "lit_dlrm tests 56 distinct masks, the reference 80 points",
         }
@@ -162,9 +162,11 @@ def fmt(value) -> str:
 def write(rows: list[dict], scale: str, out: Path) -> Path:
     header = (
         f"# lit_dlrm vs the reference approach, scale `{scale}`\n\n"
-        f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; "
-        f"`python benchmarks/run.py --scale {scale}`. ratio > 1: lit_dlrm is better (faster, or more samples/s); "
-        "for forward rows it is COO time over dense time; for compact rows dense over compact (bytes or time: "
+        f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{time.strftime('%Y-%m-%d')}; `python -m benchmarks.run --scale {scale}`. "
+        "ratio > 1: lit_dlrm is better (faster, or more samples/s); "
+        "for forward rows it is COO time over dense time; "
+        "for compact rows dense over compact (bytes or time: "
         "compact tables cost at most 10% more forward time while the ratio is >= 0.91).\n\n"
     )
     return write_results(

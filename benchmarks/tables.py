@@ -25,7 +25,7 @@ def write_results(
     markdown: str,
     columns: list[str] | None = None,
 ) -> Path:
-    """``<stem>.csv`` (``columns``, default the first row's keys) and ``<stem>.md`` in ``out_dir``."""
+    """Write ``<stem>.csv`` (``columns``: default the first row's keys) and ``<stem>.md``."""
     out_dir = Path(out_dir)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns or list(rows[0]), extrasaction="ignore")

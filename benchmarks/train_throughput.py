@@ -6,24 +6,20 @@ steps, in the same process, alternating which goes first. Lightning's side inclu
 ``DLRMModule`` does per step (loss logging and the running training metrics). Reported: samples/s
 of each and the ratio; the target is that Lightning costs at most 10%.
 
-    python benchmarks/train_throughput.py [--scale small]
+    python -m benchmarks.train_throughput [--scale small]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lit_dlrm.data.kaggle import KAGGLE_TABLE_SIZES  # noqa: E402
-from lit_dlrm.module import DLRMModule  # noqa: E402
+from lit_dlrm.data.kaggle import KAGGLE_TABLE_SIZES
+from lit_dlrm.module import DLRMModule
 
 
 def random_batches(
@@ -98,8 +94,8 @@ def measure(batch_size: int, steps: int, cap: int, rounds: int = 3) -> dict:
     }
 
 
-# scale: (table cap, batch sizes, steps at batch 128; a quarter of them at 2048). Enough steps that the
-# once-per-epoch costs (the epoch-end metrics) weigh as little as in a real epoch.
+# scale: (table cap, batch sizes, steps at batch 128; a quarter of them at 2048). Enough steps
+# that the once-per-epoch costs (the epoch-end metrics) weigh as little as in a real epoch.
 SCALES = {
     "tiny": (2_000, [128], 20),
     "small": (100_000, [128, 2048], 1200),
@@ -120,7 +116,8 @@ def run(scale: str = "small") -> list[dict]:
                 "lit_dlrm": m["lightning_samples_s"],
                 "reference": m["plain_samples_s"],
                 "ratio": m["lightning_over_plain"],
-                "note": f"trainer.fit vs a plain PyTorch loop, tables capped at {cap:,}, SGD, {m['steps']} steps",
+                "note": f"trainer.fit vs a plain PyTorch loop, tables capped at {cap:,}, SGD, "
+                f"{m['steps']} steps",
             }
         )
     return rows
@@ -132,7 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     for row in run(args.scale):
         print(
-            f"{row['stage']}: lightning {row['lit_dlrm']:.0f} samples/s, plain loop {row['reference']:.0f}, ratio {row['ratio']:.3f}"
+            f"{row['stage']}: lightning {row['lit_dlrm']:.0f} samples/s, "
+            f"plain loop {row['reference']:.0f}, ratio {row['ratio']:.3f}"
         )
 
 

@@ -1,34 +1,36 @@
-"""Reading DLRM weights from disk without ever unpickling arbitrary objects.
+"""DLRM checkpoints: read safely, written atomically, the best file consistent with ``last.ckpt``.
 
-Three layouts are accepted, all read with ``torch.load(..., weights_only=True)``:
+Reading (:func:`load_state_dict`, :func:`architecture`, :func:`check_resumable`) takes three
+layouts, all through ``torch.load(..., weights_only=True)``: a lit_dlrm Lightning checkpoint
+(``{"state_dict": {"model.emb_l.0.weight": ...}, ...}``), a facebookresearch/dlrm ``--save-model``
+file (its numpy scalars let in by :data:`NUMPY_ALLOW_LIST`, nothing else) and a bare state_dict.
+Anything else raises :class:`CheckpointError` naming the file (and the refused global, if any).
 
-- a lit_dlrm (Lightning) checkpoint: ``{"state_dict": {"model.emb_l.0.weight": ...}, ...}``;
-- a facebookresearch/dlrm ``--save-model`` checkpoint: ``{"state_dict": {...}, "nepochs": ...,
-  "opt_state_dict": ..., "test_acc": numpy.float64(...), ...}``;
-- a bare state_dict ``{"emb_l.0.weight": ..., "bot_l.0.weight": ..., ...}``.
-
-The dlrm checkpoint holds numpy scalars, which plain ``weights_only=True`` refuses. They are let in
-through a narrow allow-list (numpy's scalar reconstructor and ``numpy.dtype``, nothing else); any
-other global in the pickle is refused with an error that names the file and the global.
-
-:func:`build_model` rebuilds the network from the tensor shapes alone, so any of the three loads
-without knowing the architecture in advance.
+Writing: :class:`AtomicCheckpointIO` leaves a whole checkpoint or none under every name, and
+defers removals to after the next save; :class:`BestCheckpoint` cleans up after a killed run.
 """
 
 from __future__ import annotations
 
+import glob
 import pickle
 import zipfile
 from pathlib import Path
+from typing import Any
 
+import lightning as L
 import numpy as np
 import torch
+from fsspec.utils import get_protocol
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins import TorchCheckpointIO
 from torch import Tensor
 
-from lit_dlrm.model import DLRM, interaction_size
+from lit_dlrm.model import interaction_size
+from lit_dlrm.paths import atomic_write
 
-# numpy 2 pickles scalars through numpy._core.multiarray.scalar; numpy 1 wrote numpy.core.
-_NUMPY_SCALAR = np._core.multiarray.scalar  # type: ignore[attr-defined]
+# numpy's scalar reconstructor: numpy._core.multiarray.scalar (numpy 2; numpy 1 wrote numpy.core)
+_NUMPY_SCALAR = np.float64(0).__reduce__()[0]
 NUMPY_ALLOW_LIST = [
     _NUMPY_SCALAR,
     (_NUMPY_SCALAR, "numpy.core.multiarray.scalar"),
@@ -102,7 +104,8 @@ def check_resumable(path: str | Path, model_options: dict) -> None:
         obj = _load(path, mmap=True)
         if not (isinstance(obj, dict) and "pytorch-lightning_version" in obj):
             raise CheckpointError(
-                f"{path}: not a Lightning checkpoint to resume (a last.ckpt or best-*.ckpt of scripts/train.py)"
+                f"{path}: not a Lightning checkpoint to resume "
+                "(a last.ckpt or best-*.ckpt of scripts/train.py)"
             )
         arch = architecture(_dlrm_state(obj, path))
     except CheckpointError as err:
@@ -111,7 +114,8 @@ def check_resumable(path: str | Path, model_options: dict) -> None:
         wanted = model_options.get(key, arch[key])
         if (list(wanted) if isinstance(wanted, (list, tuple)) else wanted) != arch[key]:
             raise CheckpointError(
-                f"--ckpt_path: {path} holds a model with {key}={arch[key]}, but --model.{key}={wanted}"
+                f"--ckpt_path: {path} holds a model with {key}={arch[key]}, "
+                f"but --model.{key}={wanted}"
             )
 
 
@@ -150,17 +154,6 @@ def architecture(state: dict[str, Tensor]) -> dict:
     )
 
 
-def build_model(path: str | Path) -> DLRM:
-    """A :class:`DLRM` holding the weights of the checkpoint at ``path``, whatever its layout."""
-    state = load_state_dict(path)
-    try:
-        model = DLRM(**architecture(state))
-        model.load_state_dict(state)
-    except (CheckpointError, RuntimeError, KeyError) as err:
-        raise CheckpointError(f"{path}: not a DLRM this code can rebuild: {err}") from err
-    return model
-
-
 def latest_checkpoint(root: str | Path = "runs/train") -> Path:
     """The best checkpoint (``best-*.ckpt``) written most recently by ``scripts/train.py``."""
     found = sorted(
@@ -171,3 +164,64 @@ def latest_checkpoint(root: str | Path = "runs/train") -> Path:
             f"{root}: no best-*.ckpt from scripts/train.py; train first, or pass --ckpt_path"
         )
     return found[-1]
+
+
+def _is_local(path) -> bool:
+    return get_protocol(str(path)) == "file"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``TorchCheckpointIO``, but a local save is ``torch.save`` into a hidden temp file
+    beside the target, renamed over it (:func:`lit_dlrm.paths.atomic_write`): the name holds the
+    old checkpoint or the new one, whole, whatever ``$TMPDIR`` is. The first save into a directory
+    removes temp files a killed save left there. A removal waits until the next save (or
+    ``teardown``) completes, so a superseded best file outlives the ``last.ckpt`` that names it.
+    Remote paths (``s3://`` ...) are saved by Lightning's own code."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._swept: set[Path] = set()  # directories already cleared of a killed save's temp files
+        self._removals: list = []  # paths to remove once the next save is complete
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None or not _is_local(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+        else:
+            path = Path(path)
+            if path.parent not in self._swept:  # one writer per checkpoint directory (rank 0)
+                for stale in path.parent.glob(".*.ckpt.*.tmp"):
+                    stale.unlink(missing_ok=True)
+                self._swept.add(path.parent)
+            atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+        self.teardown()
+
+    def remove_checkpoint(self, path) -> None:
+        self._removals.append(path)
+
+    def teardown(self) -> None:
+        """Carry out the removals deferred so far (Lightning calls this when a run ends)."""
+        while self._removals:
+            super().remove_checkpoint(self._removals.pop(0))
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that, when a fit resumes, deletes the files of its own pattern that the
+    restored state does not name: those a killed run wrote after that state, its training being
+    redone. With :class:`AtomicCheckpointIO` the files on disk always include those the newest
+    ``last.ckpt`` names (the superseded best file goes after the next save)."""
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        prefix = (self.filename or "").split("{")[0]  # "best-" of "best-epoch{epoch:02d}-..."
+        restored = trainer.ckpt_path and self.best_k_models  # and into this directory
+        if not (restored and prefix and trainer.is_global_zero and _is_local(self.dirpath)):
+            return
+        known = {
+            Path(p).resolve()
+            for p in (*self.best_k_models, self.last_model_path, trainer.ckpt_path)
+            if p
+        }
+        for path in Path(self.dirpath).glob(glob.escape(prefix) + "*" + self.FILE_EXTENSION):
+            if path.resolve() not in known:
+                path.unlink()

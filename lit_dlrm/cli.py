@@ -21,9 +21,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from callbacks import CheckpointCompression, SparseCooTiming, Sparsify
-from lit_dlrm.best_checkpoint import BestCheckpoint
-from lit_dlrm.checkpoint import check_resumable, latest_checkpoint
-from lit_dlrm.checkpoint_io import AtomicCheckpointIO
+from lit_dlrm.checkpoint import (
+    AtomicCheckpointIO,
+    BestCheckpoint,
+    check_resumable,
+    latest_checkpoint,
+)
 from lit_dlrm.data import CriteoDataModule
 from lit_dlrm.module import DLRMModule
 from lit_dlrm.paths import check_directory
@@ -45,8 +48,11 @@ class CLI(LightningCLI):
 
 
 class TrainCLI(CLI):
+    """``lit-dlrm-train``'s options: LightningCLI's, ``--checkpoint.*`` and ``--ckpt_path``."""
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("data.table_sizes", "model.table_sizes", apply_on="instantiate")
+        # Not an option: the tables' sizes are the prepared data's (DLRMModule.configure_model).
+        parser.link_arguments("data.cache_dir", "model.table_sizes", compute_fn=lambda _: None)
         # The best-checkpoint callback is part of the job, not an optional extra: always present,
         # every option overridable as --checkpoint.*; consistent with last.ckpt through a kill
         parser.add_lightning_class_args(BestCheckpoint, "checkpoint")
@@ -82,6 +88,7 @@ class TrainCLI(CLI):
 
 
 def report(metrics: dict[str, float], teacher: dict[str, float] | None) -> str:
+    """The test metrics (``test/<name>``) as a table, beside the synthetic teacher's if given."""
     lines = [f"{'metric':<12}{'test':>10}{'teacher (Bayes)':>18}"]
     for name in ("auc", "log_loss", "ne", "accuracy", "calibration"):
         ceiling = f"{teacher[name]:>18.4f}" if teacher and name in teacher else f"{'':>18}"
@@ -158,6 +165,8 @@ def sweep(args: list[str] | None = None) -> None:
         save_config_callback=None,
     )
     model, data, config = cli.model, cli.datamodule, cli.config
+    data.prepare_data()  # the tables' sizes are known once the data is prepared and set up
+    data.setup("test")
     sizes = [table.num_embeddings for table in model.model.emb_l]
     if list(data.table_sizes) != sizes:
         raise SystemExit(

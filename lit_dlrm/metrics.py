@@ -61,7 +61,7 @@ class LogLossStats(Metric):
 
 
 class ClickMetrics(nn.Module):
-    """All click metrics of one split: ``update(logits, labels)``, ``compute() -> dict``, ``reset()``.
+    """All click metrics of one split: ``update(logits, labels)``, ``compute() -> dict``, ``reset``.
 
     Args:
         auc_bins: ``None`` for the exact AUC (keeps every prediction), or a number of thresholds

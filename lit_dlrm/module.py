@@ -5,7 +5,8 @@ Thin on purpose: the loss, the optimiser and the metrics live here; the data liv
 
 A batch is ``(dense (B, 13) float, sparse (B, 26) int, labels (B,) float)``. Logged names are
 ``{train,val,test}/{auc,log_loss,ne,accuracy,precision,recall,f1,calibration}`` plus
-``train/loss`` (mean over each ``log_every_n_steps`` interval); ``hp/*`` repeats the validation metrics for TensorBoard's HParams tab.
+``train/loss`` (mean over each ``log_every_n_steps`` interval); ``hp/*`` repeats the validation
+metrics for TensorBoard's HParams tab.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ class DLRMModule(L.LightningModule):
     """DLRM trained with binary cross-entropy on click labels.
 
     Args:
-        table_sizes: rows of each embedding table; linked from the data by the CLI.
+        table_sizes: rows of each embedding table. None: the network is built in
+            ``configure_model`` from the datamodule's ``table_sizes`` (known after its setup),
+            which are then saved in ``hparams`` and so in every checkpoint.
         num_dense, embedding_dim, bottom_mlp, top_mlp, interaction: see :class:`DLRM`.
         optimizer: ``"sgd"``, the reference recipe (plain SGD, sparse embedding gradients), or
             ``"adagrad"`` (adaptive per coordinate, also on sparse gradients; the usual choice
@@ -41,7 +44,7 @@ class DLRMModule(L.LightningModule):
 
     def __init__(
         self,
-        table_sizes: list[int],
+        table_sizes: list[int] | None = None,
         num_dense: int = 13,
         embedding_dim: int = 16,
         bottom_mlp: list[int] = [512, 256, 64],  # noqa: B006 (LightningCLI needs plain defaults)
@@ -64,12 +67,14 @@ class DLRMModule(L.LightningModule):
             if any(width < 1 for width in ([value] if isinstance(value, int) else value)):
                 raise ValueError(f"model.{name}: expected positive sizes, got {value}")
         self.save_hyperparameters()
-        self.model = DLRM(table_sizes, num_dense, embedding_dim, bottom_mlp, top_mlp, interaction)
+        self.model: DLRM | None = None
+        self._sync_tables = False  # set by setup under DDP
+        if table_sizes is not None:
+            self.configure_model()
         self.train_metrics = ClickMetrics(auc_bins=200)
         self.val_metrics = ClickMetrics()
         self.test_metrics = ClickMetrics()
         self._loss_sum, self._loss_steps = 0.0, 0
-        self._sync_tables = False  # set by setup under DDP
 
     @classmethod
     def from_weights(cls, path: str) -> DLRMModule:
@@ -79,26 +84,38 @@ class DLRMModule(L.LightningModule):
         try:
             module = cls(**architecture(state))
             module.model.load_state_dict(state)
-        except (CheckpointError, RuntimeError) as err:
+        except (CheckpointError, RuntimeError, KeyError) as err:
             raise CheckpointError(f"{path}: not a DLRM this code can rebuild: {err}") from err
         return module
+
+    def configure_model(self) -> None:
+        """Build the network once: from ``table_sizes``, or the trainer's datamodule's."""
+        if self.model is None:
+            if self.hparams.table_sizes is None:  # saved, so that checkpoints and logs show them
+                sizes = list(self.trainer.datamodule.table_sizes)
+                self.save_hyperparameters({**self.hparams, "table_sizes": sizes})
+            h = self.hparams
+            self.model = DLRM(
+                h.table_sizes, h.num_dense, h.embedding_dim, h.bottom_mlp, h.top_mlp, h.interaction
+            )
+        if self._sync_tables:  # before DDP wraps the module (lit_dlrm.sparse_sync)
+            ignore_in_ddp(self, [f"model.emb_l.{i}.weight" for i in range(len(self.model.emb_l))])
 
     def setup(self, stage: str) -> None:
         # Options the steps depend on, checked before the first batch rather than failing in it.
         data_dense = getattr(self.trainer.datamodule, "num_dense", self.hparams.num_dense)
         if data_dense != self.hparams.num_dense:
             raise ValueError(
-                f"model.num_dense: the model takes {self.hparams.num_dense} dense features, the data has {data_dense}"
+                f"model.num_dense: the model takes {self.hparams.num_dense} dense features, "
+                f"the data has {data_dense}"
             )
         if stage == "fit" and not self.trainer.log_every_n_steps >= 1:
             raise ValueError(
-                f"trainer.log_every_n_steps: expected an integer >= 1, got {self.trainer.log_every_n_steps}"
+                "trainer.log_every_n_steps: expected an integer >= 1, "
+                f"got {self.trainer.log_every_n_steps}"
             )
-        # Under DDP the tables' sparse gradients are averaged here (lit_dlrm.sparse_sync), not by
-        # DDP: setup runs before DDP wraps the module, so they can still be left out of it.
+        # Under DDP the tables' sparse gradients are averaged by lit_dlrm.sparse_sync, not by DDP.
         self._sync_tables = stage == "fit" and dist.is_available() and dist.is_initialized()
-        if self._sync_tables:
-            ignore_in_ddp(self, [f"model.emb_l.{i}.weight" for i in range(len(self.model.emb_l))])
 
     def forward(self, dense: Tensor, sparse: Tensor) -> Tensor:
         return self.model(dense, sparse)

@@ -1,10 +1,5 @@
-"""File-system helpers: directory options checked early, files written atomically.
-
-`check_directory`: a path that exists as a file is refused with the option named.
-
-Otherwise the mistake surfaces late and unnamed, e.g. as ``NotADirectoryError`` from the first
-write after a whole epoch of training or the first grid point of a sweep.
-"""
+"""File-system helpers: directory options checked before any work (`check_directory`: a mistake
+otherwise surfaces late and unnamed), and the one atomic file write (`atomic_write`)."""
 
 from __future__ import annotations
 

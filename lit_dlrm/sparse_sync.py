@@ -1,16 +1,12 @@
-"""Average the embedding tables' sparse gradients over DDP ranks with two all-gathers, not DDP's path.
+"""Average the embedding tables' sparse gradients over DDP ranks with all-gathers, not DDP.
 
-Why not let DDP do it: DDP hands a sparse gradient to the process group's sparse all-reduce.
-Stock NCCL has none (``allreduce_sparse`` exists only in NCCL's experimental branch), and gloo's
-intermittently corrupted the heap of 2-process CPU runs on the default data with this project's
-torch build ("malloc(): unaligned tcache chunk detected" inside ``backward``, 2 runs in 12). So
-the tables are left out of DDP (:func:`ignore_in_ddp`) and, once per optimizer step,
-:func:`average_sparse_grads` gathers every rank's (row ids, gradient rows) of every table and
-keeps them all, divided by the world size: the average DDP computes, on any backend, without
-ever materialising a dense gradient. Per step and rank it moves about
-``batch x tables x (8 + 4 d)`` bytes (3.8 MB at batch 2048, 26 tables, d = 16).
+The tables are left out of DDP (:func:`ignore_in_ddp`, before DDP wraps the module) and, once per
+optimizer step, :func:`average_sparse_grads` gathers every rank's (row ids, gradient rows) of every
+table and keeps them all, divided by the world size: DDP's average, on any backend, never dense.
 
     table t on rank r:  ids (n_rt,) int64,  rows (n_rt, d_t)   (one entry per looked-up id)
+
+Why not DDP's own sparse all-reduce: docs/design-training.md.
 """
 
 from __future__ import annotations
@@ -21,7 +17,10 @@ from torch import Tensor, nn
 
 
 def ignore_in_ddp(module: nn.Module, names: list[str]) -> None:
-    """Keep the parameters ``names`` (of ``module``, which DDP is about to wrap) out of DDP."""
+    """Keep the parameters ``names`` (of ``module``, which DDP is about to wrap) out of DDP.
+
+    torch has no public API for this: the private one is pinned by pyproject.toml's torch bound
+    and by tests/test_ddp.py::test_private_ddp_ignore_api_is_still_there."""
     nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, names)
 
 
@@ -32,23 +31,25 @@ def _gather(tensor: Tensor, world: int) -> list[Tensor]:
 
 
 def average_sparse_grads(params: list[nn.Parameter]) -> None:
-    """Replace each parameter's sparse ``.grad`` (None: nothing looked up) by the mean over ranks."""
+    """Replace each parameter's sparse ``.grad`` (None: no row looked up) by the mean over ranks.
+    Every rank must call it, with its tables in the same order (it runs three all-gathers)."""
     world = dist.get_world_size()
     device = params[0].device
     grads = [p.grad.coalesce() if p.grad is not None else None for p in params]
-    counts = torch.tensor([g._nnz() if g is not None else 0 for g in grads], device=device)  # (T,)
+    counts = [g.values().shape[0] if g is not None else 0 for g in grads]
+    counts = torch.tensor(counts, device=device)  # (T,)
     counts = torch.stack(_gather(counts, world)).tolist()  # (world, T)
     widths = [max(c[t] for c in counts) for t in range(len(params))]  # every rank pads to these
     ids, rows = [], []
     for param, grad, width in zip(params, grads, widths):
         d = param.shape[1:].numel()
         i = (
-            grad._indices()[0]
+            grad.indices()[0]
             if grad is not None
             else torch.empty(0, dtype=torch.long, device=device)
         )
         v = (
-            grad._values().reshape(-1)
+            grad.values().reshape(-1)
             if grad is not None
             else torch.empty(0, dtype=param.dtype, device=device)
         )

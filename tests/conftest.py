@@ -32,6 +32,7 @@ def checkpoint(tmp_path_factory, tiny_data_args) -> Path:
 
     cache = next(a for a in tiny_data_args if a.startswith("--data.cache_dir=")).split("=", 1)[1]
     data = CriteoDataModule(synthetic_rows=14000, max_table_size=300, cache_dir=cache)
+    data.setup()
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "model.pt"
     torch.save(DLRMModule(data.table_sizes).model.state_dict(), path)

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from lit_dlrm.checkpoint import CheckpointError, build_model, load_state_dict
+from lit_dlrm.checkpoint import CheckpointError, load_state_dict
 from lit_dlrm.model import DLRM
+from lit_dlrm.module import DLRMModule
 
 TABLES = [11, 5, 8]
 
@@ -62,7 +63,7 @@ def test_reference_save_model_checkpoint_loads_and_matches(tmp_path, model_and_b
     with pytest.raises(pickle.UnpicklingError):  # why the allow-list exists
         torch.load(path, weights_only=True)
 
-    loaded = build_model(path)
+    loaded = DLRMModule.from_weights(path).model
     with torch.no_grad():
         ours = torch.sigmoid(loaded(dense, sparse)).double().numpy()
     np.testing.assert_allclose(
@@ -74,7 +75,7 @@ def test_reference_save_model_checkpoint_loads_and_matches(tmp_path, model_and_b
 def test_bare_state_dict_loads_identically(tmp_path, model_and_batch):
     model, dense, sparse = model_and_batch
     torch.save(model.state_dict(), tmp_path / "bare.pt")
-    loaded = build_model(tmp_path / "bare.pt")
+    loaded = DLRMModule.from_weights(tmp_path / "bare.pt").model
     with torch.no_grad():
         assert torch.equal(loaded(dense, sparse), model(dense, sparse))
 
@@ -108,4 +109,4 @@ def test_corrupt_truncated_and_wrong_checkpoints_are_refused(tmp_path, model_and
     state["top_l.0.weight"] = torch.zeros(6, 99)  # a top MLP that fits no interaction
     torch.save(state, tmp_path / "wrong.pt")
     with pytest.raises(CheckpointError, match="wrong.pt"):
-        build_model(tmp_path / "wrong.pt")
+        DLRMModule.from_weights(tmp_path / "wrong.pt")

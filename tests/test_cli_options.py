@@ -202,7 +202,8 @@ def test_every_numeric_and_path_option_has_bad_values():
         ours = {o for o in options if not o.startswith(LIGHTNING_PREFIXES)}
         missing = sorted(o for o in ours if not SCRIPT_BAD.get((script, o), BAD.get(o)))
         assert not missing, (
-            f"scripts/{script}.py: no bad values defined for {missing}; add them to BAD in {__file__}"
+            f"scripts/{script}.py: no bad values defined for {missing}; "
+            f"add them to BAD in {__file__}"
         )
         stale = sorted(set(LIGHTNING[script]) - options)
         assert not stale, f"scripts/{script}.py has no option {stale} any more"
@@ -227,7 +228,9 @@ class _Exploit:
 def files(tmp_path_factory, tiny_data_args) -> dict[str, str]:
     root = tmp_path_factory.mktemp("bad-files")
     cache = next(a for a in tiny_data_args if a.startswith("--data.cache_dir=")).split("=", 1)[1]
-    tables = CriteoDataModule(synthetic_rows=14000, max_table_size=300, cache_dir=cache).table_sizes
+    data = CriteoDataModule(synthetic_rows=14000, max_table_size=300, cache_dir=cache)
+    data.setup()
+    tables = data.table_sizes
     torch.manual_seed(0)
     good = DLRMModule(tables).model.state_dict()
     f = {

@@ -22,6 +22,7 @@ def dm(tmp_path_factory):
         **TINY,
     )
     d.prepare_data()
+    d.setup()
     return d
 
 
@@ -123,6 +124,7 @@ def test_num_workers_reopens_the_memory_maps(dm):
     loader = dm.dataloader("val", rank=0, world_size=1)
     ref = [x[1] for x in loader]
     w = CriteoDataModule(cache_dir=dm.cache_dir, num_workers=1, eval_batch_size=1000, **TINY)
+    w.setup()
     got = [x[1] for x in w.val_dataloader()]
     assert all((x == y).all() for x, y in zip(ref, got)) and len(ref) == len(got)
 
@@ -139,6 +141,7 @@ def test_dlrm_npz(tmp_path):
     dm = CriteoDataModule(
         source="dlrm_npz", path=str(path), cache_dir=str(tmp_path / "c"), eval_batch_size=100
     )
+    dm.setup()
     assert dm.table_sizes == counts.tolist()
     assert (np.load(dm.cache_path / "sparse.npy") == x_cat).all()
     assert (np.load(dm.cache_path / "dense.npy") == x_int).all()
@@ -150,6 +153,7 @@ def test_dlrm_npz(tmp_path):
     dm2 = CriteoDataModule(
         source="dlrm_npz", path=str(path), cache_dir=str(tmp_path / "c"), max_ind_range=7
     )
+    dm2.setup()
     assert dm2.table_sizes == np.minimum(counts, 7).tolist()
     assert (np.load(dm2.cache_path / "sparse.npy") == x_cat.astype(np.int64) % 7).all()
 
@@ -159,13 +163,13 @@ def test_dlrm_npz(tmp_path):
     with pytest.raises(CriteoFormatError, match=r"bad.npz: X_cat\[5, 3\]"):
         CriteoDataModule(
             source="dlrm_npz", path=str(bad), cache_dir=str(tmp_path / "c")
-        ).table_sizes
+        ).prepare_data()
     with zipfile.ZipFile(tmp_path / "nokeys.npz", "w") as z:
         z.writestr("counts.npy", b"")
     with pytest.raises(CriteoFormatError, match="nokeys.npz"):
         CriteoDataModule(
             source="dlrm_npz", path=str(tmp_path / "nokeys.npz"), cache_dir=str(tmp_path / "c")
-        ).table_sizes
+        ).prepare_data()
 
 
 def test_constructor_errors_name_the_option(tmp_path):
@@ -176,7 +180,7 @@ def test_constructor_errors_name_the_option(tmp_path):
     with pytest.raises(FileNotFoundError, match="data.path"):
         CriteoDataModule(
             source="kaggle", path=str(tmp_path / "missing.txt"), cache_dir=str(tmp_path)
-        ).table_sizes
+        ).prepare_data()
 
 
 def test_unlabelled_kaggle_test_file_preprocesses_but_does_not_train(tmp_path):
@@ -190,6 +194,7 @@ def test_unlabelled_kaggle_test_file_preprocesses_but_does_not_train(tmp_path):
         / "test-unlabelled-first1000.tsv"
     )
     dm = CriteoDataModule(source="kaggle", path=str(src), cache_dir=str(tmp_path))
+    dm.setup()
     assert len(dm.table_sizes) == 26 and not dm.meta["has_label"]
     with pytest.raises(ValueError, match="has no labels"):
         dm.train_dataloader()

@@ -1,4 +1,4 @@
-"""DDP on CPU (2 gloo processes): training and the sweep give one process's results, and only rank 0 writes.
+"""DDP on CPU (2 gloo processes): training and the sweep give one process's results; rank 0 writes.
 
 The scripts run as real subprocesses (Lightning's DDP launcher re-runs the script for rank 1) on
 tiny synthetic data whose test split has an odd number of rows, so the ranks' test shards, and
@@ -7,6 +7,7 @@ compared here: weights after training, the pruned tables of each sweep point, th
 and every call that writes or measures a sweep output.
 """
 
+import inspect
 import os
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from lit_dlrm.data.datamodule import ShardedBatchSampler
 from lit_dlrm.metrics import ClickMetrics
 from lit_dlrm.module import DLRMModule
 from lit_dlrm.results import FORWARD_TIME_CSV, METADATA_CSV, METRICS_CSV, read_table
+from lit_dlrm.sparse_sync import ignore_in_ddp
 from lit_dlrm.sparsity.grid import make_grid
 
 # 14007 rows: train 12006 (6003 per rank), test 1001 (ranks read 500 and 501 rows: 5 and 6 batches).
@@ -43,6 +45,26 @@ GRID = [
 ]
 QUALITY_EXACT = ["precision", "recall", "f1", "accuracy"]
 QUALITY_CLOSE = ["roc_auc", "log_loss", "ne"]
+
+
+def test_private_ddp_ignore_api_is_still_there():
+    """``ignore_in_ddp`` uses torch's private ``DistributedDataParallel.
+    _set_params_and_buffers_to_ignore_for_model`` (there is no public API). If this fails, torch
+    moved or changed it: adapt ``lit_dlrm.sparse_sync.ignore_in_ddp`` and the torch bound in
+    pyproject.toml."""
+    ddp = torch.nn.parallel.DistributedDataParallel
+    api = getattr(ddp, "_set_params_and_buffers_to_ignore_for_model", None)
+    assert api is not None, "torch removed DDP._set_params_and_buffers_to_ignore_for_model"
+    assert list(inspect.signature(api).parameters) == ["module", "params_and_buffers_to_ignore"], (
+        f"DDP._set_params_and_buffers_to_ignore_for_model{inspect.signature(api)} changed"
+    )
+    module = DLRMModule([3, 4], embedding_dim=2, bottom_mlp=[2], top_mlp=[2])
+    ignore_in_ddp(module, ["model.emb_l.0.weight"])
+    assert module._ddp_params_and_buffers_to_ignore == ["model.emb_l.0.weight"]
+    assert "_ddp_params_and_buffers_to_ignore" in inspect.getsource(ddp.__init__), (
+        "DDP no longer reads _ddp_params_and_buffers_to_ignore, which "
+        "DDP._set_params_and_buffers_to_ignore_for_model sets"
+    )
 
 
 # -- the sampler's sharing rule and the metrics' sync, without the scripts ---------------------
@@ -163,6 +185,7 @@ def data(tmp_path_factory):
     cache = tmp_path_factory.mktemp("ddp-cache")
     dm = CriteoDataModule(cache_dir=str(cache), **TINY)
     dm.prepare_data()
+    dm.setup()
     return dm, [f"--data.{k}={v}" for k, v in TINY.items()] + [f"--data.cache_dir={cache}"]
 
 
@@ -181,7 +204,8 @@ def assert_ranks_read_the_split_once(dm: CriteoDataModule, probe: Path) -> None:
 
 
 def event_pids(root: Path) -> set[int]:
-    """pids in the names of every TensorBoard event file under root (events.out.tfevents.<time>.<host>.<pid>.<n>)."""
+    """pids in the names of every TensorBoard event file under root
+    (events.out.tfevents.<time>.<host>.<pid>.<n>)."""
     return {int(p.name.split(".")[-2]) for p in root.rglob("events.out.tfevents.*")}
 
 

@@ -270,7 +270,7 @@ def check(path: Path, exp: Expected, **kwargs) -> None:
 
 
 def _pool() -> list[list[str]]:
-    """40 fields (label, I1..I13, C1..C26) of real rows, padded where trailing fields were stripped."""
+    """40 fields (label, I1..I13, C1..C26) of real rows, padded where trailing ones are stripped."""
     rows = []
     for name in ("train-paddlerec-a.tsv", "train-first1000-stripped.tsv"):
         for line in (SAMPLES / name).read_text().splitlines()[:25]:
@@ -438,7 +438,7 @@ def workdir(tmp_path_factory) -> Path:
 @settings(max_examples=750, **SETTINGS)
 @given(data=st.data(), lay=st.sampled_from(LAYOUTS))
 def test_lines_in_every_layout(workdir, data, lay):
-    """Mutated lines in each layout, format given, blocks of 64..2048 bytes (lines cut across reads)."""
+    """Mutated lines in each layout, format given, blocks of 64..2048 bytes (lines cut by reads)."""
     content = data.draw(text_file(lay))
     path = workdir / f"train{lay.suffix}"
     path.write_bytes(content)

@@ -25,9 +25,8 @@ from conftest import REPO
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lit_dlrm.checkpoint import load_state_dict
+from lit_dlrm.checkpoint import AtomicCheckpointIO, load_state_dict
 from lit_dlrm.cli import sweep, train
-from lit_dlrm.checkpoint_io import AtomicCheckpointIO
 from lit_dlrm.data.preprocess import PreprocessOptions, cached_text, read_meta
 from lit_dlrm.results import (
     FORWARD_TIME_CSV,
@@ -151,11 +150,12 @@ def assert_consistent(checkpoints: Path) -> None:
     assert Path(best).is_file(), f"last.ckpt names {best}, which is gone"
 
 
-# Runs scripts/train.py and SIGKILLs it after the second best checkpoint is written (and the first
+# Runs the training CLI and SIGKILLs it after the second best checkpoint is written (and the first
 # superseded), before last.ckpt records that: the one moment where the two callbacks disagree.
 KILL_BETWEEN_BEST_AND_LAST = """
-import os, runpy, signal, sys
-from lit_dlrm.checkpoint_io import AtomicCheckpointIO
+import os, signal, sys
+from lit_dlrm.checkpoint import AtomicCheckpointIO
+from lit_dlrm.cli import train
 save, bests = AtomicCheckpointIO.save_checkpoint, []
 def save_or_die(self, checkpoint, path, storage_options=None):
     if os.path.basename(path).startswith("best-"):
@@ -164,8 +164,7 @@ def save_or_die(self, checkpoint, path, storage_options=None):
         os.kill(os.getpid(), signal.SIGKILL)
     return save(self, checkpoint, path, storage_options)
 AtomicCheckpointIO.save_checkpoint = save_or_die
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
+train(sys.argv[1:])
 """
 
 
@@ -186,7 +185,7 @@ def test_training_killed_twice_resumes_to_the_same_step(tmp_path, tiny_data_args
     last = checkpoints / "last.ckpt"
     # 1. Between the best and the last checkpoint of the second validation.
     child = subprocess.run(
-        [sys.executable, "-c", KILL_BETWEEN_BEST_AND_LAST, "scripts/train.py", *options],
+        [sys.executable, "-c", KILL_BETWEEN_BEST_AND_LAST, *options],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -198,12 +197,13 @@ def test_training_killed_twice_resumes_to_the_same_step(tmp_path, tiny_data_args
     assert len(list(checkpoints.glob("best-*.ckpt"))) == 2  # and so is the one written after it
     kills = [f"between the best and the last checkpoint, at step {first_at} of {final_step}"]
 
-    # 2. Resumed, then killed after the 2nd or 3rd of its 7 validations, at a random moment before the next.
+    # 2. Resumed, then killed after the 2nd or 3rd of its 7 validations, at a random moment
+    # before the next.
     log = tmp_path / "train.log"
     proc = spawn([sys.executable, "scripts/train.py", *options, f"--ckpt_path={last}"], log)
     saves, wanted, inode = [], int(rng.integers(2, 4)), last.stat().st_ino
     while len(saves) < wanted:
-        assert wait_for(proc, lambda: last.stat().st_ino != inode, log)
+        assert wait_for(proc, lambda inode=inode: last.stat().st_ino != inode, log)
         inode = last.stat().st_ino  # each save renames a new file over last.ckpt
         saves.append(time.monotonic())
     time.sleep(rng.uniform(0, 1) * float(np.median(np.diff(saves))))
@@ -264,7 +264,7 @@ def test_killed_preprocessing_rebuilds_the_same_cache(tmp_path, capsys):
     for _ in range(3):
         stale = set(cache.glob(".tmp-*"))
         proc = spawn(build, log)
-        if not wait_for(proc, lambda: bool(set(cache.glob(".tmp-*")) - stale), log):
+        if not wait_for(proc, lambda stale=stale: bool(set(cache.glob(".tmp-*")) - stale), log):
             break
         delay = rng.uniform(0, 0.9) * build_s
         time.sleep(delay)

@@ -49,11 +49,9 @@ def run(tmp_path_factory, tiny_data_args, checkpoint):
 @pytest.fixture(scope="module")
 def table_bytes(tiny_data_args):
     cache = next(a for a in tiny_data_args if a.startswith("--data.cache_dir=")).split("=", 1)[1]
-    return (
-        sum(CriteoDataModule(synthetic_rows=14000, max_table_size=300, cache_dir=cache).table_sizes)
-        * 16
-        * 4
-    )
+    data = CriteoDataModule(synthetic_rows=14000, max_table_size=300, cache_dir=cache)
+    data.setup()
+    return sum(data.table_sizes) * 16 * 4
 
 
 def point_of(row) -> tuple:

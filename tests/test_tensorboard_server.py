@@ -35,7 +35,9 @@ HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1
 def sweep_dir(tmp_path_factory, tiny_data_args):
     """A tiny sweep: 2 norms x 2 block shapes x levels 0 and 0.5 over an untrained model."""
     cache = next(a for a in tiny_data_args if a.startswith("--data.cache_dir=")).split("=", 1)[1]
-    tables = CriteoDataModule(synthetic_rows=14000, max_table_size=300, cache_dir=cache).table_sizes
+    data = CriteoDataModule(synthetic_rows=14000, max_table_size=300, cache_dir=cache)
+    data.setup()
+    tables = data.table_sizes
     root = tmp_path_factory.mktemp("tb-sweep")
     torch.manual_seed(0)
     torch.save(DLRMModule(tables).model.state_dict(), root / "model.pt")

@@ -1,11 +1,12 @@
-"""scripts/train.py end to end on tiny synthetic data: TensorBoard curves and a reloadable checkpoint."""
+"""The training CLI end to end on tiny synthetic data: TensorBoard curves, reloadable checkpoint."""
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lit_dlrm.checkpoint import build_model, latest_checkpoint
+from lit_dlrm.checkpoint import latest_checkpoint
 from lit_dlrm.cli import train
+from lit_dlrm.module import DLRMModule
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def test_best_checkpoint_reloads_and_resumes(run_dir, tiny_data_args, capsys):
     assert best.parent == run_dir / "checkpoints"
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["epoch"] == 1  # written after every epoch, improved or not
-    model = build_model(best)
+    model = DLRMModule.from_weights(best).model
     ckpt = torch.load(best, weights_only=True)
     assert ckpt["callbacks"]  # a Lightning checkpoint, selected on validation
     torch.testing.assert_close(

@@ -1,14 +1,13 @@
-"""Criteo data: raw Kaggle files, DLRM's processed .npz and a synthetic default behind one DataModule.
+"""Criteo data: raw Kaggle files, dlrm's processed .npz and a synthetic default, one DataModule.
 
-    criteo.py      text parsing (TSV/CSV/gz, quirks, errors naming file and line), Kaggle TSV writer
+    criteo.py      text parsing (TSV/CSV/gz; errors name file and line), Kaggle TSV writer
     preprocess.py  streaming preprocessing into the memory-mapped cache (ids, options, splits)
     npz.py         facebookresearch/dlrm's kaggleAdDisplayChallenge_processed.npz
     synthetic.py   Kaggle-shaped synthetic rows with a planted teacher (known click probabilities)
-    datamodule.py  CriteoDataModule: the cache behind batched, sharded dataloaders
+    datamodule.py  CriteoDataModule: prepare_data builds the cache, setup reads it, sharded loaders
     kaggle.py      facts about the Kaggle data set (table sizes, ...)
 
-Names are imported lazily, so the numpy-only parts (parsing, preprocessing) do not pull in torch
-and Lightning: `from lit_dlrm.data import CriteoDataModule` works as usual.
+Names are imported lazily, so the numpy-only parts (parsing, preprocessing) do not import torch.
 """
 
 import importlib

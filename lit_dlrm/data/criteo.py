@@ -1,20 +1,16 @@
-"""Reading Criteo text files: Kaggle `train.txt` / `test.txt`, gzip copies, CSV copies with a header.
+"""Reading Criteo text files: Kaggle `train.txt` / `test.txt`, gzip copies, CSV copies (header)
 
-A line is `[Id,] [label,] I1..I13, C1..C26`, separated by TAB (or `,` for CSV). Real copies have
-quirks that all parse here: trailing empty fields stripped (a line may stop after any categorical
-field), CRLF line ends, no final newline, negative integers, empty fields (missing values).
-
-Parsing is vectorised over byte blocks of a few MB: numpy finds the separators, reads each field as
-one unaligned 8-byte word and decodes hex / decimal digits with a lookup table and SWAR bit tricks.
-There is no per-line Python on the happy path; a bad line is explained afterwards by
-`explain_line`, which checks that one line in plain Python so the message says what was wrong.
+A line is `[Id,] [label,] I1..I13, C1..C26`, separated by TAB (or `,` for CSV). Trailing empty
+fields may be stripped (after C1), lines may end in CRLF or lack the final newline; integers may
+be negative, any field empty (missing). Parsing is vectorised over byte blocks (no per-line Python
+on the happy path); `explain_line` says what is wrong with a bad line.
 
 Bad input raises `CriteoFormatError` ("train.txt:1234: expected 40 tab-separated fields, got 41"),
 or, with `on_bad_line="skip"`, the line is dropped and counted in `ParseStats`.
 
 Output per block (`ParsedBlock`), n rows:
     label: uint8 (n,) or None for unlabelled files
-    dense: int32 (n, 13) raw integers, missing -> 0, negatives kept (clipping is preprocessing's job)
+    dense: int32 (n, 13) raw integers, missing -> 0, negatives kept (clipping is preprocessing's)
     cat:   uint32 (n, 26) raw 32-bit hashes, missing -> 0 (as facebookresearch/dlrm does)
 """
 
@@ -47,7 +43,7 @@ __all__ = [
     "MISSING_DENSE",
 ]
 
-# Sentinel for "missing" in raw dense arrays handed to `write_kaggle_tsv` (written as an empty field).
+# "missing" in raw dense arrays handed to `write_kaggle_tsv` (written as an empty field)
 MISSING_DENSE = np.iinfo(np.int32).min
 _INT32_MAX = np.iinfo(np.int32).max
 _DEFAULT_BLOCK_BYTES = 8 << 20
@@ -116,7 +112,7 @@ def _is_gzip(path: Path) -> bool:
 
 
 def open_binary(path: str | os.PathLike) -> tuple[BinaryIO, BinaryIO]:
-    """(decoded stream, raw file) for `path`; gzip is recognised by its magic bytes, not the name."""
+    """(decoded stream, raw file) for `path`; gzip recognised by its magic bytes, not the name."""
     path = Path(path)
     raw = open(path, "rb")
     if raw.read(2) == b"\x1f\x8b":
@@ -318,7 +314,7 @@ def _parse_hex(words, start, length) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _parse_dec(buf: np.ndarray, words, start, length) -> tuple[np.ndarray, np.ndarray]:
-    """int64 values and a bad mask for optionally negative decimal fields (empty -> 0); any shape."""
+    """int64 values and a bad mask for optionally negative decimals (empty -> 0); any shape."""
     neg = buf[start] == 45  # '-'
     neg &= length > 0
     s = start + neg
@@ -423,10 +419,13 @@ def _parse_block(buf: bytes, fmt: TextFormat) -> tuple[ParsedBlock, np.ndarray]:
 
 
 def explain_line(line: bytes, fmt: TextFormat) -> str:
-    """What is wrong with `line` (without its line end), as a message without the `file:line:` part."""
+    """What is wrong with `line` (without its line end): a message without `file:line:`."""
     for i, byte in enumerate(line):
         if (byte < 32 and byte not in (9, 13)) or byte >= 127:
-            return f"binary data, not text (byte 0x{byte:02x} at column {i + 1}); is this the right file?"
+            return (
+                f"binary data, not text (byte 0x{byte:02x} at column {i + 1}); "
+                "is this the right file?"
+            )
         if byte == 13:
             return f"stray carriage return (byte 0x0d at column {i + 1})"
     text = line.decode("ascii")
@@ -546,7 +545,8 @@ def _bodies(stream, name: str, fmt: TextFormat, block_bytes: int) -> Iterator[tu
         if cut == 0:
             if len(data) > 64 * block_bytes:
                 raise CriteoFormatError(
-                    f"{name}:{line_no}: no line end in {len(data)} bytes; binary data or not a Criteo text file?"
+                    f"{name}:{line_no}: no line end in {len(data)} bytes; "
+                    "binary data or not a Criteo text file?"
                 )
             rest = data
             continue
@@ -605,7 +605,8 @@ _DENSE_W = 11  # '-' and up to 10 digits
 
 
 def _format_rows(label: np.ndarray | None, dense: np.ndarray, cat: np.ndarray) -> bytes:
-    """Kaggle TSV bytes for n rows. dense: int (n,13), MISSING_DENSE -> empty; cat: uint32 (n,26), 0 -> empty."""
+    """Kaggle TSV bytes for n rows. dense: int (n, 13), MISSING_DENSE -> empty;
+    cat: uint32 (n, 26), 0 -> empty."""
     n = len(dense)
     pad = 0xFF  # marks unused byte slots; removed at the end
     parts = []

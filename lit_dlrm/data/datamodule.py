@@ -3,21 +3,14 @@
     dm = CriteoDataModule(source="synthetic")                       # the default: no download
     dm = CriteoDataModule(source="kaggle", path="train.txt.gz")     # raw Kaggle (TSV/CSV/gz)
     dm = CriteoDataModule(source="dlrm_npz", path="kaggleAdDisplayChallenge_processed.npz")
+    dm.prepare_data(); dm.setup()                                   # what a Trainer does
 
-The first access to `table_sizes` (or `prepare_data` / `setup`) builds the cache under `cache_dir`
-(or reuses it), so the sizes are known right after construction, as LightningCLI's
-`link_arguments("data.table_sizes", "model.table_sizes", apply_on="instantiate")` needs.
-
-Batches are whole slices of the memory-mapped arrays, never per-sample `__getitem__` + collate:
-a sampler yields one batch's rows at a time (a contiguous [start, stop) for val/test, a sorted
-gather of a seeded per-epoch permutation for train), and the dataset turns them into
+`prepare_data` builds the memory-mapped cache under `cache_dir` (or finds it); `setup` reads its
+metadata, after which `table_sizes`, `meta` and the loaders are available (before: RuntimeError).
+A batch is whole slices of the arrays, never per-sample collate:
     dense: float32 (B, 13) = log(x + 1),  sparse: int64 (B, 26),  label: float32 (B,)
-DDP: every rank reads its own shard (rules in `ShardedBatchSampler`). Train: an equal share of the
-split, so every rank runs the same number of steps (the remainder of n_train % world_size rows is
-left out that epoch). Val/test: contiguous shards with no padding and no duplicates, so metrics over
-the split are exact. The sampler subclasses
-`DistributedSampler`, which makes Lightning leave it alone; `use_distributed_sampler=False` in the
-Trainer is still the clearest setting. The memory maps are opened lazily in each worker process.
+Under DDP each rank reads its own shard (`ShardedBatchSampler`): train rows in equal shares, val
+and test rows each exactly once, so metrics over a split are exact.
 """
 
 from __future__ import annotations
@@ -44,7 +37,7 @@ SPLITS = ("train", "val", "test")
 
 
 class CriteoBatches(Dataset):
-    """Whole batches from a cache directory: item = rows given by the sampler -> (dense, sparse, label).
+    """Whole batches from a cache directory: rows given by the sampler -> (dense, sparse, label).
 
     Picklable for worker processes: the memory maps are (re)opened lazily in each process.
     """
@@ -82,22 +75,13 @@ class CriteoBatches(Dataset):
 
 
 class ShardedBatchSampler(DistributedSampler):
-    """Yields this rank's batches of one split: (start, stop) pairs, or sorted row-number arrays.
+    """This rank's batches of rows [start, end): (start, stop) pairs, or with `shuffle` sorted
+    row-number arrays from the epoch's seeded permutation (`set_epoch`).
 
-    How the split's ``n`` rows are shared among ``world_size`` ranks (rows, never batches):
-
-    - ``drop_last=True`` (training): every rank gets exactly ``n // world_size`` rows, so every
-      rank runs the same number of batches. DDP all-reduces the gradients of every step, so a
-      rank with one batch more would wait forever. The ``n % world_size`` (< world_size) rows
-      left over are skipped that epoch: with ``shuffle``, a different few every epoch.
-    - ``drop_last=False`` (validation, test): rank ``r`` gets rows ``[n*r // w, n*(r+1) // w)``.
-      No row is dropped or repeated, so metrics over the split are exact. Shards differ by one
-      row at most and ranks may run different numbers of batches, which is safe: evaluation has
-      no per-batch collective, the metrics are gathered once at the end of the epoch.
-
-    Within its share a rank reads contiguous slices, or with ``shuffle`` its part of the epoch's
-    seeded permutation, in sorted batches. A `DistributedSampler` only so that Lightning does not
-    wrap it in another one; it shards itself.
+    `drop_last=True` (training): every rank gets exactly n // world_size rows, so all ranks run the
+    same number of steps; the n % world_size rows left over are skipped that epoch.
+    `drop_last=False` (val/test): rank r gets rows [n*r // w, n*(r+1) // w): each row exactly once.
+    A `DistributedSampler` so that Lightning does not wrap it in another; it shards itself.
     """
 
     def __init__(
@@ -223,24 +207,31 @@ class CriteoDataModule(LightningDataModule):
 
     # -- the cache ---------------------------------------------------------------------------
 
-    def _ensure(self) -> dict:
-        if self._meta is None:
-            if self.source == "synthetic":
-                self._dir, self._meta = cached_synthetic(
-                    self.synthetic, self.cache_dir, self.options
-                )
-            elif self.source == "kaggle":
-                self._dir, self._meta = cached_text(
-                    self.path,
-                    self.cache_dir,
-                    self.options,
-                    has_label=self.has_label,
-                    progress=self.progress,
-                )
-            else:
-                from .npz import cached_npz
+    def _cache(self) -> tuple[Path, dict]:
+        """(directory, meta) of this data's cache, built first if no complete one exists."""
+        if self.source == "synthetic":
+            return cached_synthetic(self.synthetic, self.cache_dir, self.options)
+        if self.source == "kaggle":
+            return cached_text(
+                self.path,
+                self.cache_dir,
+                self.options,
+                has_label=self.has_label,
+                progress=self.progress,
+            )
+        from .npz import cached_npz
 
-                self._dir, self._meta = cached_npz(self.path, self.cache_dir, self.options)
+        return cached_npz(self.path, self.cache_dir, self.options)
+
+    def prepare_data(self) -> None:
+        """Build the cache unless a complete one exists (a Trainer calls this on local rank 0;
+        other callers wait on the cache's lock file). Errors name the input file and line."""
+        self._cache()
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read the cache's metadata (building the cache first if `prepare_data` did not)."""
+        if self._meta is None:
+            self._dir, self._meta = self._cache()
             if self._meta.get("skipped_lines"):
                 log.warning(
                     "%s: %d bad line(s) were skipped when the cache was built (see %s)",
@@ -248,32 +239,33 @@ class CriteoDataModule(LightningDataModule):
                     self._meta["skipped_lines"],
                     self._dir / "meta.json",
                 )
-        return self._meta
+
+    def _ready(self) -> tuple[Path, dict]:
+        if self._meta is None:
+            raise RuntimeError("CriteoDataModule: call prepare_data() and setup() first")
+        return self._dir, self._meta
 
     @property
     def cache_path(self) -> Path:
-        self._ensure()
-        return self._dir
+        """The cache directory (after `setup`)."""
+        return self._ready()[0]
 
     @property
     def meta(self) -> dict:
-        return self._ensure()
+        """The cache's meta.json: table_sizes, splits, rows, has_label, ... (after `setup`)."""
+        return self._ready()[1]
 
     @property
     def table_sizes(self) -> list[int]:
-        return list(self._ensure()["table_sizes"])
+        """Rows of each of the 26 embedding tables (after `setup`)."""
+        return list(self.meta["table_sizes"])
 
     def split_range(self, split: str) -> tuple[int, int]:
+        """[start, stop) row numbers of `split` ("train", "val" or "test") in the cache."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        a, b = self._ensure()["splits"][split]
+        a, b = self.meta["splits"][split]
         return a, b
-
-    def prepare_data(self) -> None:
-        self._ensure()
-
-    def setup(self, stage: str | None = None) -> None:
-        self._ensure()
 
     # -- loaders -----------------------------------------------------------------------------
 
@@ -292,10 +284,10 @@ class CriteoDataModule(LightningDataModule):
         world_size: int | None = None,
     ) -> DataLoader:
         """Loader of one split; `rank`/`world_size` default to the attached trainer's."""
-        meta = self._ensure()
-        if not meta.get("has_label"):
+        if not self.meta.get("has_label"):
             raise ValueError(
-                f"{self.path}: has no labels (a Kaggle test.txt?); training and evaluation need train.txt"
+                f"{self.path}: has no labels (a Kaggle test.txt?); "
+                "training and evaluation need train.txt"
             )
         start, end = self.split_range(split)
         r, w = self._rank_world()
@@ -314,7 +306,7 @@ class CriteoDataModule(LightningDataModule):
             drop_last=split == "train",
         )
         return DataLoader(
-            CriteoBatches(self._dir),
+            CriteoBatches(self.cache_path),
             batch_size=None,
             sampler=sampler,
             num_workers=self.num_workers,
@@ -333,15 +325,13 @@ class CriteoDataModule(LightningDataModule):
     # -- the synthetic teacher ---------------------------------------------------------------
 
     def teacher_metrics(self, split: str = "test") -> dict | None:
-        """Bayes-optimal {"auc", "log_loss", "positive_rate"} of `split` (synthetic only, else None)."""
-        meta = self._ensure()
+        """Bayes-optimal {"auc", "log_loss", "positive_rate"} of `split` (None unless synthetic)."""
         if self.source != "synthetic":
             return None
-        self.split_range(split)
-        stored = meta.get("teacher", {}).get("metrics", {}).get(split)
+        a, b = self.split_range(split)
+        stored = self.meta.get("teacher", {}).get("metrics", {}).get(split)
         if stored is not None:
             return dict(stored)
-        a, b = self.split_range(split)
-        prob = np.load(self._dir / "prob.npy", mmap_mode="r")[a:b]
-        label = np.load(self._dir / "label.npy", mmap_mode="r")[a:b]
+        prob = np.load(self.cache_path / "prob.npy", mmap_mode="r")[a:b]
+        label = np.load(self.cache_path / "label.npy", mmap_mode="r")[a:b]
         return binary_metrics(prob, label)

@@ -13,34 +13,12 @@ SPARSE_NAMES = tuple(f"C{i}" for i in range(1, NUM_SPARSE + 1))
 
 # Distinct values per categorical feature over the whole of train.txt (C1..C26), as counted by
 # facebookresearch/dlrm's preprocessing: 33,762,577 embedding rows in total.
+# fmt: off
 KAGGLE_TABLE_SIZES = (
-    1460,
-    583,
-    10131227,
-    2202608,
-    305,
-    24,
-    12517,
-    633,
-    3,
-    93145,
-    5683,
-    8351593,
-    3194,
-    27,
-    14992,
-    5461306,
-    10,
-    5652,
-    2173,
-    4,
-    7046547,
-    18,
-    15,
-    286181,
-    105,
-    142572,
+    1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27, 14992,
+    5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
 )
+# fmt: on
 KAGGLE_TRAIN_ROWS = 45_840_617
 KAGGLE_POSITIVE_RATE = 0.256
 

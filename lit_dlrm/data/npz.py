@@ -1,14 +1,11 @@
-"""Reading facebookresearch/dlrm's `kaggleAdDisplayChallenge_processed.npz`.
+"""Reading facebookresearch/dlrm's `kaggleAdDisplayChallenge_processed.npz` into the cache.
 
-Keys: `X_int` int32 (N, 13) (negatives already 0), `X_cat` float64 (N, 26) ids in first-appearance
-order, `y` (N,) 0/1, `counts` int32 (26,) table sizes. Members of an .npz cannot be memory-mapped
-(`np.load(mmap_mode="r")` ignores the mode for archives, and dlrm compresses them), so each member is
-streamed out of the zip block by block (`zipfile` + the .npy header) into the cache's .npy files:
-nothing is held in RAM twice, memory is bounded by the block size.
-
-The rows are in file order, so the split is the Kaggle one (days by divmod). Options as in dlrm's
-loader: `max_ind_range` takes `id % max_ind_range` (table size `min(count, max_ind_range)`);
-`min_frequency` maps rare ids to one shared id like for text input.
+Keys: `X_int` (N, 13) (negatives already 0), `X_cat` (N, 26) ids in first-appearance order
+(float64 in dlrm's files), `y` (N,) 0/1, `counts` (26,) table sizes. Each member is streamed out
+of the zip block by block (memory bounded by the block size; pickled objects refused). Rows keep
+file order, so the split is the Kaggle one. `max_ind_range` takes `id % max_ind_range` (table size
+`min(count, max_ind_range)`); `min_frequency` maps rare ids to one shared id as for text input.
+Malformed input raises `CriteoFormatError` naming the file, key and row.
 """
 
 from __future__ import annotations
@@ -32,7 +29,8 @@ def _open_member(zf: zipfile.ZipFile, key: str, name: str):
     member = f"{key}.npy"
     if member not in zf.namelist():
         raise CriteoFormatError(
-            f"{name}: no array {key!r} (has {sorted(n[:-4] for n in zf.namelist())}); expected keys {REQUIRED}"
+            f"{name}: no array {key!r} (has {sorted(n[:-4] for n in zf.namelist())}); "
+            f"expected keys {REQUIRED}"
         )
     f = zf.open(member)
     version = np.lib.format.read_magic(f)
@@ -86,7 +84,8 @@ def iter_npz_blocks(
                 if bad.any():
                     r, j = np.argwhere(bad)[0]
                     raise CriteoFormatError(
-                        f"{name}: X_cat[{start + r}, {j}] = {cat[r, j]!r} is not an id in [0, counts[{j}]={counts[j]})"
+                        f"{name}: X_cat[{start + r}, {j}] = {cat[r, j]!r} is not an id "
+                        f"in [0, counts[{j}]={counts[j]})"
                     )
                 if not np.isin(y, (0, 1)).all():
                     r = int(np.flatnonzero(~np.isin(y, (0, 1)))[0])

@@ -1,19 +1,12 @@
-"""Streaming preprocessing into the cache: raw rows in, memory-mappable arrays + meta.json out.
+"""Streaming preprocessing into the cache: raw row blocks in, memory-mapped arrays + meta.json out.
 
-Every source (Kaggle text, the synthetic generator) hands blocks of raw rows to `build_arrays`:
-    label: uint8 (n,) or None      dense: int (n, 13) raw integers      cat: uint32 (n, 26) raw hashes
-The rules are facebookresearch/dlrm's (REFERENCE.md section 6):
-    * missing -> 0 (the parsers already give 0), negative dense -> 0; the `log(x + 1)` transform is
-      applied when batches are built, so the cache keeps the clipped integers;
-    * categorical ids per feature in order of first appearance over the whole file (all days);
-    * optional `max_ind_range`: the raw hash is taken modulo it first;
-    * optional `min_frequency` (default 1 = off): values seen fewer times share one id, placed
-      where the first of them appeared (as if they had all been one raw value). This needs the
-      counts of the whole file, so it is a second pass over the cached ids, not over the text.
-    * 7 consecutive "days" by divmod (the first `extra` days one row longer); days 0-5 train,
-      day 6 split in two with the first (larger) half as test and the second as validation.
-
-Memory is bounded by the block size plus one sorted key array per feature (the distinct values).
+Every source hands blocks of raw rows to `build_arrays`:
+    label: uint8 (n,) or None     dense: int (n, 13) raw integers     cat: uint32 (n, 26) raw hashes
+The rules are facebookresearch/dlrm's `data_utils.py` (`../shared/reference/REFERENCE.md`, 6):
+missing -> 0, negative dense -> 0 (`log(x + 1)` is applied when batches are built); categorical ids
+per feature in order of first appearance over the whole file; optional `max_ind_range` (raw hash
+modulo it first) and `min_frequency` (rarer values share one id, placed where the first of them
+appeared); 7 days by divmod, days 0-5 train, day 6 split into test (first half) and val.
 
 Cache layout, one directory per (source, input fingerprint, options):
     dense.npy  int32 (N, 13)   clipped raw integers
@@ -21,8 +14,9 @@ Cache layout, one directory per (source, input fingerprint, options):
     label.npy  uint8 (N,)      0/1 (absent for unlabelled Kaggle test files)
     prob.npy   float32 (N,)    synthetic only: the planted teacher's click probability
     meta.json                  table_sizes, splits, options, input fingerprint, counts, ...
-Directories are built under a temporary name and renamed when complete (meta.json is written last),
-so an interrupted build never looks complete; a rerun with the same key reuses the directory.
+A directory carries its final name only once complete (`ensure_cache`), so an interrupted build
+never looks complete; a rerun with the same key reuses it. Memory: bounded by the block size plus
+one sorted key array per feature.
 """
 
 from __future__ import annotations
@@ -44,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..paths import atomic_write
 from .kaggle import NUM_DAYS, NUM_DENSE, NUM_SPARSE
 
 log = logging.getLogger("lit_dlrm.data")
@@ -99,7 +94,7 @@ def split_ranges(n: int) -> dict[str, list[int]]:
 
 
 class NpyAppender:
-    """Write a C-order .npy file row block by row block, the final shape put in the header at the end.
+    """Write a C-order .npy file block by block; the final shape goes into the header at the end.
 
     The header is given a fixed 128 bytes (numpy's own alignment), so it can be rewritten in place.
     """
@@ -179,7 +174,7 @@ class IdAssigner:
 
 
 def rare_remap(counts: np.ndarray, min_frequency: int) -> np.ndarray:
-    """old id -> new id when values seen < min_frequency times share one id (first-appearance order).
+    """old id -> new id when values seen < min_frequency times share one id (first-appearance).
 
     Old ids are in first-appearance order, so treating every rare id as the first rare id and
     renumbering the distinct results in order gives first-appearance order with one shared id.
@@ -206,7 +201,7 @@ def build_arrays(
 ) -> dict:
     """Stream `blocks` (objects with .label, .dense, .cat and optional .extras) into `out_dir`.
 
-    `extras` names additional per-row arrays the blocks carry in `.extras` ({name: (dtype, row_shape)}),
+    `extras`: further per-row arrays the blocks carry in `.extras` ({name: (dtype, row_shape)}),
     e.g. the synthetic teacher's probabilities. `given_ids` (table sizes) says `.cat` already holds
     ids (dlrm's .npz): they are kept, taken modulo `max_ind_range`, and only rare-value remapping
     applies. Returns the metadata (table_sizes, rows, splits, ...).
@@ -302,7 +297,7 @@ def _remap_in_place(path: Path, remaps: list[np.ndarray], rows_per_block: int = 
 
 
 def fingerprint_file(path: str | os.PathLike, edge_bytes: int = 1 << 20) -> dict:
-    """Size, mtime and a SHA-256 of the first and last MiB: cheap, and changes when the file does."""
+    """Size, mtime and a SHA-256 of the first and last MiB: cheap, changes when the file does."""
     path = Path(path)
     st = path.stat()
     h = hashlib.sha256()
@@ -387,9 +382,7 @@ def ensure_cache(
                 created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 complete=True,
             )
-            tmp_meta = tmp / (META + ".part")
-            tmp_meta.write_text(json.dumps(meta, indent=1))
-            os.replace(tmp_meta, tmp / META)
+            atomic_write(tmp / META, lambda part: part.write_text(json.dumps(meta, indent=1)))
             if final.exists():
                 shutil.rmtree(final)
             os.rename(tmp, final)
@@ -445,7 +438,7 @@ def preprocess_text(
     progress: bool | None = None,
     block_bytes: int | None = None,
 ) -> dict:
-    """Parse a Kaggle-format text file (TSV/CSV, gzip or not) into `out_dir`; returns its metadata."""
+    """Parse a Kaggle-format text file (TSV/CSV, gzip or not) into `out_dir`; return its meta."""
     from .criteo import CriteoFormatError, ParseStats, iter_blocks, sniff_format
 
     path = Path(path)
@@ -495,7 +488,8 @@ def cached_text(
     has_label: bool | None = None,
     progress: bool | None = None,
 ) -> tuple[Path, dict]:
-    """The cache directory for a Kaggle text file, built on first use, reused while input+options match."""
+    """(directory, meta) of a Kaggle text file's cache: built on first use, reused while the
+    input and the options match. A missing file raises FileNotFoundError naming --data.path."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--data.path: no such file: {path}")

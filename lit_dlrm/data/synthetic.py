@@ -1,33 +1,16 @@
-"""Synthetic Criteo: Kaggle-shaped rows whose true click probability is known.
+"""Synthetic Criteo: Kaggle-shaped raw rows whose true click probability is known.
 
-Rows look like Kaggle `train.txt` before preprocessing: 13 integer features (counts, with missing
-values and a few negative values at Kaggle-like rates) and 26 categorical features (raw 32-bit hash
-values drawn Zipf-like from a table of min(Kaggle count, `max_table_size`) values; some missing).
-Everything is a function of `seed`, block by block, so the data do not depend on the machine.
+Rows look like Kaggle `train.txt` before preprocessing: 13 integer features (missing values and a
+few negatives at Kaggle-like rates) and 26 categorical features (raw 32-bit hashes drawn Zipf-like
+from min(Kaggle count, `max_table_size`) values per feature; some missing). Labels are drawn from
+a planted logistic `Teacher` over what a model sees after preprocessing; its probabilities are
+kept (`prob.npy`), so the Bayes-optimal AUC and log loss of every split are known
+(`binary_metrics`, stored in meta.json by `cached_synthetic`).
 
-Labels come from a planted logistic "teacher" over what a model sees after preprocessing
-(log1p of the clipped dense values and the category identities):
-
-    logit = bias
-          + dense term:        w . z + sum_k v_k * tanh(z_a) * z_b        z = standardised log1p(dense)
-          + category effects:  sum_j  sigma_j * s(p) * N(0, 1)            one per category value
-          + interactions:      sum_(a,b) <u_a[c_a], u_b[c_b]>             rank-r vectors, same s(p)
-                               + sum_(i,j) z_i * w_ij[c_j]                 dense slopes per category (off by default)
-    s(p) = sqrt(p / (p + p_ref))   (p: the value's frequency; rare values carry little signal)
-
-`bias` is solved so that the mean probability is `positive_rate` (Criteo: 0.256). A model of the
-dense features alone stays well below the teacher; rare values are close to noise, as in real
-click logs; the pairwise terms are what DLRM's dot interaction is made for.
-
-The default scales are chosen so that the default DLRM (Adagrad, batch 2048) gets within ~0.02 AUC
-of the teacher in one epoch over the 2M default rows on 2 CPU cores: most of the signal sits in the
-dense term and the main effects of frequent values, which DLRM learns quickly; the pairwise terms are
-kept small because DLRM's embeddings start near zero and their dot products are slow to emerge.
-Changing any default changes the data: bump GENERATOR_VERSION with the teacher's code.
-
-The Bayes-optimal predictions are `prob` itself: `teacher_metrics` gives their AUC and log loss,
-the ceiling a trained model is judged against. `write_tsv` writes the rows as Kaggle `train.txt`,
-so the text path can be run end to end on them (and must give back the same arrays).
+Everything is a function of `SyntheticConfig` (seed included), block by block, so the data do not
+depend on the machine; changing the teacher's code or defaults changes the data: bump
+GENERATOR_VERSION. `write_tsv` writes the rows as Kaggle `train.txt`, and the text path gives back
+the same arrays. The teacher's formula and the choice of its scales: docs/design-data.md.
 """
 
 from __future__ import annotations
@@ -46,34 +29,10 @@ BLOCK_ROWS = 1 << 17  # generation is deterministic per block of this many rows
 
 # Kaggle-like missing rates: I1..I13, C1..C26.
 _DENSE_MISSING = (0.45, 0.0, 0.21, 0.22, 0.03, 0.22, 0.04, 0.0005, 0.04, 0.45, 0.04, 0.77, 0.22)
-_SPARSE_MISSING = (
-    0,
-    0,
-    0.034,
-    0.034,
-    0,
-    0.12,
-    0,
-    0,
-    0,
-    0.034,
-    0,
-    0.034,
-    0,
-    0,
-    0,
-    0.034,
-    0,
-    0,
-    0.44,
-    0.44,
-    0.034,
-    0.76,
-    0,
-    0.034,
-    0.44,
-    0.44,
-)
+# fmt: off
+_SPARSE_MISSING = (0, 0, 0.034, 0.034, 0, 0.12, 0, 0, 0, 0.034, 0, 0.034, 0, 0, 0, 0.034, 0, 0,
+                   0.44, 0.44, 0.034, 0.76, 0, 0.034, 0.44, 0.44)
+# fmt: on
 # log-normal location/scale of each dense count (roughly Kaggle's medians and spreads)
 _DENSE_MU = (0.7, 1.3, 2.3, 1.8, 7.2, 4.0, 1.7, 2.3, 3.6, 0.4, 1.0, 0.3, 1.8)
 _DENSE_SIGMA = (1.0, 1.6, 1.5, 1.0, 1.9, 1.7, 1.4, 1.0, 1.2, 0.6, 0.9, 1.0, 1.0)
@@ -102,22 +61,25 @@ class SyntheticConfig:
 
 @dataclass
 class Teacher:
-    """The planted model: all parameters drawn from the seed (see module docstring)."""
+    """The planted model, every parameter drawn from ``config.seed``. The logit of a row is
+
+        bias + w . z + sum_k v_k tanh(z_a) z_b          z = standardised log1p(clipped dense)
+             + sum_j effect_j[c_j] + sum_(a,b) <u_a[c_a], u_b[c_b]> (+ dense slopes per category)
+
+    where a value's effects shrink with its frequency p as sqrt(p / (p + p_ref)), and ``bias``
+    makes the mean probability ``positive_rate``. Category code T_j means missing."""
 
     config: SyntheticConfig
     probs: list[np.ndarray] = field(default_factory=list)  # per feature: Zipf probabilities (T_j,)
     cdfs: list[np.ndarray] = field(default_factory=list)
-    hashes: list[np.ndarray] = field(
-        default_factory=list
-    )  # per feature: raw uint32 value (T_j,), nonzero
-    effects: list[np.ndarray] = field(
-        default_factory=list
-    )  # per feature: (T_j + 1,), last = missing
+    # per feature: raw uint32 value (T_j,), nonzero
+    hashes: list[np.ndarray] = field(default_factory=list)
+    # per feature: (T_j + 1,), last = missing
+    effects: list[np.ndarray] = field(default_factory=list)
     pairs: list[tuple[int, int]] = field(default_factory=list)
     vectors: dict[int, np.ndarray] = field(default_factory=dict)  # feature -> (T_j + 1, r)
-    slopes: list[tuple[int, int, np.ndarray]] = field(
-        default_factory=list
-    )  # (dense i, feature j, (T_j + 1,))
+    # (dense i, feature j, (T_j + 1,))
+    slopes: list[tuple[int, int, np.ndarray]] = field(default_factory=list)
     dense_w: np.ndarray | None = None
     dense_pairs: list[tuple[int, int, float]] = field(default_factory=list)
     dense_center: np.ndarray | None = None
@@ -128,7 +90,7 @@ class Teacher:
     def from_config(cls, config: SyntheticConfig) -> Teacher:
         rng = np.random.default_rng([config.seed, 7919])
         t = cls(config=config)
-        for j, size in enumerate(config.table_sizes()):
+        for size in config.table_sizes():
             ranks = np.arange(1, size + 1, dtype=np.float64)
             p = ranks**-config.zipf_exponent
             p /= p.sum()
@@ -200,7 +162,7 @@ class Teacher:
 
     def dense_term(self, dense: np.ndarray) -> np.ndarray:
         """The dense part of the logit (n,). Categories are independent of the dense features, so
-        ranking by this term is the best a dense-only model can do (exactly, without dense slopes)."""
+        ranking by this term is the best a dense-only model can do (exact without dense slopes)."""
         z = self._z(dense)
         out = z @ self.dense_w
         for a, b, v in self.dense_pairs:
@@ -257,7 +219,7 @@ class Teacher:
 
 
 def _dense_raw(rng: np.random.Generator, n: int) -> np.ndarray:
-    """Raw dense counts int64 (n, 13): log-normal, a few negatives in I2, MISSING_DENSE where missing."""
+    """Raw dense counts int64 (n, 13): log-normal, a few negatives in I2, MISSING_DENSE: missing."""
     dense = np.empty((n, NUM_DENSE), dtype=np.int64)
     for i in range(NUM_DENSE):
         v = np.floor(np.exp(_DENSE_MU[i] + _DENSE_SIGMA[i] * rng.standard_normal(n))) - 1
