@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.sparsify import DIM, RESULTS, build_tables, table_sizes  # noqa: E402
 from benchmarks.tables import markdown_table, write_results  # noqa: E402
 from lit_dlrm.sparsity.compression import reference_zip_size, zstd_sparse_size  # noqa: E402
-from lit_dlrm.sparsity.grid import GridPoint  # noqa: E402
 from lit_dlrm.sparsity.masks import prune_tables  # noqa: E402
+from lit_dlrm.sweep.grid import GridPoint  # noqa: E402
 
 OURS, REF = "sparse-shuffle-zstd", "torch.save+deflate"
 

@@ -153,8 +153,8 @@ def run_child(kind: str, directory: Path, rows: int, scale: str) -> dict:
 
 def forward_rows(scale: str) -> list[dict]:
     from callbacks.timing import coo_forward, time_runs
-    from lit_dlrm.sparsity.grid import GridPoint
     from lit_dlrm.sparsity.masks import prune_tables
+    from lit_dlrm.sweep.grid import GridPoint
 
     sizes, (_, _, batch, repeats) = table_sizes(scale), SCALES[scale]
     model = model_for(sizes).model.eval()

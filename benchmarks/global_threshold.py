@@ -41,9 +41,9 @@ from benchmarks.memory import peak_rss_mib  # noqa: E402
 from benchmarks.sparsify import CAPS, DIM, build_tables, table_sizes  # noqa: E402
 from benchmarks.tables import markdown_table, write_results  # noqa: E402
 from lit_dlrm.sparsity.global_threshold import global_cuts
-from lit_dlrm.sparsity.grid import DEFAULT_LEVELS
 from lit_dlrm.sparsity.masks import _chunk_scores, _num_blocks
 from lit_dlrm.sparsity.series import apply_cuts, cuts_for_levels
+from lit_dlrm.sweep.grid import DEFAULT_LEVELS
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COMBOS = [("L1", (1, 1)), ("L2", (1, 4))]

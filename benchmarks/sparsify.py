@@ -42,8 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.memory import peak_rss_mib  # noqa: E402
 from benchmarks.tables import markdown_table, write_results  # noqa: E402
 from lit_dlrm.data.kaggle import KAGGLE_TABLE_SIZES
-from lit_dlrm.sparsity.grid import DEFAULT_LEVELS, GridPoint, default_grid
 from lit_dlrm.sparsity.series import apply_cuts, cuts_for_levels, prune_tables_
+from lit_dlrm.sweep.grid import DEFAULT_LEVELS, GridPoint, default_grid
 
 DIM = 16
 CAPS = {"kaggle": None, "small": 200_000, "tiny": 2_000}

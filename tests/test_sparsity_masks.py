@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 from torch.ao.pruning._experimental.data_sparsifier import DataNormSparsifier
 from torch.nn import functional as F
 
-from lit_dlrm.sparsity.grid import GridPoint
 from lit_dlrm.sparsity.masks import keep_mask, prune, prune_tables
+from lit_dlrm.sweep.grid import GridPoint
 
 LEVELS = [0.0, 0.1, 0.5, 0.91, 0.99, 1.0]
 
@@ -157,7 +157,7 @@ def test_prune_tables_matches_per_table():
     out = prune_tables(ws, p)
     assert len(out) == len(ws)
     for w, o in zip(ws, out):
-        assert torch.equal(o, prune(w, p.level, p.block_shape, p.norm))
+        assert torch.equal(o, prune(w, p.sparsity_level, p.sparse_block_shape, p.norm))
 
 
 @pytest.mark.parametrize(

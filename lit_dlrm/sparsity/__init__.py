@@ -1,6 +1,5 @@
-"""Embedding-table pruning: the sweep grid, DataNormSparsifier-identical masks, checkpoint size.
+"""Embedding-table pruning: DataNormSparsifier-identical masks, checkpoint size.
 
-* `grid`: `GridPoint`, `default_grid()` (the benchmark's 80 points), validated `make_grid()`;
 * `masks`: `keep_mask`, `prune`, `prune_tables` -- the reference's masks without its sort;
 * `series`: `prune_tables_` (in place), `cuts_for_levels` + `apply_cuts` (cuts of a whole
   (norm, block shape) series from two counting passes, then one pass per level);
@@ -20,7 +19,6 @@ from .compression import (
     zstd_sparse_size,
 )
 from .global_threshold import global_counts, global_cuts
-from .grid import GridPoint, default_grid, make_grid, squares_preserve_order
 from .masks import keep_mask, prune, prune_tables
 from .quantize import (
     QuantizedTable,
@@ -41,10 +39,6 @@ from .series import (
 )
 
 __all__ = [
-    "GridPoint",
-    "default_grid",
-    "make_grid",
-    "squares_preserve_order",
     "keep_mask",
     "prune",
     "prune_tables",

@@ -64,7 +64,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from .grid import NORMS, GridPoint
+from lit_dlrm.sweep.grid import NORMS, GridPoint
 
 DEFAULT_CHUNK_ELEMS = 1 << 20  # 4 MiB of float32 per chunk
 _DIGIT_BITS = 16
@@ -366,8 +366,8 @@ def prune_tables(
     def one(i: int) -> torch.Tensor:
         return prune(
             weights[i],
-            point.level,
-            point.block_shape,
+            point.sparsity_level,
+            point.sparse_block_shape,
             point.norm,
             signed_zeros,
             ties=ties,

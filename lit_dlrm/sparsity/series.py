@@ -42,7 +42,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn import functional as F
 
-from .grid import GridPoint
+from lit_dlrm.sweep.grid import GridPoint
+
 from .masks import _check_args, _keep_chunks, _num_blocks, _score_bits, prune, torch_threads
 
 FAST_CHUNK_ELEMS = 1 << 18  # 1 MiB of float32: chunk temporaries stay in L2
@@ -500,16 +501,20 @@ def prune_tables_(
     `ties="torch"`: the reference machine's own tie order; where a tie group straddles the cut
     the table's mask comes from `masks`' sort-based generator (12 bytes per block, that table).
     """
-    bs = tuple(int(x) for x in point.block_shape)
+    bs = tuple(int(x) for x in point.sparse_block_shape)
     ws = [w.detach() for w in weights]
     for w in ws:
-        _check_args(w, point.level, bs, point.norm, ties)
+        _check_args(w, point.sparsity_level, bs, point.norm, ties)
 
     def one(i: int) -> torch.Tensor:
         w = ws[i]
-        (cut,) = _table_cuts(w, point.norm, bs, [point.level], chunk_elems)
+        (cut,) = _table_cuts(w, point.norm, bs, [point.sparsity_level], chunk_elems)
         if cut.trivial == "fallback":
-            w.copy_(prune(w, point.level, bs, point.norm, signed_zeros, ties=ties, threads=None))
+            w.copy_(
+                prune(
+                    w, point.sparsity_level, bs, point.norm, signed_zeros, ties=ties, threads=None
+                )
+            )
             return w
         if ties == "torch" and cut.trivial is None and 0 < cut.ties_pruned < cut.ties_total:
             _apply_torch_ties(w, point, bs, signed_zeros)
@@ -522,7 +527,7 @@ def prune_tables_(
 
 def _apply_torch_ties(w: torch.Tensor, point: GridPoint, bs, signed_zeros: bool) -> None:
     zero = torch.zeros((), dtype=w.dtype)
-    for r0, keep in _keep_chunks(w, point.level, bs, point.norm, "torch", 1 << 20):
+    for r0, keep in _keep_chunks(w, point.sparsity_level, bs, point.norm, "torch", 1 << 20):
         part = w[r0 : r0 + keep.shape[0]]
         if signed_zeros:
             part.mul_(keep)
