@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from lit_dlrm.sweep.grid import (
+    COLUMNS,
     DEFAULT_LEVELS,
+    DENSE,
     GridPoint,
     default_grid,
     make_grid,
@@ -71,7 +73,7 @@ def test_mask_key_for_merges_l1_l2_singletons_only_on_safe_data():
 
 
 def test_squaring_strictly_increasing_at_the_safe_range_ends():
-    """Exhaustive over the lowest and highest binades of [2**-63, 2**64) (module docstring)."""
+    """Exhaustive over the lowest and highest binades of [2**-63, 2**64) (docs/design-sweep.md)."""
     for lo in (2.0**-63, 2.0**63):
         start = torch.tensor(lo, dtype=torch.float32).view(torch.int32).item()
         x = torch.arange(start, start + (1 << 23), dtype=torch.int32).view(torch.float32)
@@ -172,3 +174,14 @@ def test_test_keys_merge_only_identical_tests():
         sparse_block_shape=(1, 1), threshold="global"
     )
     assert key(threshold="global") != key()
+
+
+def test_row_round_trips_and_names_key_and_series():
+    studies = [{"threshold": ["global"], "weight_bits": [8], "activation_sparsity": [0.5]}]
+    for p in make_grid(studies=[*studies, {"finetune_steps": [10]}]):
+        assert list(p.row) == list(COLUMNS) and GridPoint.from_row(p.row) == p
+    p = GridPoint("L2", (1, 4), 0.9, "global", 8, 0.5, 10)
+    assert p.key == "L2_1x4_0.9_global_int8_act0.5_ft10"
+    assert p.series == "L2_1x4_global_int8_act0.5_ft10"
+    assert p.varied == ["threshold", "weight_bits", "activation_sparsity", "finetune_steps"]
+    assert GridPoint("L1", (1, 1), 0.5).varied == [] and DENSE.key == "dense"

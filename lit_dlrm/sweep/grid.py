@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 
 import torch
 
@@ -108,13 +108,9 @@ class GridPoint:
     def mask_key_for(self, squares_keep_order: bool) -> str:
         """`mask_key`, also merging L2 (1, 1) into L1 (1, 1) when `squares_keep_order` (pass
         `squares_preserve_order(tables)`, computed once per model)."""
-        base = self.mask_key
-        if base in ("keep_all", "prune_all") or self.norm != "L2":
-            return base
-        if squares_keep_order and self.sparse_block_shape == (1, 1):
-            l1 = GridPoint("L1", (1, 1), self.sparsity_level, self.threshold)
-            return l1.mask_key
-        return base
+        if squares_keep_order and self.norm == "L2" and self.sparse_block_shape == (1, 1):
+            return replace(self, norm="L1").mask_key
+        return self.mask_key
 
     def test_key_for(self, squares_keep_order: bool) -> str:
         """Equal for points whose tests give the same results: same mask, same other dimensions."""
