@@ -40,8 +40,8 @@ from benchmarks.memory import peak_rss_mib, reset_peak, rss_mib
 from benchmarks.sparsify import CAPS, DIM, REPO, build_tables, table_sizes
 from benchmarks.tables import markdown_table, write_results
 from lit_dlrm.sparsity.global_threshold import global_cuts
-from lit_dlrm.sparsity.grid import DEFAULT_LEVELS
 from lit_dlrm.sparsity.prune import apply_cuts, block_scores, cuts_for_levels, num_blocks
+from lit_dlrm.sweep.grid import DEFAULT_LEVELS
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COMBOS = [("L1", (1, 1)), ("L2", (1, 4))]

@@ -43,8 +43,8 @@ from benchmarks.memory import peak_rss_mib
 from benchmarks.tables import markdown_table, write_results
 from lit_dlrm.data.kaggle import KAGGLE_TABLE_SIZES
 from lit_dlrm.sparsity.chunks import row_chunks
-from lit_dlrm.sparsity.grid import DEFAULT_LEVELS, default_grid
 from lit_dlrm.sparsity.prune import apply_cuts, cuts_for_levels, prune
+from lit_dlrm.sweep.grid import DEFAULT_LEVELS, default_grid
 
 DIM = 16
 CAPS = {"kaggle": None, "small": 200_000, "tiny": 2_000}

@@ -1,19 +1,11 @@
-"""``CheckpointCompression``: how large is the (pruned) model on disk, the reference's way and ours.
+"""``CheckpointCompression``: the (pruned) model's size on disk, the reference's way and lit_dlrm's.
 
-Measured as the test epoch starts, after ``Sparsify`` has pruned the tables (its
-``on_test_start``), on the model's state_dict (CPU copies of the weights):
-
-- the reference: ``torch.save`` wrapped in a ``ZIP_DEFLATED`` zip; reported in bytes
-  (``zip_bytes``) next to the reference's floored MiB (``zip_file_size``);
-- ``zstd_sparse``: lit_dlrm's sparsity-aware format (bitmask of nonzero values + byte-shuffled
-  survivors + zstandard, :mod:`lit_dlrm.sparsity.compression`);
-
-each with its write and read-back time. At a point with ``weight_bits`` 8 or 4 the measured
-state holds the integer tables and their row scales
-(:func:`lit_dlrm.sparsity.quantize.quantized_state_dict`), what such a model would store.
-Files are deleted after measuring unless
-``keep_files``; kept ones go to ``<out_dir>/checkpoints/``. With ``out_dir`` set, the row goes
-to ``sparse_model_metadata.csv``. Only the first process measures under DDP.
+As the test epoch starts (after pruning), the model's state_dict (CPU copies; at a point with
+``weight_bits`` 8 or 4, the integer tables and their row scales) is written and read back twice:
+the reference's ``torch.save`` in a ``ZIP_DEFLATED`` zip (``zip_bytes``, and the reference's
+floored MiB ``zip_file_size``) and lit_dlrm's ``zstd_sparse`` format
+(:mod:`lit_dlrm.sparsity.compression`), each with its write and read time. The row goes to
+``sparse_model_metadata.csv`` (when there is an ``out_dir``); only the first process measures.
 """
 
 from __future__ import annotations
@@ -23,55 +15,59 @@ import tempfile
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
 
-from callbacks.sparsification import find_sparsify, point_columns
 from lit_dlrm.paths import check_directory
-from lit_dlrm.results import METADATA_CSV, upsert_rows
 from lit_dlrm.sparsity.compression import reference_zip_size, zstd_sparse_size
 from lit_dlrm.sparsity.quantize import quantized_state_dict
+from lit_dlrm.sweep.context import SweepCallback, SweepContext
+from lit_dlrm.sweep.results import METADATA_CSV
 
 
-class CheckpointCompression(Callback):
+class CheckpointCompression(SweepCallback):
     """Args:
     out_dir: where to add this run's row of ``sparse_model_metadata.csv``; None writes nothing.
-    keep_files: keep the measured files in ``<out_dir>/checkpoints/`` instead of deleting them.
+    keep_files: keep the measured files in ``<out_dir>/checkpoints/`` (needs an out_dir) instead
+        of deleting them.
     """
 
+    table = METADATA_CSV
+    columns = (
+        *("step_time_sec", "zip_file_size", "path", "zip_bytes", "zip_write_s", "zip_read_s"),
+        *("zstd_sparse_bytes", "zstd_sparse_write_s", "zstd_sparse_read_s", "zstd_sparse_path"),
+    )
+
     def __init__(self, out_dir: str | None = None, keep_files: bool = False) -> None:
-        if keep_files and not out_dir:
-            raise ValueError("compression.keep_files needs compression.out_dir to keep them in")
         check_directory("out_dir", out_dir)
-        self.out_dir, self.keep_files = out_dir, keep_files
+        super().__init__(SweepContext(out_dir=out_dir))
+        self.keep_files = keep_files
         self.row: dict | None = None
 
     @property
     def scratch(self) -> Path:
         """Where files are written while measured: emptied at each test start, so a killed
         measurement leaves nothing behind for long."""
-        return Path(self.out_dir) / ".scratch" if self.out_dir else Path(tempfile.gettempdir())
+        out_dir = self.context.out_dir
+        return Path(out_dir) / ".scratch" if out_dir else Path(tempfile.gettempdir())
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.out_dir and trainer.is_global_zero:
+        if self.keep_files and not self.context.out_dir:
+            raise ValueError("compression.keep_files needs an out_dir to keep them in")
+        if self.context.out_dir and trainer.is_global_zero:
             shutil.rmtree(self.scratch, ignore_errors=True)
             self.scratch.mkdir(parents=True)
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        state = {
-            name: tensor.detach().cpu() for name, tensor in pl_module.model.state_dict().items()
-        }
-        sparsify = find_sparsify(trainer)
-        if sparsify and sparsify.point.weight_bits < 32:
-            state = quantized_state_dict(state, sparsify.point.weight_bits)
-        stem = sparsify.point.key if sparsify else "dense"
-        keep = Path(self.out_dir) / "checkpoints" if self.keep_files else None
-        reference = reference_zip_size(state, self.scratch, keep_dir=keep, stem=stem)
-        ours = zstd_sparse_size(state, self.scratch, keep_dir=keep, stem=stem)
+        point = self.context.point
+        state = {k: tensor.detach().cpu() for k, tensor in pl_module.model.state_dict().items()}
+        if point.weight_bits < 32:
+            state = quantized_state_dict(state, point.weight_bits)
+        keep = Path(self.context.out_dir) / "checkpoints" if self.keep_files else None
+        reference = reference_zip_size(state, self.scratch, keep_dir=keep, stem=point.key)
+        ours = zstd_sparse_size(state, self.scratch, keep_dir=keep, stem=point.key)
         self.row = {
-            **point_columns(trainer),
-            "step_time_sec": sparsify.step_time_sec if sparsify else 0.0,
+            "step_time_sec": self.context.step_time_sec,
             "zip_file_size": reference.zip_file_size,
             "path": reference.path or "",
             "zip_bytes": reference.bytes,
@@ -84,6 +80,6 @@ class CheckpointCompression(Callback):
         }
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.out_dir and self.row is not None:
-            upsert_rows(self.out_dir, METADATA_CSV, [self.row])
+        if self.row is not None:
+            self.write(trainer, [self.row])
         self.row = None

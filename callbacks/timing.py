@@ -1,26 +1,16 @@
-"""``SparseCooTiming``: forward time of the dense model, the reference's sparse-COO path and compact tables.
+"""``SparseCooTiming``: forward time of the dense model, the reference's sparse-COO path and compact
+tables, on the first test batch.
 
-The reference (``evaluate_forward_time.py``) turns the interaction output ``z`` into a sparse COO
-tensor and multiplies it with the first top-MLP layer (:func:`coo_forward`). It timed 99 runs
-with ``time.time()``, reported their mean, and never synchronised the GPU. Here: the first test
-batch (optionally cut to ``batch_size`` rows), ``warmup`` untimed runs, then ``repeats`` timed runs
-of each path with ``time.perf_counter`` and a device synchronisation around every run on CUDA;
-``time_taken`` is the median, and the spread (p10, p90, mean) sits in extra columns. Under DDP
-only the first process times (the others would repeat it, on shared cores slowing it down) and writes.
-
-The third path, ``compact``, is lit_dlrm's answer to the reference's finding that COO saves
-nothing: the same model with its pruned tables stored as :class:`CompactEmbeddingBag` (only the
-surviving blocks; :func:`lit_dlrm.sparsity.compact.compact_model`), built once per test run
-(``build_s``, not timed inside the repeats).
-
-With ``out_dir`` set, three rows per test run go to ``dlrm_forward_time_info.csv``:
-``dlrm_type`` ``without_torch_sparse`` (dense), ``with_torch_sparse`` (COO) and ``compact``. Every
-row has ``table_bytes``, the in-memory bytes of the embedding tables that path uses (the COO path
-keeps the dense tables: the same as dense). The COO row adds ``coo_table_bytes``, what
-``torch.sparse_coo`` tables of the surviving values would take (int64 indices 2 x nnz + values,
-overhead ignored), which shows why COO storage saves no memory; the compact row adds ``build_s``
-and ``max_abs_diff``, the largest |compact logit - dense logit| on the timed batch (a built-in
-correctness check).
+Each path (``dlrm_type``): ``without_torch_sparse`` (the dense model), ``with_torch_sparse`` (the
+reference's: ``z`` made sparse COO times the first top-MLP layer, :func:`coo_forward`) and
+``compact`` (the pruned tables as :class:`CompactEmbeddingBag`, built once per test: ``build_s``)
+runs ``warmup`` untimed then ``repeats`` timed times (``time.perf_counter``, synchronised on
+CUDA); ``time_taken`` is the median, the spread sits in ``mean_s``, ``p10_s``, ``p90_s``. Every
+row has ``table_bytes``, the bytes of the tables that path uses; the COO row adds
+``coo_table_bytes`` (``torch.sparse_coo`` tables of the survivors: int64 indices 2 x nnz +
+values), the compact row ``max_abs_diff`` (largest |compact logit - dense logit|). Three rows per
+test go to ``dlrm_forward_time_info.csv`` (when there is an ``out_dir``); only the first process
+times.
 """
 
 from __future__ import annotations
@@ -30,14 +20,14 @@ import time
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
-from callbacks.sparsification import find_sparsify, point_columns
 from lit_dlrm.model import DLRM
 from lit_dlrm.paths import check_directory
-from lit_dlrm.results import FORWARD_TIME_CSV, upsert_rows
 from lit_dlrm.sparsity.compact import compact_model, coo_nbytes, table_bytes
+from lit_dlrm.sweep.context import SweepCallback, SweepContext
+from lit_dlrm.sweep.grid import GridPoint
+from lit_dlrm.sweep.results import FORWARD_TIME_CSV
 
 
 def coo_forward(model: DLRM, dense: Tensor, sparse: Tensor) -> Tensor:
@@ -63,22 +53,28 @@ def time_runs(run, device: torch.device, warmup: int, repeats: int) -> np.ndarra
     return np.asarray(seconds)
 
 
-def block_width(trainer: L.Trainer, model: DLRM) -> int:
-    """Width of the pruned blocks of this test run (1 when unpruned or when it does not divide d)."""
-    sparsify = find_sparsify(trainer)
-    width = 1 if sparsify is None else int(sparsify.point.block_shape[1])
+def block_width(point: GridPoint, model: DLRM) -> int:
+    """Width of the point's pruned blocks (1 when it does not divide the embedding dimension)."""
+    width = int(point.sparse_block_shape[1])
     return width if model.emb_l[0].embedding_dim % width == 0 else 1
 
 
-class SparseCooTiming(Callback):
+class SparseCooTiming(SweepCallback):
     """Times dense vs COO vs compact-table forward passes on the first test batch.
 
     Args:
-        out_dir: where to add this run's rows of ``dlrm_forward_time_info.csv``; None writes nothing.
-        batch_size: rows of the first test batch to time on (None: all of it; the reference used 16384).
+        out_dir: where to add this run's rows of ``dlrm_forward_time_info.csv``; None: nowhere.
+        batch_size: rows of the first test batch to time on (None: all; the reference: 16384).
         warmup: untimed runs before timing.
         repeats: timed runs per path (the reference used 99).
     """
+
+    table = FORWARD_TIME_CSV
+    kind = ("dlrm_type", ("without_torch_sparse", "with_torch_sparse", "compact"))
+    columns = (
+        *("time_taken", "dlrm_type", "mean_s", "p10_s", "p90_s", "repeats", "batch_size"),
+        *("device", "table_bytes", "coo_table_bytes", "build_s", "max_abs_diff"),
+    )
 
     def __init__(
         self,
@@ -94,12 +90,8 @@ class SparseCooTiming(Callback):
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"timing.batch_size must be >= 1, got {batch_size}")
         check_directory("out_dir", out_dir)
-        self.out_dir, self.batch_size, self.warmup, self.repeats = (
-            out_dir,
-            batch_size,
-            warmup,
-            repeats,
-        )
+        super().__init__(SweepContext(out_dir=out_dir))
+        self.batch_size, self.warmup, self.repeats = batch_size, warmup, repeats
         self.rows: list[dict] = []
 
     def on_test_batch_start(
@@ -116,7 +108,7 @@ class SparseCooTiming(Callback):
         model: DLRM = pl_module.model
         with torch.no_grad():
             start = time.perf_counter()
-            compact = compact_model(model, block_width(trainer, model))
+            compact = compact_model(model, block_width(self.context.point, model))
             build_s = time.perf_counter() - start
             dense_bytes = table_bytes(model)
             extra = {
@@ -143,7 +135,6 @@ class SparseCooTiming(Callback):
             seconds = time_runs(run, dense.device, self.warmup, self.repeats)
             self.rows.append(
                 {
-                    **point_columns(trainer),
                     "time_taken": float(np.median(seconds)),
                     "dlrm_type": dlrm_type,
                     "mean_s": float(seconds.mean()),
@@ -157,5 +148,4 @@ class SparseCooTiming(Callback):
             )
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.out_dir and trainer.is_global_zero and self.rows:
-            upsert_rows(self.out_dir, FORWARD_TIME_CSV, self.rows)
+        self.write(trainer, self.rows)

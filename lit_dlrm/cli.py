@@ -30,9 +30,9 @@ from lit_dlrm.checkpoint import (
 from lit_dlrm.data import CriteoDataModule
 from lit_dlrm.module import DLRMModule
 from lit_dlrm.paths import check_directory
-from lit_dlrm.report import write_report
-from lit_dlrm.sparsity.grid import make_grid
-from lit_dlrm.sweep import run_sweep
+from lit_dlrm.sweep.driver import run_sweep
+from lit_dlrm.sweep.grid import COLUMNS, make_grid
+from lit_dlrm.sweep.report import write_report
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -130,6 +130,9 @@ def trained_model(ckpt_path: str = "latest") -> DLRMModule:
 
 
 class SweepCLI(CLI):
+    """The sweep's options: the grid (``--sweep.*``) and the callbacks' own, none the driver sets
+    (the point's and ``out_dir``)."""
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
             "--ckpt_path",
@@ -150,8 +153,11 @@ class SweepCLI(CLI):
             ("compression", CheckpointCompression),
             ("timing", SparseCooTiming),
         ):
-            parser.add_lightning_class_args(callback, name)
-            parser.link_arguments("out_dir", f"{name}.out_dir")
+            parser.callback_keys.append(name)  # LightningCLI adds it to the trainer's callbacks
+            skip = {"out_dir", *COLUMNS}
+            parser.add_class_arguments(
+                callback, name, fail_untyped=False, sub_configs=True, skip=skip
+            )
 
 
 def sweep(args: list[str] | None = None) -> None:

@@ -1,4 +1,5 @@
-"""``Probe``: a callback that records, on every DDP rank, what tests/test_ddp.py compares across ranks.
+"""``Probe``: a callback that records, on every DDP rank, what tests/test_ddp.py compares across
+ranks.
 
 Given to ``scripts/train.py`` / ``scripts/sweep.py`` as ``--trainer.callbacks+={"class_path":
 "ddp_probe.Probe", ...}`` with tests/ on ``PYTHONPATH``. Each rank appends JSON lines to
@@ -28,8 +29,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 SPIED = [
-    ("lit_dlrm.results", "atomic_write"),
-    ("lit_dlrm.report", "atomic_write"),
+    ("lit_dlrm.sweep.results", "atomic_write"),
+    ("lit_dlrm.sweep.report", "atomic_write"),
     ("callbacks.compression", "reference_zip_size"),
     ("callbacks.compression", "zstd_sparse_size"),
     ("callbacks.timing", "time_runs"),

@@ -1,4 +1,5 @@
-"""The ranks of test_ddp.py's 2-process checks, in a module light enough for spawned processes to import fast."""
+"""The ranks of test_ddp.py's 2-process checks, in a module light enough for spawned processes
+to import fast."""
 
 import torch
 import torch.distributed as dist
@@ -9,7 +10,7 @@ from lit_dlrm.sparse_sync import average_sparse_grads
 
 
 def update_and_compute(rank: int, world: int, init_file: str, parts: list, out: str) -> None:
-    """Join a gloo group, feed this rank's batches to a ClickMetrics, save what compute() returns."""
+    """Join a gloo group, feed this rank's batches to ClickMetrics, save what compute() returns."""
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     metrics = ClickMetrics(
         flush_every=64
@@ -21,7 +22,8 @@ def update_and_compute(rank: int, world: int, init_file: str, parts: list, out: 
 
 
 def average_lookups(rank: int, world: int, init_file: str, lookups: list, out: str) -> None:
-    """Join a gloo group, look up this rank's ids in 3 sparse tables, average the gradients, save them."""
+    """Join a gloo group, look up this rank's ids in 3 sparse tables, average and save the
+    gradients."""
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.manual_seed(0)
     tables = [nn.EmbeddingBag(n, 4, mode="sum", sparse=True) for n in (7, 5, 3)]

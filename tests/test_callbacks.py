@@ -1,6 +1,9 @@
-"""The sweep callbacks, each on its own in a plain ``trainer.test``."""
+"""The sweep callbacks in a plain ``trainer.test``: each on its own, and sharing one context."""
+
+import itertools
 
 import lightning as L
+import pandas as pd
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -9,14 +12,16 @@ from torch.utils.data import DataLoader, TensorDataset
 from callbacks import CheckpointCompression, SparseCooTiming, Sparsify
 from callbacks.timing import coo_forward
 from lit_dlrm.module import DLRMModule
-from lit_dlrm.results import (
+from lit_dlrm.sparsity.compression import load_compressed
+from lit_dlrm.sweep.context import SweepContext
+from lit_dlrm.sweep.grid import GridPoint
+from lit_dlrm.sweep.results import (
     FORWARD_TIME_CSV,
     METADATA_CSV,
     METRICS_CSV,
     REFERENCE_COLUMNS,
     read_table,
 )
-from lit_dlrm.sparsity.compression import load_compressed
 
 TABLES = [50, 30, 80]
 
@@ -42,6 +47,14 @@ def run_test(module, loader, callbacks):
         logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks
     )
     return trainer.test(module, dataloaders=loader, verbose=False)[0]
+
+
+def bound(point: GridPoint, out_dir, *callbacks) -> list:
+    """``callbacks`` sharing one context at ``point``, as the sweep runs them."""
+    context = SweepContext(point, out_dir=out_dir)
+    for cb in callbacks:
+        cb.bind(context)
+    return list(callbacks)
 
 
 class ZeroCounter(Callback):
@@ -71,16 +84,16 @@ def test_sparsify_prunes_during_test_and_restores_bit_identical(module, loader, 
 
 
 def test_sparsify_writes_positive_zeros_unless_asked_for_signed(module, loader):
+    class Signs(Callback):
+        def on_test_epoch_start(self, trainer, pl_module):
+            w = pl_module.model.emb_l[2].weight
+            self.seen.append(bool(torch.signbit(w[w == 0]).any()))
+
     for signed in (False, True):
-        seen = []
-
-        class Signs(Callback):
-            def on_test_epoch_start(self, trainer, pl_module):
-                w = pl_module.model.emb_l[2].weight
-                seen.append(bool(torch.signbit(w[w == 0]).any()))
-
-        run_test(module, loader, [Sparsify("L2", (1, 1), 0.9, signed_zeros=signed), Signs()])
-        assert seen == [signed]
+        signs = Signs()
+        signs.seen = []
+        run_test(module, loader, [Sparsify("L2", (1, 1), 0.9, signed_zeros=signed), signs])
+        assert signs.seen == [signed]
 
 
 def test_sparsify_restores_after_a_failing_test(module, loader):
@@ -96,8 +109,8 @@ def test_sparsify_restores_after_a_failing_test(module, loader):
 
 
 def test_invalid_point_is_refused_naming_the_option():
-    with pytest.raises(ValueError, match="sparsify.level"):
-        Sparsify(level=1.5)
+    with pytest.raises(ValueError, match="sparsify.sparsity_level"):
+        Sparsify(sparsity_level=1.5)
     with pytest.raises(ValueError, match="sparsify.norm"):
         Sparsify(norm="L3")
 
@@ -114,10 +127,12 @@ def test_timing_rows_for_both_paths(module, loader, tmp_path):
     run_test(
         module,
         loader,
-        [
-            Sparsify("L1", (1, 4), 0.9),
-            SparseCooTiming(str(tmp_path), batch_size=100, warmup=1, repeats=3),
-        ],
+        bound(
+            GridPoint("L1", (1, 4), 0.9),
+            tmp_path,
+            Sparsify(),
+            SparseCooTiming(batch_size=100, warmup=1, repeats=3),
+        ),
     )
     table = read_table(tmp_path, FORWARD_TIME_CSV)
     assert list(table.columns[:5]) == REFERENCE_COLUMNS[FORWARD_TIME_CSV]
@@ -145,7 +160,12 @@ def test_compression_row_and_kept_files(module, loader, tmp_path):
     run_test(
         module,
         loader,
-        [Sparsify("L1", (1, 1), 1.0), CheckpointCompression(str(tmp_path), keep_files=True)],
+        bound(
+            GridPoint("L1", (1, 1), 1.0),
+            tmp_path,
+            Sparsify(),
+            CheckpointCompression(keep_files=True),
+        ),
     )
     run_test(module, loader, [CheckpointCompression(str(tmp_path))])  # dense, files not kept
     table = read_table(tmp_path, METADATA_CSV)
@@ -160,3 +180,18 @@ def test_compression_row_and_kept_files(module, loader, tmp_path):
     kept_files = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert kept_files == ["L1_1x1_1.lds", "L1_1x1_1.zip"]
     assert not list(tmp_path.glob("tmp*"))  # no measuring leftovers
+
+
+def test_bound_callbacks_write_the_same_rows_in_any_order(module, loader, tmp_path):
+    point = GridPoint("L2", (1, 4), 0.75, weight_bits=8)
+    seen = []
+    for i, order in enumerate(itertools.permutations(range(3))):
+        out = tmp_path / str(i)
+        made = [Sparsify(), CheckpointCompression(), SparseCooTiming(warmup=0, repeats=1)]
+        run_test(module, loader, bound(point, out, *(made[k] for k in order)))
+        tables = [read_table(out, name) for name in (METRICS_CSV, METADATA_CSV, FORWARD_TIME_CSV)]
+        assert all(GridPoint.from_row(row) == point for t in tables for _, row in t.iterrows())
+        seen.append([t.filter(regex=r"^(?!.*(_s|_sec|time_taken)$)") for t in tables])  # no times
+    for tables in seen[1:]:
+        for table, first in zip(tables, seen[0]):
+            pd.testing.assert_frame_equal(table, first)

@@ -67,16 +67,19 @@ BAD: dict[str, list[Bad]] = {
     "data.max_table_size": [Bad("0"), Bad("-1"), Bad(NOT_A_NUMBER)],
     "data.seed": [Bad("-1"), Bad(NOT_A_NUMBER)],
     "out_dir": [Bad("{file}"), Bad("{file}/sub")],
-    "sweep.levels": [Bad("[nan]"), Bad("[1.5]"), Bad("[-0.1]"), Bad("[]"), Bad(NOT_A_NUMBER)],
-    "sweep.block_shapes": [Bad("[[0, 4]]"), Bad("[[1, -1]]"), Bad("[[1, 64]]"), Bad(NOT_A_NUMBER)],
+    "sweep.sparsity_level": [
+        Bad("[nan]"),
+        Bad("[1.5]"),
+        Bad("[-0.1]"),
+        Bad("[]"),
+        Bad(NOT_A_NUMBER),
+    ],
+    "sweep.sparse_block_shape": [
+        *(Bad("[[0, 4]]"), Bad("[[1, -1]]"), Bad("[[1, 64]]"), Bad(NOT_A_NUMBER)),
+    ],
     "sweep.weight_bits": [Bad("[0]"), Bad("[-8]"), Bad("[7]"), Bad(NOT_A_NUMBER)],
-    "sweep.activation_levels": [Bad("[-0.5]"), Bad("[1.5]"), Bad("[nan]"), Bad(NOT_A_NUMBER)],
+    "sweep.activation_sparsity": [Bad("[-0.5]"), Bad("[1.5]"), Bad("[nan]"), Bad(NOT_A_NUMBER)],
     "sweep.finetune_steps": [Bad("[-1]"), Bad(NOT_A_NUMBER)],
-    "sparsify.level": [Bad("2"), Bad("-0.5"), Bad("nan"), Bad(NOT_A_NUMBER)],
-    "sparsify.block_shape": [Bad("[0, 4]"), Bad(NOT_A_NUMBER)],
-    "sparsify.weight_bits": [Bad("3"), Bad(NOT_A_NUMBER)],
-    "sparsify.activation": [Bad("-1"), Bad("nan")],
-    "sparsify.finetune_steps": [Bad("-1"), Bad(NOT_A_NUMBER)],
     "timing.batch_size": [Bad("0"), Bad("-2"), Bad(NOT_A_NUMBER)],
     "timing.warmup": [Bad("-1"), Bad(NOT_A_NUMBER)],
     "timing.repeats": [Bad("0"), Bad(NOT_A_NUMBER)],
@@ -201,16 +204,13 @@ def test_every_numeric_and_path_option_has_bad_values():
     for script, options in OPTIONS.items():
         ours = {o for o in options if not o.startswith(LIGHTNING_PREFIXES)}
         missing = sorted(o for o in ours if not SCRIPT_BAD.get((script, o), BAD.get(o)))
-        assert not missing, (
-            f"scripts/{script}.py: no bad values defined for {missing}; "
-            f"add them to BAD in {__file__}"
-        )
+        assert not missing, f"{script}: no bad values for {missing}; add them to BAD in {__file__}"
         stale = sorted(set(LIGHTNING[script]) - options)
         assert not stale, f"scripts/{script}.py has no option {stale} any more"
     assert {"data.batch_size", "model.lr", "ckpt_path", "config"} <= OPTIONS[
         "train"
     ]  # the enumeration works
-    assert {"sweep.levels", "timing.repeats", "out_dir", "data.path"} <= OPTIONS["sweep"]
+    assert {"sweep.sparsity_level", "timing.repeats", "out_dir", "data.path"} <= OPTIONS["sweep"]
     unused = set(BAD) - OPTIONS["train"] - OPTIONS["sweep"]
     assert not unused, f"BAD names options no script has: {sorted(unused)}"
 
@@ -306,7 +306,7 @@ def base_args(script: str, files: dict, tiny_data_args: list[str]) -> list[str]:
         *common,
         f"--ckpt_path={files['sweep_ckpt']}",
         f"--out_dir={root}/sweep",
-        "--sweep.levels=[0.5]",
+        "--sweep.sparsity_level=[0.5]",
         "--timing.repeats=1",
         "--timing.warmup=0",
     ]

@@ -28,17 +28,17 @@ from lit_dlrm.data import CriteoDataModule
 from lit_dlrm.data.datamodule import ShardedBatchSampler
 from lit_dlrm.metrics import ClickMetrics
 from lit_dlrm.module import DLRMModule
-from lit_dlrm.results import FORWARD_TIME_CSV, METADATA_CSV, METRICS_CSV, read_table
 from lit_dlrm.sparse_sync import ignore_in_ddp
-from lit_dlrm.sparsity.grid import make_grid
+from lit_dlrm.sweep.grid import make_grid
+from lit_dlrm.sweep.results import FORWARD_TIME_CSV, METADATA_CSV, METRICS_CSV, read_table
 
 # 14007 rows: train 12006 (6003 per rank), test 1001 (ranks read 500 and 501 rows: 5 and 6 batches).
 TINY = {"synthetic_rows": 14007, "max_table_size": 300, "batch_size": 512, "eval_batch_size": 100}
 DDP = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
 GRID = [
     "--sweep.studies=[]",
-    "--sweep.norms=[L1]",
-    "--sweep.block_shapes=[[1, 4]]",
+    "--sweep.norm=[L1]",
+    "--sweep.sparse_block_shape=[[1, 4]]",
     "--timing.warmup=0",
     "--timing.repeats=2",
     "--timing.batch_size=64",
@@ -287,10 +287,10 @@ def sweeps(swept_model, data, tmp_path_factory):
     _, data_args = data
     root = tmp_path_factory.mktemp("sweeps")
     common = [*data_args, *GRID, f"--ckpt_path={swept_model}"]
-    grid = "--sweep.levels=[0.0, 0.5, 0.9]"
+    grid = "--sweep.sparsity_level=[0.0, 0.5, 0.9]"
     run_script(
         "sweep.py",
-        [*common, "--sweep.levels=[0.0, 0.9]", f"--out_dir={root / 'ddp'}"],
+        [*common, "--sweep.sparsity_level=[0.0, 0.9]", f"--out_dir={root / 'ddp'}"],
         root,
         root / "probe-1",
     )
@@ -332,7 +332,7 @@ def test_ddp_sweep_prunes_alike_and_only_rank0_writes(sweeps, data):
         calls = [{e["name"] for e in ev if e["event"] == "call"} for ev in events]
         assert calls[1] == set()  # rank 1 neither wrote, nor measured sizes, nor timed
         expected = {
-            "lit_dlrm.results.atomic_write",
+            "lit_dlrm.sweep.results.atomic_write",
             "callbacks.compression.zstd_sparse_size",
             "callbacks.timing.time_runs",
         }

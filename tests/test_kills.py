@@ -28,13 +28,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from lit_dlrm.checkpoint import AtomicCheckpointIO, load_state_dict
 from lit_dlrm.cli import sweep, train
 from lit_dlrm.data.preprocess import PreprocessOptions, cached_text, read_meta
-from lit_dlrm.results import (
+from lit_dlrm.sweep.grid import COLUMNS
+from lit_dlrm.sweep.results import (
     FORWARD_TIME_CSV,
-    KEY_COLUMNS,
     METADATA_CSV,
     METRICS_CSV,
-    POINT_COLUMNS,
     REFERENCE_COLUMNS,
+    REFERENCE_POINT,
 )
 
 SAMPLES = REPO.parent / "shared" / "data" / "criteo-samples"
@@ -299,8 +299,8 @@ def test_killed_preprocessing_rebuilds_the_same_cache(tmp_path, capsys):
 
 # 8 points, 6 tests: levels 0 and 1 are tested once for both norms, and copied.
 SWEEP_GRID = [
-    "--sweep.levels=[0.0, 0.5, 0.9, 1.0]",
-    "--sweep.block_shapes=[[1, 4]]",
+    "--sweep.sparsity_level=[0.0, 0.5, 0.9, 1.0]",
+    "--sweep.sparse_block_shape=[[1, 4]]",
     "--sweep.studies=[]",
     "--timing.warmup=0",
     "--timing.repeats=2",
@@ -340,9 +340,9 @@ def check_outputs(out: Path) -> dict[str, pd.DataFrame]:
             pass  # the report's own swap directories, beside the output and never inside it
         elif name.endswith(".csv"):
             table = tables[name] = read_output(entry)
-            reference = REFERENCE_COLUMNS.get(name, POINT_COLUMNS)  # results.csv: the point first
+            reference = REFERENCE_COLUMNS.get(name, REFERENCE_POINT)  # results.csv: the point first
             assert list(table.columns[: len(reference)]) == reference, name
-            key = [c for c in KEY_COLUMNS.get(name, KEY_COLUMNS[METRICS_CSV]) if c in table]
+            key = [c for c in (*COLUMNS, "dlrm_type") if c in table]
             assert not table.duplicated(key).any(), f"{name}: duplicated rows"
         elif name.endswith(".png"):
             with Image.open(entry) as image:
@@ -356,9 +356,7 @@ def check_outputs(out: Path) -> dict[str, pd.DataFrame]:
 
 def point_keys(table: pd.DataFrame) -> pd.Series:
     """Each row's grid point as one string."""
-    return (
-        table[[c for c in KEY_COLUMNS[METRICS_CSV] if c in table]].astype(str).agg("|".join, axis=1)
-    )
+    return table[[c for c in COLUMNS if c in table]].astype(str).agg("|".join, axis=1)
 
 
 def complete_points(tables: dict[str, pd.DataFrame]) -> set[str]:
@@ -381,7 +379,7 @@ def assert_kept(before: dict[str, pd.DataFrame], after: dict[str, pd.DataFrame])
         assert set(point_keys(old)) <= set(point_keys(new)), f"{name}: rows lost"
         if name not in TABLES:
             continue
-        key = KEY_COLUMNS[name]
+        key = [c for c in (*COLUMNS, "dlrm_type") if c in old]
         old = old[point_keys(old).isin(done)].set_index(key).sort_index()
         new = new[point_keys(new).isin(done)].set_index(key).sort_index()[old.columns]
         pd.testing.assert_frame_equal(
@@ -404,7 +402,8 @@ def scalars(log_dir: Path) -> dict[str, dict[str, list]]:
 
 class Trigger:
     """When to kill a sweep process: ``then`` seconds after ``fired(out, names, since)`` first
-    holds, where ``names`` lists the output directory now and ``since`` is :func:`state` at start."""
+    holds, where ``names`` lists the output directory now and ``since`` is :func:`state` at
+    start."""
 
     def __init__(self, phase: str, fired, then: float):
         self.phase, self.fired, self.then = phase, fired, then
@@ -492,9 +491,8 @@ def test_sweep_killed_at_random_moments_ends_as_if_never_killed(
                 caught = [
                     n for n in os.listdir(out) if n.endswith(".tmp") and n not in since["names"]
                 ]
-                kills.append(
-                    f"{trigger.phase} ({rows} metric rows{', writing ' + caught[0] if caught else ''})"
-                )
+                writing = f", writing {caught[0]}" if caught else ""
+                kills.append(f"{trigger.phase} ({rows} metric rows{writing})")
         after = check_outputs(out)
         assert_kept(before, after)
         before = after

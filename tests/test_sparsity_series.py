@@ -6,7 +6,6 @@ import torch
 from test_sparsity_masks import reference_prune
 from torch.nn import functional as F
 
-from lit_dlrm.sparsity.grid import DEFAULT_LEVELS, GridPoint
 from lit_dlrm.sparsity.prune import (
     StaleCut,
     apply_cuts,
@@ -15,6 +14,7 @@ from lit_dlrm.sparsity.prune import (
     prune,
     sums_ok,
 )
+from lit_dlrm.sweep.grid import DEFAULT_LEVELS, GridPoint
 
 
 def tables():
@@ -105,17 +105,18 @@ def test_block_sum_order_is_avg_pool2d_bit_for_bit():
 
 def test_sparsify_callback_shares_series_cuts_and_survives_changed_tables():
     from callbacks.sparsification import Sparsify
+    from lit_dlrm.sweep.context import SweepContext
 
     g = torch.Generator().manual_seed(9)
     dense = [torch.randn(n, 8, generator=g) for n in (50, 300)]
-    cb = Sparsify("L1", (1, 4), 0.5)
-    cb.plan = [GridPoint("L1", (1, 4), lv) for lv in (0.5, 0.9)] + [GridPoint("L2", (1, 1), 0.5)]
-    cb.keep_buffers = True
+    cb = Sparsify()
+    plan = [GridPoint("L1", (1, 4), 0.9), GridPoint("L2", (1, 1), 0.5)]
+    cb.bind(SweepContext(GridPoint("L1", (1, 4), 0.5), plan))
     first = cb._prune(dense)
     _, series = cb._series
     assert set(series.cuts) == {0.5, 0.9}
     cb._buffers = first
-    cb.point = GridPoint("L1", (1, 4), 0.9)
+    cb.bind(SweepContext(plan[0], plan[1:]))
     second = cb._prune(dense)
     assert cb._series[1] is series and second[0].data_ptr() == first[0].data_ptr()  # reused
     want = [oracle.prune(w, 0.9, (1, 4), "L1") for w in dense]

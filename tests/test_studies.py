@@ -9,21 +9,22 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from lit_dlrm.cli import sweep
 from lit_dlrm.data import CriteoDataModule
 from lit_dlrm.module import DLRMModule
-from lit_dlrm.results import FORWARD_TIME_CSV, METADATA_CSV, METRICS_CSV, STUDY_COLUMNS, read_table
 from lit_dlrm.sparsity.finetune import finetune
 from lit_dlrm.sparsity.prune import prune
+from lit_dlrm.sweep.grid import DEFAULTS
+from lit_dlrm.sweep.results import FORWARD_TIME_CSV, METADATA_CSV, METRICS_CSV, read_table
 
 STUDIES = (
     "--sweep.studies=["
-    "{thresholds: [global]},"
+    "{threshold: [global]},"
     "{weight_bits: [8, 4]},"
-    "{activation_levels: [0.8], levels: [0.0, 0.9]},"
-    "{finetune_steps: [40], levels: [0.9]}]"
+    "{activation_sparsity: [0.8], sparsity_level: [0.0, 0.9]},"
+    "{finetune_steps: [40], sparsity_level: [0.9]}]"
 )
 GRID = [
-    "--sweep.levels=[0.0, 0.9, 1.0]",
-    "--sweep.norms=[L2]",
-    "--sweep.block_shapes=[[1, 4]]",
+    "--sweep.sparsity_level=[0.0, 0.9, 1.0]",
+    "--sweep.norm=[L2]",
+    "--sweep.sparse_block_shape=[[1, 4]]",
     STUDIES,
     "--timing.warmup=0",
     "--timing.repeats=1",
@@ -67,7 +68,7 @@ def point_of(row) -> tuple:
 def test_every_table_has_the_new_columns_and_every_point(run):
     for name in (METRICS_CSV, METADATA_CSV, FORWARD_TIME_CSV):
         table = read_table(run, name)
-        assert set(STUDY_COLUMNS) <= set(table.columns)
+        assert set(DEFAULTS) <= set(table.columns)
         points = [point_of(r) for r in table.itertuples()]
         assert sorted(set(points)) == sorted(POINTS)
         assert len(points) == len(POINTS) * (

@@ -48,7 +48,7 @@ def sweep_dir(tmp_path_factory, tiny_data_args):
             *tiny_data_args,
             f"--ckpt_path={root / 'model.pt'}",
             f"--out_dir={root / 'out'}",
-            "--sweep.levels=[0.0, 0.5]",
+            "--sweep.sparsity_level=[0.0, 0.5]",
             "--sweep.studies=[]",
             "--timing.warmup=0",
             "--timing.repeats=1",

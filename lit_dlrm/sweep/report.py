@@ -8,12 +8,12 @@ uninterrupted one's and never holds duplicated events.
   tables) and the embedding tables' bytes in memory (``table_bytes_*``);
 - ``memory.png``: the tables' bytes in memory, dense, compact and as ``torch.sparse_coo``;
 - ``disk_size.png``, ``quality.png``, ``forward_time.png``: against the sparsity level, one line
-  per norm x block shape (the reference's dimensions);
+  per series of the reference's points (norm x block shape);
 - ``followups.png``: one panel per further dimension the sweep varied (global threshold, weight
   bits, activation sparsity, fine-tuning), each line against its reference series;
-- ``tensorboard/<series>/``: one run per series (``L1_1x4``, ``L2_1x4_global``,
-  ``L2_1x4_int8``, ``L2_1x4_act0.5``, ``L2_1x4_ft200``, ...), step = level in percent, so the runs
-  overlay in one chart per tag (``roc_auc``, ``log_loss``, ``zip_bytes``, ...).
+- ``tensorboard/<series>/``: one run per series (`GridPoint.series`: ``L1_1x4``,
+  ``L2_1x4_global``, ``L2_1x4_int8``, ...), step = level in percent, so the runs overlay in one
+  chart per tag (``roc_auc``, ``log_loss``, ``zip_bytes``, ...).
 """
 
 from __future__ import annotations
@@ -29,33 +29,28 @@ import pandas as pd  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 from lit_dlrm.paths import atomic_write  # noqa: E402
-from lit_dlrm.results import (  # noqa: E402
+from lit_dlrm.sweep.grid import COLUMNS  # noqa: E402
+from lit_dlrm.sweep.results import (  # noqa: E402
     FORWARD_TIME_CSV,
-    KEY,
     METADATA_CSV,
     METRICS_CSV,
-    STUDY_COLUMNS,
     read_table,
+    row_points,
 )
 
 RESULTS_CSV = "results.csv"
-WIDE_COLUMNS = {  # (column of dlrm_forward_time_info.csv, dlrm_type) -> column of results.csv
+# (column of dlrm_forward_time_info.csv, dlrm_type) -> column of results.csv. table_bytes_coo:
+# the reference's COO path keeps dense tables; table_bytes_as_coo: what sparse COO tables take.
+WIDE_COLUMNS = {
     ("time_taken", "without_torch_sparse"): "forward_s_dense",
     ("time_taken", "with_torch_sparse"): "forward_s_coo",
     ("time_taken", "compact"): "forward_s_compact",
     ("table_bytes", "without_torch_sparse"): "table_bytes_dense",
-    (
-        "table_bytes",
-        "with_torch_sparse",
-    ): "table_bytes_coo",  # the reference's COO path keeps dense tables
+    ("table_bytes", "with_torch_sparse"): "table_bytes_coo",
     ("table_bytes", "compact"): "table_bytes_compact",
-    (
-        "coo_table_bytes",
-        "with_torch_sparse",
-    ): "table_bytes_as_coo",  # what torch.sparse_coo tables would take
+    ("coo_table_bytes", "with_torch_sparse"): "table_bytes_as_coo",
 }
-SERIES = [column for column in KEY if column != "sparsity_level"]
-FOLLOWUPS = {  # column -> panel title
+FOLLOWUPS = {  # further dimension -> panel title
     "threshold": "global threshold vs per table",
     "weight_bits": "row-wise int8 / int4 tables",
     "activation_sparsity": "activation sparsity",
@@ -63,25 +58,14 @@ FOLLOWUPS = {  # column -> panel title
 }
 
 
-def series_name(row) -> str:
-    """``L2 (1, 4)`` plus what differs from the reference: ``global``, ``int8``, ``act0.5``, ``ft200``."""
-    parts = [row["norm"], row["sparse_block_shape"]]
-    if row["threshold"] != STUDY_COLUMNS["threshold"]:
-        parts.append(row["threshold"])
-    if int(row["weight_bits"]) != 32:
-        parts.append(f"int{int(row['weight_bits'])}")
-    if float(row["activation_sparsity"]):
-        parts.append(f"act{float(row['activation_sparsity']):g}")
-    if int(row["finetune_steps"]):
-        parts.append(f"ft{int(row['finetune_steps'])}")
-    return " ".join(parts)
+def varied(table: pd.DataFrame) -> list[list[str]]:
+    """Per row, the further dimensions its point sets away from the reference."""
+    return [p.varied for p in row_points(table)]
 
 
-def is_reference(table: pd.DataFrame):
-    """Rows whose further dimensions all have the reference's values."""
-    return (table[list(STUDY_COLUMNS)].astype(str) == pd.Series(STUDY_COLUMNS).astype(str)).all(
-        axis=1
-    )
+def series(table: pd.DataFrame) -> pd.Series:
+    """Per row, its point's series name."""
+    return pd.Series([p.series for p in row_points(table)], index=table.index, dtype=str)
 
 
 def joined_results(out_dir: Path) -> pd.DataFrame:
@@ -91,7 +75,7 @@ def joined_results(out_dir: Path) -> pd.DataFrame:
     if len(metadata):
         table = table.merge(
             metadata.drop(columns=["step_time_sec", "same_mask_as"], errors="ignore"),
-            on=KEY,
+            on=list(COLUMNS),
             how="left",
         )
     times = read_table(out_dir, FORWARD_TIME_CSV)
@@ -100,11 +84,11 @@ def joined_results(out_dir: Path) -> pd.DataFrame:
         numeric = times.assign(
             **{c: pd.to_numeric(times[c], errors="coerce") for c in values}
         )  # "" where a path lacks one
-        wide = numeric.pivot_table(index=KEY, columns="dlrm_type", values=values)
+        wide = numeric.pivot_table(index=list(COLUMNS), columns="dlrm_type", values=values)
         wide = wide[[c for c in wide.columns if c in WIDE_COLUMNS]]
         wide.columns = [WIDE_COLUMNS[c] for c in wide.columns]
         wide = wide.reset_index()
-        table = table.merge(wide, on=KEY, how="left")
+        table = table.merge(wide, on=list(COLUMNS), how="left")
     return with_quality_before_finetuning(table)
 
 
@@ -113,7 +97,7 @@ def with_quality_before_finetuning(table: pd.DataFrame) -> pd.DataFrame:
     point's figures without fine-tuning (empty where the sweep did not test that point)."""
     if not (table["finetune_steps"].astype(int) > 0).any():
         return table
-    key = [c for c in KEY if c != "finetune_steps"]
+    key = [c for c in COLUMNS if c != "finetune_steps"]
     before = table[table["finetune_steps"].astype(int) == 0][[*key, "roc_auc", "log_loss"]]
     before = before.rename(
         columns={"roc_auc": "roc_auc_before_finetune", "log_loss": "log_loss_before_finetune"}
@@ -140,16 +124,11 @@ def plot_panels(panels: list[tuple[pd.DataFrame, str, str]], path: Path, title: 
     """One panel per (rows, column, y label or panel title), one line per series in its rows."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, (table, column, label) in zip(axes[0], panels):
-        for _, series in table.groupby(SERIES, sort=True):
-            series = series.sort_values("sparsity_level")
-            values = series[column] / 2**20 if column.endswith("_bytes") else series[column]
-            first = series.iloc[0]
-            style = (
-                "--" if first["norm"] == "L2" else "-"
-            )  # identical masks draw L2 over L1: keep both visible
-            ax.plot(
-                series["sparsity_level"] * 100, values, style, marker=".", label=series_name(first)
-            )
+        for name, rows in table.groupby(series(table), sort=True):
+            rows = rows.sort_values("sparsity_level")
+            values = rows[column] / 2**20 if column.endswith("_bytes") else rows[column]
+            style = "--" if name.startswith("L2") else "-"  # identical masks draw L2 over L1
+            ax.plot(rows["sparsity_level"] * 100, values, style, marker=".", label=name)
         ax.set_xlabel("sparsity level (%)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -161,20 +140,12 @@ def plot_panels(panels: list[tuple[pd.DataFrame, str, str]], path: Path, title: 
 
 
 def write_tensorboard(table: pd.DataFrame, log_dir: Path, tags: list[str]) -> None:
-    """One run per norm x block shape; step = sparsity level in percent."""
+    """One run per series; step = sparsity level in percent."""
     fresh = log_dir.with_name(log_dir.name + ".tmp")
     shutil.rmtree(fresh, ignore_errors=True)
-    for _, series in table.groupby(SERIES, sort=True):
-        run = (
-            series_name(series.iloc[0])
-            .replace(" (", "_")
-            .replace(", ", "x")
-            .replace(") ", "_")
-            .replace(")", "")
-            .replace(" ", "_")
-        )
+    for run, rows in table.groupby(series(table), sort=True):
         with SummaryWriter(str(fresh / run)) as writer:
-            for row in series.itertuples(index=False):
+            for row in rows.itertuples(index=False):
                 step = round(row.sparsity_level * 100)
                 for tag in tags:
                     writer.add_scalar(tag, getattr(row, tag), global_step=step)
@@ -195,7 +166,7 @@ def write_report(out_dir: str | Path) -> pd.DataFrame:
         return table
     table = table[table["norm"] != "dense"]  # a lone dense row has no level axis to plot
     write_followups(table, out_dir / "followups.png")
-    everything, table = table, table[is_reference(table)]
+    everything, table = table, table[[not dims for dims in varied(table)]]
     sizes = size_columns(table)
     if sizes:
         labels = {
@@ -251,21 +222,16 @@ def write_report(out_dir: str | Path) -> pd.DataFrame:
 def write_followups(table: pd.DataFrame, path: Path) -> None:
     """One AUC panel per further dimension the sweep varied: its series next to the reference
     series of the same norm and block shape (nothing when the sweep varied none)."""
-    reference = table[is_reference(table)]
+    dims = varied(table)
+    reference = table[[not d for d in dims]]
     panels = []
     for column, title in FOLLOWUPS.items():
-        others = [c for c in STUDY_COLUMNS if c != column]
-        varied = table[
-            ~is_reference(table)
-            & (table[others].astype(str) == pd.Series(STUDY_COLUMNS)[others].astype(str)).all(
-                axis=1
-            )
-        ]
-        if varied.empty:
+        rows = table[[d == [column] for d in dims]]
+        if rows.empty:
             continue
-        shapes = varied[["norm", "sparse_block_shape"]].drop_duplicates()
+        shapes = rows[["norm", "sparse_block_shape"]].drop_duplicates()
         base = reference.merge(shapes, on=["norm", "sparse_block_shape"])
-        panels.append((pd.concat([base, varied]), "roc_auc", f"test AUC: {title}"))
+        panels.append((pd.concat([base, rows]), "roc_auc", f"test AUC: {title}"))
     if panels:
         plot_panels(
             panels, path, "past the reference: each further dimension against its reference series"

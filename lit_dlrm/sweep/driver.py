@@ -1,0 +1,97 @@
+"""The sparsity sweep: one ``trainer.test`` per grid point still to do, resumable.
+
+`run_sweep` binds the trainer's `SweepCallback`s to one `SweepContext` and moves it from point to
+point; the callbacks do the work. A point is done when every callback's table holds all its rows
+for it: a sweep run again tests only the missing points, and replaces rows rather than duplicating
+them. A point whose test equals one already done (`GridPoint.test_key_for`) is not tested: that
+point's rows are copied under its columns, ``same_mask_as`` naming the source. At the end the
+tables are sorted in grid order (on rank 0).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from tqdm import tqdm
+
+from lit_dlrm.sweep.context import SweepCallback, SweepContext
+from lit_dlrm.sweep.grid import GridPoint, squares_preserve_order
+from lit_dlrm.sweep.results import read_table, row_points, upsert_rows, write_table
+
+
+def done_points(out_dir: Path, callbacks: list[SweepCallback]) -> set[GridPoint]:
+    """Points with all their rows in the table of each of ``callbacks``."""
+    done = None
+    for cb in callbacks:
+        table = read_table(out_dir, cb.table)
+        if cb.kind:
+            column, kinds = cb.kind
+            sets = [set(row_points(table[table[column] == kind])) for kind in kinds]
+            points = set.intersection(*sets)
+        else:
+            points = set(row_points(table))
+        done = points if done is None else done & points
+    return done or set()
+
+
+def copy_rows(out_dir: Path, cb: SweepCallback, source: GridPoint, target: GridPoint) -> None:
+    """Write ``source``'s rows of ``cb``'s table again under ``target``'s point columns."""
+    table = read_table(out_dir, cb.table)
+    rows = table[[p == source for p in row_points(table)]].copy()
+    for column, value in target.row.items():
+        rows[column] = value
+    rows["same_mask_as"] = source.key
+    upsert_rows(out_dir, cb.table, rows.to_dict("records"), cb.key())
+
+
+def sort_table(out_dir: Path, cb: SweepCallback, grid: list[GridPoint]) -> None:
+    """Rewrite ``cb``'s table in grid order (rows of points outside this grid go last)."""
+    order = {p: i for i, p in enumerate(grid)}
+    table = read_table(out_dir, cb.table)
+    rank = [order.get(p, len(order)) for p in row_points(table)]
+    kind = [cb.kind[0]] if cb.kind else []
+    table = table.assign(_rank=rank).sort_values(["_rank", *kind], kind="stable")
+    write_table(out_dir, cb.table, table.drop(columns="_rank"))
+
+
+def run_sweep(
+    trainer: L.Trainer,
+    module: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    grid: list[GridPoint],
+    out_dir: str | Path,
+) -> None:
+    """Test ``module`` on ``datamodule`` at each point of ``grid`` not yet in ``out_dir``'s
+    tables, through ``trainer``'s sweep callbacks (each prunes, measures or times a point)."""
+    out_dir = Path(out_dir)
+    callbacks = [cb for cb in trainer.callbacks if isinstance(cb, SweepCallback)]
+    context = SweepContext(out_dir=out_dir)
+    for cb in callbacks:
+        cb.bind(context)
+    for stale in out_dir.glob(".*.tmp"):  # tables half-written by a killed run
+        stale.unlink()
+    squares_keep_order = squares_preserve_order(t.weight.detach() for t in module.model.emb_l)
+    # Decided once, before any test, so that every process of a DDP run takes the same steps.
+    done = done_points(out_dir, callbacks)
+    first_of_test: dict[str, GridPoint] = {}
+    to_test, to_copy = [], []
+    for point in grid:
+        representative = first_of_test.setdefault(point.test_key_for(squares_keep_order), point)
+        if point in done:
+            continue
+        if representative is point:
+            to_test.append(point)
+        else:
+            to_copy.append((representative, point))
+    if any(p.finetune_steps for p in to_test):  # the same unsharded batches on every process
+        context.finetune_batches = datamodule.dataloader("train", rank=0, world_size=1)
+    progress = tqdm(to_test, desc="sweep", unit="point", disable=not trainer.is_global_zero)
+    for i, point in enumerate(progress):
+        context.point, context.plan = point, to_test[i + 1 :]
+        trainer.test(module, datamodule=datamodule, verbose=False)
+    if trainer.is_global_zero:
+        for cb in callbacks:
+            for source, target in to_copy:
+                copy_rows(out_dir, cb, source, target)
+            sort_table(out_dir, cb, grid)
