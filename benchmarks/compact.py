@@ -25,7 +25,7 @@ Each block shape runs in a fresh process (one copy of the tables plus one compac
 compact_<scale>.csv`` and ``.md`` (``compact_<scale>_<k>threads`` with ``--threads k``, torch's
 thread count; by default torch's own choice); ``run(scale)`` returns the rows of
 benchmarks/run.py's table. The children run with ``OMP_WAIT_POLICY=PASSIVE`` unless the
-environment sets it (why: ``docs/design-pruning.md``, Threads).
+environment sets it (why: ``docs/design.md``, Threads).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ table and keeps them all, divided by the world size: DDP's average, on any backe
 
     table t on rank r:  ids (n_rt,) int64,  rows (n_rt, d_t)   (one entry per looked-up id)
 
-Why not DDP's own sparse all-reduce: docs/design-training.md.
+Why not DDP's own sparse all-reduce: docs/design.md.
 """
 
 from __future__ import annotations

@@ -16,14 +16,14 @@ from lit_dlrm.sparsity.compression import (
 from lit_dlrm.sparsity.quantize import (
     QMAX,
     QuantizedTable,
-    _pack,
-    _unpack,
     dequantize,
     load_quantized_state_dict,
+    pack_int4,
     quantize_dequantize,
     quantize_dequantize_tables,
     quantize_rows,
     quantized_state_dict,
+    unpack_int4,
 )
 
 
@@ -52,7 +52,7 @@ def test_round_trip_error_at_most_half_a_step(nbits, scale_dtype):
     assert ((w - back).abs() <= s / 2 * (1 + 1e-4)).all()
     assert (qt.scale.float() >= w.abs().amax(1) / QMAX[nbits]).all()
     assert ((back - w).abs().amax(1) > 0).any()  # quantization did change something
-    unpacked = qt.q if nbits == 8 else _unpack(qt.q)
+    unpacked = qt.q if nbits == 8 else unpack_int4(qt.q)
     assert int(unpacked.abs().max()) == QMAX[nbits]  # the grid is used to its end
     assert torch.equal(bits(quantize_dequantize(w, nbits, scale_dtype=scale_dtype)), bits(back))
 
@@ -100,10 +100,10 @@ def test_in_place_and_into_buffers():
 def test_int4_packing_round_trip_and_layout():
     g = torch.Generator().manual_seed(4)
     q = torch.randint(-7, 8, (33, 10), generator=g, dtype=torch.int8)
-    p = _pack(q)
+    p = pack_int4(q)
     assert p.shape == (33, 5) and p.dtype == torch.uint8
-    assert torch.equal(_unpack(p), q)
-    one = _pack(torch.tensor([[-3, 5, 0, 0]], dtype=torch.int8))
+    assert torch.equal(unpack_int4(p), q)
+    one = pack_int4(torch.tensor([[-3, 5, 0, 0]], dtype=torch.int8))
     assert one.tolist() == [
         [0x5D, 0x00]
     ]  # low nibble = column 0 (two's complement), pair of zeros = 0

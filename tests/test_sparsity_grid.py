@@ -73,7 +73,7 @@ def test_mask_key_for_merges_l1_l2_singletons_only_on_safe_data():
 
 
 def test_squaring_strictly_increasing_at_the_safe_range_ends():
-    """Exhaustive over the lowest and highest binades of [2**-63, 2**64) (docs/design-sweep.md)."""
+    """Exhaustive over the lowest and highest binades of [2**-63, 2**64) (docs/design.md)."""
     for lo in (2.0**-63, 2.0**63):
         start = torch.tensor(lo, dtype=torch.float32).view(torch.int32).item()
         x = torch.arange(start, start + (1 << 23), dtype=torch.int32).view(torch.float32)

@@ -10,7 +10,7 @@ kept (`prob.npy`), so the Bayes-optimal AUC and log loss of every split are know
 Everything is a function of `SyntheticConfig` (seed included), block by block, so the data do not
 depend on the machine; changing the teacher's code or defaults changes the data: bump
 GENERATOR_VERSION. `write_tsv` writes the rows as Kaggle `train.txt`, and the text path gives back
-the same arrays. The teacher's formula and the choice of its scales: docs/design-data.md.
+the same arrays. The teacher's formula and the choice of its scales: docs/design.md.
 """
 
 from __future__ import annotations

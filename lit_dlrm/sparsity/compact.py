@@ -12,7 +12,7 @@ stored when any of it is nonzero:
 Its forward takes 2-D ``(B, L)`` input or 1-D input with ``offsets`` (empty bags give zeros) and
 optional ``per_sample_weights``; inference only (buffers, not parameters). :func:`compact_model`
 keeps each table in the smaller of its dense and compact forms; :func:`table_bytes` measures the
-tables of any DLRM. Layouts compared and measured: ``docs/design-pruning.md``.
+tables of any DLRM. Layouts compared and measured: ``docs/design.md``.
 """
 
 from __future__ import annotations

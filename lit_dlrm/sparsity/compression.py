@@ -5,7 +5,7 @@ reference's ``evaluate_disk_savings.py``); bytes, and ``zip_file_size`` floored 
 ``zstd_sparse_size`` / ``save_compressed`` / ``load_compressed``: the ``.lds`` format (per tensor
 a bitmask of the non-zeros, the signs of any -0.0, the byte-shuffled survivors, each
 zstd-compressed); any dtype round-trips bit for bit. Files are written atomically and deleted
-after measuring unless ``keep_dir`` is given. Layout and why: ``docs/design-pruning.md``.
+after measuring unless ``keep_dir`` is given. Layout and why: ``docs/design.md``.
 """
 
 from __future__ import annotations

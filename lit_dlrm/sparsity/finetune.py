@@ -2,7 +2,7 @@
 
 :func:`finetune` trains with the module's own loss and optimiser (a fresh state) and writes 0.0
 again after every step wherever a table was zero when it started: pruned weights stay exactly
-zero. Memory: one bool per table weight. Reasoning: ``docs/design-pruning.md``.
+zero. Memory: one bool per table weight. Reasoning: ``docs/design.md``.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A global level prunes the ``K = round(level * sum_i blocks_i)`` lowest block sco
 together, ties broken by (table order, block index); scores, norms and blocks are the engine's
 (:mod:`.prune`). :func:`global_cuts` gives it as per-table cuts for
 :func:`~.prune.apply_cuts` (three counting passes per table, nothing of table size; float32
-tables only). Why per-table cuts are exactly the global mask: ``docs/design-pruning.md``.
+tables only). Why per-table cuts are exactly the global mask: ``docs/design.md``.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ lowest scores, ties broken by block index (row-major); a level prunes ``round(le
   the counting passes, for cuts built elsewhere (:mod:`.global_threshold`).
 
 Float tables (float32 on the fast path; NaN unsupported). Temporaries are O(``chunk_elems``) per
-worker plus ~17 MiB of counters; nothing of table size. Reasoning: ``docs/design-pruning.md``.
+worker plus ~17 MiB of counters; nothing of table size. Reasoning: ``docs/design.md``.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ in the low nibble; odd widths refused) and ``scale`` (``(n,)``, bfloat16 by defa
 ``quantize_dequantize`` equals ``dequantize(quantize_rows(w))`` bit for bit, in row chunks.
 ``quantized_state_dict`` / ``load_quantized_state_dict`` swap ``emb_l.K.weight`` for
 ``.q`` + ``.scale`` and back. Errors: ValueError naming the argument (or row) at fault.
-Why symmetric, why bfloat16 scales: ``docs/design-pruning.md``.
+Why symmetric, why bfloat16 scales: ``docs/design.md``.
 """
 
 from __future__ import annotations
@@ -91,13 +91,13 @@ def _grid(w: torch.Tensor, sf: torch.Tensor, qmax: int, out: torch.Tensor) -> to
     return out.round_().clamp_(-qmax, qmax).add_(0.0)
 
 
-def _pack(q: torch.Tensor) -> torch.Tensor:
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
     """int8 (r, d) in [-7, 7] -> uint8 (r, d / 2): low nibble column 2j, high nibble 2j + 1."""
     u = q.view(torch.uint8).view(q.shape[0], -1, 2) & 0x0F
     return u[..., 0] | (u[..., 1] << 4)
 
 
-def _unpack(p: torch.Tensor) -> torch.Tensor:
+def unpack_int4(p: torch.Tensor) -> torch.Tensor:
     """uint8 (r, c) -> int8 (r, 2c): the nibbles, sign-extended from 4 bits."""
     u = torch.stack([p & 0x0F, p >> 4], dim=-1).view(torch.int8)  # (r, c, 2) in [0, 15]
     return ((u ^ 8) - 8).view(p.shape[0], -1)
@@ -124,7 +124,7 @@ def quantize_rows(
             s, sf = _scales(w[r0:r1], qmax, scale_dtype, r0)
             scale[r0:r1] = s
             g = _grid(w[r0:r1], sf, qmax, buf.resize_(r1 - r0, d)).to(torch.int8)  # (r, d)
-            q[r0:r1] = g if bits == 8 else _pack(g)
+            q[r0:r1] = g if bits == 8 else pack_int4(g)
     return QuantizedTable(q, scale, bits)
 
 
@@ -137,7 +137,7 @@ def dequantize(
     with torch_threads(threads):
         for r0, r1 in row_chunks(n, d, chunk_elems):
             q = table.q[r0:r1]
-            q = q if table.bits == 8 else _unpack(q)
+            q = q if table.bits == 8 else unpack_int4(q)
             torch.mul(q.to(torch.float32), table.scale[r0:r1].float()[:, None], out=out[r0:r1])
     return out
 

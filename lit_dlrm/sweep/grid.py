@@ -124,7 +124,7 @@ DEFAULTS: dict = {f.name: f.default for f in fields(GridPoint) if f.default is n
 DENSE = GridPoint("dense", (1, 1), 0.0)
 
 
-# float32 bounds inside which w -> w*w is strictly increasing on |w| (docs/design-sweep.md).
+# float32 bounds inside which w -> w*w is strictly increasing on |w| (docs/design.md).
 SQUARE_SAFE_MIN = 2.0**-63
 SQUARE_SAFE_MAX = 2.0**64
 
