@@ -139,6 +139,40 @@ class CompactEmbeddingBag(nn.Module):
         self.register_buffer("cols", cols)
         self.register_buffer("values", values)
 
+    @classmethod
+    def from_buffers(
+        cls, num_embeddings: int, embedding_dim: int, block_width: int, buffers: dict[str, Tensor]
+    ) -> CompactEmbeddingBag:
+        """The table whose ``state_dict()`` was ``buffers`` (``row_base``, ``row_off``, ``cols``,
+        ``values``), for ``num_embeddings`` rows of width ``embedding_dim``. Raises ValueError
+        naming the buffer whose shape or dtype the layout does not allow."""
+        meta = torch.empty(num_embeddings, embedding_dim, device="meta")
+        n, d, _ = _check_weight(meta, block_width)
+        values = buffers.get("values")
+        nnz = -1 if values is None else values.shape[0]
+        base_dtype, offset_dtype, group, col_dtype = _layout(d, block_width, max(nnz, 0))
+        expected = {
+            "row_base": ((-(-(n + 1) // group),), base_dtype),
+            "row_off": ((n + 1,), offset_dtype),
+            "cols": ((nnz,), col_dtype),
+            "values": ((nnz, block_width), None),
+        }
+        for name, (shape, dtype) in expected.items():
+            t = buffers.get(name)
+            if t is None or tuple(t.shape) != shape or (dtype is not None and t.dtype != dtype):
+                got = "missing" if t is None else f"{t.dtype} {tuple(t.shape)}"
+                raise ValueError(
+                    f"{name}: expected {dtype or 'float'} {shape} for a {n} x {d} table of "
+                    f"width-{block_width} blocks, got {got}"
+                )
+        table = cls.__new__(cls)
+        nn.Module.__init__(table)
+        table.num_embeddings, table.embedding_dim, table.block_width = n, d, block_width
+        table.group_shift = group.bit_length() - 1
+        for name in expected:
+            table.register_buffer(name, buffers[name])
+        return table
+
     def row_ptr(self, rows: Tensor) -> Tensor:
         """Where the blocks of ``rows`` (K,) int64 start (row ``n``: the end) -> (K,) int64."""
         base = self.row_base.index_select(0, rows >> self.group_shift)
@@ -210,7 +244,9 @@ class CompactEmbeddingBag(nn.Module):
         start, end = self.row_ptr(torch.cat([ids, ids + 1])).view(2, -1)  # (N,) each
         counts = end - start  # blocks of each looked-up row
         ends = counts.cumsum(0)
-        total = int(ends[-1]) if ids.numel() else 0
+        # .item(), not int(): under torch.export it is an unbacked size, so the graph stays general
+        total = ends[-1].item() if ids.numel() else 0
+        torch._check(total >= 0)
         first = ends - counts  # (N,) where each id's blocks start in the gathered list
         # which id each gathered block serves: ids starting at or before it, minus one (faster than
         # repeat_interleave; an empty row starts where the next one does and is counted before it)
