@@ -13,11 +13,13 @@ Why symmetric, why bfloat16 scales: ``docs/design.md``.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from .chunks import map_tables, row_chunks, torch_threads
 
@@ -240,4 +242,125 @@ def load_quantized_state_dict(qstate: dict[str, torch.Tensor]) -> dict[str, torc
             out[base] = dequantize(QuantizedTable(q, scale, bits_of[q.dtype]))
         else:
             out[name] = t
+    return out
+
+
+# ---------------------------------------------------------------------------- integer lookup
+
+# torch's quantized embedding-bag kernels (fbgemm, CPU): one packed row is the unsigned codes, then
+# the row's scale and bias (float32 at 8 bits, float16 at 4 bits); value = code * scale + bias.
+_OPS = {8: "embedding_bag_byte_rowwise_offsets", 4: "embedding_bag_4bit_rowwise_offsets"}
+_OFFSET = {8: 128, 4: 8}  # symmetric q -> unsigned code q + offset, bias = -offset * scale
+_PACKED_SCALE = {8: torch.float32, 4: torch.float16}
+
+
+def pack_rows(table: QuantizedTable) -> torch.Tensor:
+    """``table`` as the packed rows of torch's quantized embedding-bag kernels -> uint8
+    ``(n, d + 8)`` at 8 bits, ``(n, d / 2 + 4)`` at 4 bits. Code ``q + 128`` (``q + 8``) and bias
+    ``-128 * scale`` (``-8 * scale``), so a code stands for ``q * scale`` and q = 0 for exactly
+    0.0. Raises ValueError when a 4-bit scale is not exactly a float16 (the kernels' scale type)."""
+    bits, q, scale = table.bits, table.q, table.scale.float()
+    if bits == 8:
+        codes = (q.to(torch.int16) + _OFFSET[8]).to(torch.uint8)  # (n, d)
+    else:
+        u = (unpack_int4(q) + _OFFSET[4]).view(torch.uint8)  # (n, d) in [1, 15]
+        codes = u[:, 0::2] | (u[:, 1::2] << 4)  # column 2j in the low nibble, as pack_int4
+    s = scale.to(_PACKED_SCALE[bits])
+    if not torch.equal(s.float(), scale):
+        bad = int((s.float() != scale).nonzero()[0])
+        raise ValueError(
+            f"scale: row {bad}'s scale {float(scale[bad]):.6g} is not a {s.dtype} value, the "
+            f"scale type of torch's {bits}-bit embedding-bag kernel (use bits=8)"
+        )
+    rows = torch.stack([s, -_OFFSET[bits] * s], 1)  # (n, 2): scale, bias (both exact)
+    return torch.cat([codes, rows.view(torch.uint8)], 1)
+
+
+def unpack_rows(packed: torch.Tensor, bits: int, scale_dtype: torch.dtype) -> QuantizedTable:
+    """Reverse :func:`pack_rows`: the :class:`QuantizedTable` whose scales were ``scale_dtype``."""
+    width = packed.shape[1] - 2 * torch.empty((), dtype=_PACKED_SCALE[bits]).element_size()
+    codes, rows = packed[:, :width], packed[:, width:].contiguous()
+    scale = rows.view(_PACKED_SCALE[bits])[:, 0].to(scale_dtype)
+    if bits == 8:
+        q = (codes.to(torch.int16) - _OFFSET[8]).to(torch.int8)
+    else:
+        u = torch.stack([codes & 0x0F, codes >> 4], -1).view(codes.shape[0], -1)  # (n, d)
+        q = pack_int4(u.view(torch.int8) - _OFFSET[4])
+    return QuantizedTable(q.contiguous(), scale, bits)
+
+
+class QuantizedEmbeddingBag(nn.Module):
+    """``nn.EmbeddingBag(mode="sum")`` over an int8 or int4 :class:`QuantizedTable`, looked up in
+    integers by torch's quantized embedding-bag kernels (``torch.ops.quantized.embedding_bag_
+    {byte,4bit}_rowwise_offsets``, CPU only); inference only.
+
+    The table is held once, packed (:func:`pack_rows`, buffer ``packed``); :meth:`table` gives the
+    :class:`QuantizedTable` back, bit for bit. Forward: 2-D ``(B, L)`` input, or 1-D input with
+    ``offsets``; optional ``per_sample_weights``; -> float32 ``(bags, d)``. Each looked-up value
+    is ``code * scale + bias``, the dequantised ``q * scale`` up to the kernel's rounding; q = 0
+    (a pruned weight) gives exactly 0.0 (``tests/test_export.py`` states the tolerance).
+    """
+
+    def __init__(self, table: QuantizedTable) -> None:
+        super().__init__()
+        if table.bits not in _OPS:
+            raise ValueError(f"table.bits: expected 8 or 4, got {table.bits}")
+        self.num_embeddings, self.embedding_dim = table.shape
+        self.bits, self.scale_dtype = table.bits, table.scale.dtype
+        self.register_buffer("packed", pack_rows(table))
+
+    def table(self) -> QuantizedTable:
+        """The quantized table (q and scales as :func:`quantize_rows` made them)."""
+        return unpack_rows(self.packed, self.bits, self.scale_dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, bits={self.bits}"
+
+    def forward(
+        self,
+        input: torch.Tensor,
+        offsets: torch.Tensor | None = None,
+        per_sample_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if input.dim() == 2 and offsets is None:
+            bags, per_bag = input.shape
+            offsets = torch.arange(0, bags * per_bag, per_bag, device=input.device)
+        elif input.dim() != 1 or offsets is None or offsets.dim() != 1:
+            raise ValueError(
+                "input: expected 2-D (B, L) without offsets, or 1-D with 1-D offsets; got input "
+                f"{tuple(input.shape)}, offsets {None if offsets is None else tuple(offsets.shape)}"
+            )
+        weights = None if per_sample_weights is None else per_sample_weights.reshape(-1).float()
+        op = getattr(torch.ops.quantized, _OPS[self.bits])
+        # (weight, indices, offsets, scale_grad_by_freq, mode=sum, pruned_weights,
+        #  per_sample_weights, compressed_indices_mapping, include_last_offset)
+        return op(
+            self.packed,
+            input.reshape(-1).long().contiguous(),
+            offsets.long().contiguous(),
+            False,
+            0,
+            False,
+            weights,
+            None,
+            False,
+        )
+
+
+def quantized_model(
+    model: nn.Module, bits: int = 8, *, scale_dtype: torch.dtype = torch.bfloat16
+) -> nn.Module:
+    """A shallow copy of the DLRM ``model`` (MLPs shared) whose dense tables are
+    :class:`QuantizedEmbeddingBag` s of :func:`quantize_rows` of their weights, for inference."""
+    out = copy.copy(model)
+    out._modules = dict(model._modules)  # the copy's own module dict: emb_l is replaced, not shared
+    tables = []
+    for k, table in enumerate(model.emb_l):
+        try:
+            tables.append(
+                QuantizedEmbeddingBag(quantize_rows(table.weight, bits, scale_dtype=scale_dtype))
+            )
+        except ValueError as e:
+            raise ValueError(f"emb_l.{k}: {e}") from None
+    out.emb_l = nn.ModuleList(tables)
     return out
