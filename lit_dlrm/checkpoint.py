@@ -3,7 +3,9 @@
 Reading (:func:`load_state_dict`, :func:`architecture`, :func:`check_resumable`) takes three
 layouts, all through ``torch.load(..., weights_only=True)``: a lit_dlrm Lightning checkpoint
 (``{"state_dict": {"model.emb_l.0.weight": ...}, ...}``), a facebookresearch/dlrm ``--save-model``
-file (its numpy scalars let in by :data:`NUMPY_ALLOW_LIST`, nothing else) and a bare state_dict.
+file (its numpy scalars let in by :data:`NUMPY_ALLOW_LIST`, nothing else) and a bare state_dict;
+and the sweep's ``.lds`` files (recognised by their magic bytes, read without pickle, quantised
+tables dequantised).
 Anything else raises :class:`CheckpointError` naming the file (and the refused global, if any).
 
 Writing: :class:`AtomicCheckpointIO` leaves a whole checkpoint or none under every name, and
@@ -28,6 +30,8 @@ from torch import Tensor
 
 from lit_dlrm.model import interaction_size
 from lit_dlrm.paths import atomic_write
+from lit_dlrm.sparsity.compression import is_compressed_file, load_compressed
+from lit_dlrm.sparsity.quantize import load_quantized_state_dict
 
 # numpy's scalar reconstructor: numpy._core.multiarray.scalar (numpy 2; numpy 1 wrote numpy.core)
 _NUMPY_SCALAR = np.float64(0).__reduce__()[0]
@@ -44,12 +48,26 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read, or does not hold a DLRM."""
 
 
+def _load_lds(path: Path) -> dict[str, Tensor]:
+    """A sweep's ``.lds`` file (:mod:`lit_dlrm.sparsity.compression`): its state_dict, the int8 /
+    int4 tables of a quantised point dequantised (what the sweep scored)."""
+    try:
+        return load_quantized_state_dict(load_compressed(path))
+    except Exception as err:  # truncated or damaged: zstandard, json and numpy raise their own
+        raise CheckpointError(
+            f"{path}: not a readable .lds file ({type(err).__name__}: {err})"
+        ) from err
+
+
 def _load(path: Path, mmap: bool = False):
-    """``torch.load(path, weights_only=True)`` with the numpy allow-list; errors name the file."""
+    """``torch.load(path, weights_only=True)`` with the numpy allow-list, or :func:`_load_lds`
+    for a file that starts like an ``.lds`` file; errors name the file."""
     if path.is_dir():
         raise CheckpointError(f"{path}: is a directory, expected a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    if is_compressed_file(path):
+        return _load_lds(path)
     try:
         with torch.serialization.safe_globals(NUMPY_ALLOW_LIST):
             # mmap needs torch's zip format; anything else is read whole (and refused if garbage)
@@ -93,6 +111,14 @@ def load_state_dict(path: str | Path) -> dict[str, Tensor]:
     """The DLRM state_dict (reference key names, CPU tensors) stored in ``path``."""
     path = Path(path)
     return _dlrm_state(_load(path), path)
+
+
+def data_options(path: str | Path) -> dict:
+    """The ``CriteoDataModule`` arguments stored in a lit_dlrm training checkpoint (``{}`` for
+    any other readable file). The tensors are memory-mapped, not read."""
+    obj = _load(Path(path), mmap=True)
+    options = obj.get("datamodule_hyper_parameters") if isinstance(obj, dict) else None
+    return {k: v for k, v in (options or {}).items() if not k.startswith("_")}
 
 
 def check_resumable(path: str | Path, model_options: dict) -> None:

@@ -183,6 +183,12 @@ def save_compressed(
     return os.path.getsize(path)
 
 
+def is_compressed_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` starts as a sparse-shuffle-zstd (``.lds``) file does (its magic bytes)."""
+    with open(path, "rb") as f:
+        return f.read(len(MAGIC)) == MAGIC
+
+
 def load_compressed(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a sparse-shuffle-zstd file back into a state_dict, bit-for-bit."""
     import zstandard
