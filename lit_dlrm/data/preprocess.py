@@ -13,6 +13,7 @@ Cache layout, one directory per (source, input fingerprint, options):
     sparse.npy int32 (N, 26)   ids, 0 <= id < table_sizes[j]
     label.npy  uint8 (N,)      0/1 (absent for unlabelled Kaggle test files)
     prob.npy   float32 (N,)    synthetic only: the planted teacher's click probability
+    vocab.npz                  raw value -> id of each feature (not for dlrm's .npz: ids given)
     meta.json                  table_sizes, splits, options, input fingerprint, counts, ...
 A directory carries its final name only once complete (`ensure_cache`), so an interrupted build
 never looks complete; a rerun with the same key reuses it. Memory: bounded by the block size plus
@@ -45,6 +46,7 @@ log = logging.getLogger("lit_dlrm.data")
 
 FORMAT_VERSION = 1
 META = "meta.json"
+VOCABULARY = "vocab.npz"  # per feature j: keys{j} (sorted raw values) and ids{j}
 
 
 @dataclass(frozen=True)
@@ -250,10 +252,17 @@ def build_arrays(
         w.close()
     rows = dense_w.rows
     table_sizes = [a.size for a in assign] if given_ids is None else list(given_ids)
+    remaps = None
     if options.min_frequency > 1 and rows:
         remaps = [rare_remap(a.counts, options.min_frequency) for a in assign]
         table_sizes = [int(m.max()) + 1 if len(m) else 0 for m in remaps]
         _remap_in_place(out_dir / "sparse.npy", remaps)
+    if given_ids is None:  # raw value -> id, to score other files of raw rows (lit_dlrm.predict)
+        vocab = {}
+        for j, a in enumerate(assign):
+            vocab[f"keys{j}"] = a.keys  # sorted raw values (after max_ind_range)
+            vocab[f"ids{j}"] = (a.ids if remaps is None else remaps[j][a.ids]).astype(np.int32)
+        np.savez(out_dir / VOCABULARY, **vocab)
     arrays = {
         "dense": {"file": "dense.npy", "dtype": "int32", "shape": [rows, NUM_DENSE]},
         "sparse": {"file": "sparse.npy", "dtype": "int32", "shape": [rows, NUM_SPARSE]},
