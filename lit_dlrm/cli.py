@@ -1,4 +1,4 @@
-"""The two command lines, ``lit-dlrm-train`` and ``lit-dlrm-sweep`` (``scripts/*.py`` call them).
+"""The command lines, ``lit-dlrm-{train,sweep,predict,export}`` (``scripts/*.py`` call them).
 
 ``train``: fit DLRM on Criteo (synthetic by default), keep the checkpoint with the best validation
 AUC, test it, print its metrics next to the synthetic teacher's. ``--ckpt_path`` resumes a run.
@@ -10,13 +10,18 @@ missing points. ``--ckpt_path`` also takes a facebookresearch/dlrm ``--save-mode
 state_dict; the ``--data.*`` options must then describe the data it was trained on.
 
 Both read their defaults from ``configs/``; ``--print_config`` shows every option.
+
+``predict``: score a Criteo-format file of rows into a CSV of probabilities. ``export``: a
+checkpoint's weights as safetensors plus a JSON config, tables dense, compact, int8 or int4.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Literal
 
+import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -24,12 +29,18 @@ from callbacks import CheckpointCompression, SparseCooTiming, Sparsify
 from lit_dlrm.checkpoint import (
     AtomicCheckpointIO,
     BestCheckpoint,
+    CheckpointError,
     check_resumable,
+    data_options,
     latest_checkpoint,
 )
 from lit_dlrm.data import CriteoDataModule
+from lit_dlrm.export import save_weights, stored_model
 from lit_dlrm.module import DLRMModule
 from lit_dlrm.paths import check_directory
+from lit_dlrm.predict import score_file
+from lit_dlrm.sparsity.compact import compact_model
+from lit_dlrm.sparsity.quantize import quantized_model
 from lit_dlrm.sweep.driver import run_sweep
 from lit_dlrm.sweep.grid import COLUMNS, make_grid
 from lit_dlrm.sweep.report import write_report
@@ -188,3 +199,79 @@ def sweep(args: list[str] | None = None) -> None:
         table = write_report(config.out_dir)
         out = config.out_dir
         print(f"{len(table)} grid points in {out}/results.csv; plots and tensorboard/ beside it")
+
+
+def _checkpoint(parser: LightningArgumentParser, ckpt_path: str) -> tuple[str, DLRMModule]:
+    """(path, module) of ``--ckpt_path`` ('latest': the newest training run's best); a bad file
+    is a parser error of one line."""
+    try:
+        path = str(latest_checkpoint()) if ckpt_path == "latest" else ckpt_path
+        return path, DLRMModule.from_weights(path)
+    except CheckpointError as err:
+        parser.error(f"--ckpt_path: {err}")
+
+
+def predict(args: list[str] | None = None) -> None:
+    """``lit-dlrm-predict`` / ``python scripts/predict.py``: the click probability of every row of
+    a Criteo-format file (``--rows``) into a CSV (``--out``), by ``trainer.predict``
+    (:mod:`lit_dlrm.predict`). The training data, whose vocabulary maps the rows' values to ids,
+    is described by the checkpoint's own data options; ``--data.*`` options override them."""
+    parser = LightningArgumentParser(prog="lit-dlrm-predict", description=predict.__doc__)
+    parser.add_argument("--rows", type=str, required=True, help="Criteo-format file to score")
+    parser.add_argument("--ckpt_path", type=str, default="latest", help="model ('latest': newest)")
+    parser.add_argument("--out", type=str, default="predictions.csv", help="CSV to write")
+    parser.add_argument("--batch_size", type=int, default=16384, help="rows per predict batch")
+    parser.add_argument("--accelerator", type=str, default="auto", help="Lightning's accelerator")
+    parser.add_class_arguments(CriteoDataModule, "data")
+    given = parser.parse_args(args, defaults=False)  # the options given, to override the stored
+    config = parser.parse_args(args)
+    ckpt, module = _checkpoint(parser, config.ckpt_path)
+    options = {**config.data.as_dict(), **data_options(ckpt)}
+    if given.get("data"):
+        options.update(given.data.as_dict())
+    trainer = L.Trainer(
+        accelerator=config.accelerator, devices=1, logger=False, enable_progress_bar=False
+    )
+    try:
+        out, rows, unseen = score_file(
+            module, CriteoDataModule(**options), config.rows, config.out, config.batch_size, trainer
+        )
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
+    print(f"{rows} rows scored into {out}; {unseen} categorical values were unseen in training")
+
+
+def export(args: list[str] | None = None) -> None:
+    """``lit-dlrm-export`` / ``python scripts/export.py``: any checkpoint the sweep reads (lit_dlrm
+    ``.ckpt``, dlrm ``--save-model``, state_dict, ``.lds``) as safetensors plus a JSON config
+    (:mod:`lit_dlrm.export`), its tables dense, compact (pruned blocks left out) or int8 / int4."""
+    parser = LightningArgumentParser(prog="lit-dlrm-export", description=export.__doc__)
+    parser.add_argument("--ckpt_path", type=str, default="latest", help="model ('latest': newest)")
+    parser.add_argument("--out_dir", type=str, required=True, help="directory to write")
+    parser.add_argument(
+        "--tables",
+        type=Literal["as_stored", "dense", "compact", "int8", "int4"],
+        default="as_stored",
+        help="form of the embedding tables ('as_stored': dense, or a quantised .lds's integers)",
+    )
+    parser.add_argument(
+        "--block_width", type=int, default=1, help="--tables=compact: the pruning block's width"
+    )
+    config = parser.parse_args(args)
+    if config.block_width != 1 and config.tables != "compact":
+        parser.error(f"--block_width={config.block_width}: only --tables=compact uses it")
+    path, module = _checkpoint(parser, config.ckpt_path)
+    dense = module.model.eval()  # a quantised .lds's tables dequantised, as the sweep scored them
+    stored = stored_model(dense, path)
+    try:
+        if config.tables in ("as_stored", "dense"):
+            model = stored if config.tables == "as_stored" else dense
+        elif config.tables == "compact":
+            model = compact_model(dense, config.block_width)
+        else:  # int8 / int4: the stored integers when they are of that width, else quantised here
+            bits = int(config.tables[3:])
+            kept = all(getattr(t, "bits", None) == bits for t in stored.emb_l)
+            model = stored if kept else quantized_model(dense, bits)
+    except ValueError as err:
+        parser.error(f"--tables={config.tables}: {err}")
+    print(f"exported to {save_weights(model, config.out_dir)}")

@@ -185,3 +185,7 @@ class DLRMModule(L.LightningModule):
         if self.hparams.optimizer == "adagrad":
             return torch.optim.Adagrad(self.parameters(), lr=self.hparams.lr)
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+    def predict_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        """A batch ``(dense (B, 13), sparse (B, 26)[, labels])`` -> click probabilities (B,)."""
+        return torch.sigmoid(self.model(batch[0], batch[1]))
