@@ -65,3 +65,12 @@ def test_quantize_benchmark_tiny(tmp_path):
     rows = load("quantize").run("tiny", out_dir=tmp_path, isolate=False)
     assert all(set(r) == SCHEMA for r in rows) and len(rows) == 2
     assert all(r["lit_dlrm"] > 0 and r["reference"] > 0 for r in rows)
+
+
+def test_int_lookup_benchmark_tiny(tmp_path):
+    rows = load("int_lookup").run("tiny", out_dir=tmp_path)
+    assert {r["path"] for r in rows} == {"float32", "int8", "int4"} and len(rows) == 6
+    assert all(r["min_s"] <= r["median_s"] <= r["max_s"] for r in rows)
+    assert (tmp_path / "int_lookup_tiny.csv").exists() and (
+        tmp_path / "int_lookup_tiny.md"
+    ).exists()
