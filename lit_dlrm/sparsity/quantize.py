@@ -7,7 +7,9 @@ comes back +0.0, an all-zero row gets scale 0, the error is at most ``scale / 2`
 in the low nibble; odd widths refused) and ``scale`` (``(n,)``, bfloat16 by default).
 ``quantize_dequantize`` equals ``dequantize(quantize_rows(w))`` bit for bit, in row chunks.
 ``quantized_state_dict`` / ``load_quantized_state_dict`` swap ``emb_l.K.weight`` for
-``.q`` + ``.scale`` and back. Errors: ValueError naming the argument (or row) at fault.
+``.q`` + ``.scale`` and back. :class:`QuantizedEmbeddingBag` looks a table up in integers with
+torch's quantized embedding-bag kernels (:func:`pack_rows`); :func:`quantized_model` builds a DLRM
+of them. Errors: ValueError naming the argument (or row) at fault.
 Why symmetric, why bfloat16 scales: ``docs/design.md``.
 """
 
