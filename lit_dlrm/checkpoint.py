@@ -119,6 +119,18 @@ def check_resumable(path: str | Path, model_options: dict) -> None:
             )
 
 
+def datamodule_options(path: str | Path) -> dict | None:
+    """The ``CriteoDataModule`` arguments a Lightning checkpoint was trained with (its
+    ``datamodule_hyper_parameters``, Lightning's own ``_*`` keys left out); None for a file that
+    holds none (a bare state_dict, a facebookresearch/dlrm file). Raises CheckpointError as
+    :func:`load_state_dict`. The tensors are memory-mapped, not read."""
+    obj = _load(Path(path), mmap=True)
+    options = obj.get("datamodule_hyper_parameters") if isinstance(obj, dict) else None
+    if not isinstance(options, dict):
+        return None
+    return {k: v for k, v in options.items() if not str(k).startswith("_")}
+
+
 def _linear_widths(state: dict[str, Tensor], prefix: str) -> list[int]:
     """[in, out_1, out_2, ...] of the Linear layers stored under ``prefix.{0,2,4,...}``."""
     indices = sorted(
