@@ -211,7 +211,7 @@ def test_warmup_poly_decay_refuses_what_dlrm_refuses():
         DLRMModule([5, 5], lr_scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau)
 
 
-def test_training_follows_the_schedule(tmp_path, tiny_data_args):
+def test_training_follows_the_schedule(tmp_path, tiny_data_args, capsys):
     """A run with dlrm's schedule on sparse Adagrad: the learning rate in its last checkpoint is
     the policy's at that step, the schedule stepped once per optimiser step."""
     train(
@@ -233,6 +233,15 @@ def test_training_follows_the_schedule(tmp_path, tiny_data_args):
     lr = last["optimizer_states"][0]["param_groups"][0]["lr"]
     assert lr == pytest.approx(dlrm_policy(4, 6, 8, 0.02, steps + 1)[-1], rel=1e-12)
     assert last["optimizer_states"][0]["state"]  # Adagrad trained: it holds sums per parameter
+    # the schedule is in the run's config.yaml by class path, and the file replays
+    saved = tmp_path / "train/version_0/config.yaml"
+    with pytest.raises(SystemExit):
+        train(["--config", str(saved), "--print_config"])
+    replayed = yaml.safe_load(capsys.readouterr().out)
+    assert replayed["model"]["lr_scheduler"] == {
+        "class_path": "lit_dlrm.schedules.WarmupPolyDecay",
+        "init_args": {"warmup_steps": 4, "decay_start_step": 6, "decay_steps": 8, "last_epoch": -1},
+    }
 
 
 def test_one_optimiser_mechanism_refuses_dense_only_optimisers(tiny_data_args, capsys):
