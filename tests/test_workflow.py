@@ -235,6 +235,7 @@ def test_training_follows_the_schedule(tmp_path, tiny_data_args, capsys):
     assert last["optimizer_states"][0]["state"]  # Adagrad trained: it holds sums per parameter
     # the schedule is in the run's config.yaml by class path, and the file replays
     saved = tmp_path / "train/version_0/config.yaml"
+    capsys.readouterr()
     with pytest.raises(SystemExit):
         train(["--config", str(saved), "--print_config"])
     replayed = yaml.safe_load(capsys.readouterr().out)
