@@ -96,7 +96,7 @@ def default_run(tmp_path_factory, tiny_data_args):
         mp.chdir(root)
         mp.setattr(sys, "argv", ["lit-dlrm"])  # as from a shell: no argv beside args
         with everything_said() as (train_warnings, train_logs, _):
-            train([*tiny_data_args, "--trainer.enable_progress_bar=false"])
+            train(tiny_data_args)
         with everything_said() as (sweep_warnings, sweep_logs, sweep_err):
             sweep(SMALL_GRID)
     return {
