@@ -62,7 +62,7 @@ class WarmupPolyDecay(LRScheduler):
         )
         super().__init__(optimizer, last_epoch)
 
-    def factor(self, k: int) -> float | None:
+    def _scale(self, k: int) -> float | None:
         """The scale on the base rate at dlrm step ``k``; None in the decay (floored per rate)."""
         warm, start, decay = self.warmup_steps, self.decay_start_step, self.decay_steps
         if k < warm:
@@ -75,7 +75,7 @@ class WarmupPolyDecay(LRScheduler):
 
     def get_lr(self) -> list[float]:
         k = self.last_epoch + 1
-        scale = self.factor(k)
+        scale = self._scale(k)
         if scale is not None:
             return [base * scale for base in self.base_lrs]
         done = min(k - self.decay_start_step, self.decay_steps - 1)  # held after the decay
