@@ -113,14 +113,6 @@ def load_state_dict(path: str | Path) -> dict[str, Tensor]:
     return _dlrm_state(_load(path), path)
 
 
-def data_options(path: str | Path) -> dict:
-    """The ``CriteoDataModule`` arguments stored in a lit_dlrm training checkpoint (``{}`` for
-    any other readable file). The tensors are memory-mapped, not read."""
-    obj = _load(Path(path), mmap=True)
-    options = obj.get("datamodule_hyper_parameters") if isinstance(obj, dict) else None
-    return {k: v for k, v in (options or {}).items() if not k.startswith("_")}
-
-
 def check_resumable(path: str | Path, model_options: dict) -> None:
     """Refuse, naming ``--ckpt_path``, a file ``trainer.fit`` could not resume from: missing,
     unreadable, unsafe, not a Lightning checkpoint of a DLRM, or holding another architecture
@@ -143,6 +135,18 @@ def check_resumable(path: str | Path, model_options: dict) -> None:
                 f"--ckpt_path: {path} holds a model with {key}={arch[key]}, "
                 f"but --model.{key}={wanted}"
             )
+
+
+def datamodule_options(path: str | Path) -> dict | None:
+    """The ``CriteoDataModule`` arguments a Lightning checkpoint was trained with (its
+    ``datamodule_hyper_parameters``, Lightning's own ``_*`` keys left out); None for a file that
+    holds none (a bare state_dict, a facebookresearch/dlrm file). Raises CheckpointError as
+    :func:`load_state_dict`. The tensors are memory-mapped, not read."""
+    obj = _load(Path(path), mmap=True)
+    options = obj.get("datamodule_hyper_parameters") if isinstance(obj, dict) else None
+    if not isinstance(options, dict):
+        return None
+    return {k: v for k, v in options.items() if not str(k).startswith("_")}
 
 
 def _linear_widths(state: dict[str, Tensor], prefix: str) -> list[int]:

@@ -5,11 +5,16 @@ AUC, test it, print its metrics next to the synthetic teacher's. ``--ckpt_path``
 
 ``sweep``: take that checkpoint (``--ckpt_path``, default the newest training run's best) and run
 the sparsity grid on the test split, one ``trainer.test`` per point, through the sweep callbacks;
-tables, plots and TensorBoard runs go to ``--out_dir``. A killed sweep run again computes only the
-missing points. ``--ckpt_path`` also takes a facebookresearch/dlrm ``--save-model`` file or a bare
-state_dict; the ``--data.*`` options must then describe the data it was trained on.
+tables, plots, TensorBoard runs and the sweep's ``config.yaml`` (written when a point is first
+tested) go to ``--out_dir``. A killed sweep run again computes only the missing points. The data
+is the checkpoint's own: the ``--data.*`` options default to the DataModule arguments a Lightning
+checkpoint was trained with (options given still win). ``--ckpt_path`` also takes a
+facebookresearch/dlrm ``--save-model`` file or a bare state_dict, which carry none: the
+``--data.*`` options must then describe the data.
 
-Both read their defaults from ``configs/``; ``--print_config`` shows every option.
+Both read their defaults from ``configs/``; ``--print_config`` shows every option, and its output,
+like a training run's ``config.yaml``, is accepted by ``--config``. A bad option value or input
+file is a parser error naming the option.
 
 ``predict``: score a Criteo-format file of rows into a CSV of probabilities. ``export``: a
 checkpoint's weights as safetensors plus a JSON config, tables dense, compact, int8 or int4.
@@ -17,28 +22,35 @@ checkpoint's weights as safetensors plus a JSON config, tables dense, compact, i
 
 from __future__ import annotations
 
+import inspect
+import logging
 import re
+import sys
+import warnings
 from pathlib import Path
 from typing import Literal
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from jsonargparse import ArgumentParser
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from callbacks import CheckpointCompression, SparseCooTiming, Sparsify
 from lit_dlrm.checkpoint import (
-    AtomicCheckpointIO,
     BestCheckpoint,
     CheckpointError,
     check_resumable,
-    data_options,
+    datamodule_options,
     latest_checkpoint,
 )
-from lit_dlrm.data import CriteoDataModule
+from lit_dlrm.data import CriteoDataModule, CriteoFormatError
 from lit_dlrm.export import save_weights, stored_model
 from lit_dlrm.module import DLRMModule
-from lit_dlrm.paths import check_directory
+from lit_dlrm.paths import atomic_write, check_directory
 from lit_dlrm.predict import score_file
+from lit_dlrm.schedules import WarmupPolyDecay
 from lit_dlrm.sparsity.compact import compact_model
 from lit_dlrm.sparsity.quantize import quantized_model
 from lit_dlrm.sweep.driver import run_sweep
@@ -46,16 +58,73 @@ from lit_dlrm.sweep.grid import COLUMNS, make_grid
 from lit_dlrm.sweep.report import write_report
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# Imported so that jsonargparse knows it by its short name: --model.lr_scheduler=WarmupPolyDecay
+SCHEDULES = (WarmupPolyDecay,)
+
+
+class LightningTips(logging.Filter):
+    """Drops Lightning's advertisements ("💡 Tip: For seamless cloud logging ...", "... cloud
+    uploads ...": install litlogger / litmodels), logged at every Trainer; they say nothing about
+    the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+_TIPS = LightningTips()
+
+
+def quiet_known_noise() -> None:
+    """Silence the messages this project cannot avoid, each by its text (idempotent)."""
+    # Lightning's own batch-transfer helper (lightning/pytorch/utilities/_pytree.py) builds torch's
+    # deprecated LeafSpec; once per trainer.test, so once per sweep point. Nothing here calls it.
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        category=FutureWarning,
+    )
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_TIPS)
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's bar without the logger's version number (``v_num``); the module puts only
+    train loss, val AUC and val log loss on it."""
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics
+
+
+def prepare(cli: LightningCLI, data: CriteoDataModule) -> None:
+    """Build the data's cache now (a Trainer's own call finds it built), so that a missing or
+    unreadable ``--data.path`` is a parser error rather than a traceback from inside the fit."""
+    try:
+        data.prepare_data()
+    except (CriteoFormatError, FileNotFoundError, IsADirectoryError) as err:
+        cli.parser.error(f"--data.path: {err}" if "--data.path" not in str(err) else str(err))
 
 
 class CLI(LightningCLI):
-    """LightningCLI with a readable error for a binary ``--config``."""
+    """LightningCLI whose configuration errors are parser errors: a binary ``--config``, and the
+    ValueErrors (CheckpointError included) and Lightning misconfigurations raised while the
+    classes are built, each of which names its option."""
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         try:
-            super().parse_arguments(parser, args)
+            self.parse(parser, args)
         except UnicodeDecodeError as err:  # jsonargparse reads --config files as text, unguarded
             parser.error(f"--config: not a UTF-8 text (YAML) file: {err}")
+
+    def parse(self, parser: LightningArgumentParser, args) -> None:
+        """LightningCLI's parse (``args`` None: the command line)."""
+        super().parse_arguments(parser, args)
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, MisconfigurationException) as err:
+            self.parser.error(str(err))
 
 
 class TrainCLI(CLI):
@@ -83,9 +152,18 @@ class TrainCLI(CLI):
     def before_instantiate_classes(self) -> None:
         # Path options checked before the data and the model are built, each error naming its
         # option.
-        if self.config.ckpt_path:
-            check_resumable(self.config.ckpt_path, self.config.model.as_dict())
-        check_directory("--checkpoint.dirpath", self.config.checkpoint.dirpath)
+        try:
+            if self.config.ckpt_path:
+                check_resumable(self.config.ckpt_path, self.config.model.as_dict())
+            check_directory("--checkpoint.dirpath", self.config.checkpoint.dirpath)
+        except ValueError as err:
+            self.parser.error(str(err))
+        trainer = self.config.trainer
+        users_bar = any(
+            "ProgressBar" in str(getattr(cb, "class_path", "")) for cb in trainer.callbacks or ()
+        )
+        if trainer.enable_progress_bar is not False and not users_bar:
+            self.trainer_defaults.setdefault("callbacks", []).append(ProgressBar())
         # Resuming from runs/train/version_N/checkpoints/*.ckpt logs into version_N again, so the
         # checkpoint callback finds its own directory and keeps the best score of the whole run.
         logger, ckpt = self.config.trainer.logger, self.config.ckpt_path
@@ -109,6 +187,7 @@ def report(metrics: dict[str, float], teacher: dict[str, float] | None) -> str:
 
 def train(args: list[str] | None = None) -> None:
     """``lit-dlrm-train`` / ``python scripts/train.py``: fit, then test the best checkpoint."""
+    quiet_known_noise()
     cli = TrainCLI(
         DLRMModule,
         CriteoDataModule,
@@ -116,33 +195,66 @@ def train(args: list[str] | None = None) -> None:
         args=args,
         parser_kwargs={"default_config_files": [str(CONFIGS / "train.yaml")]},
         save_config_kwargs={"overwrite": True},
-        # last.ckpt at every validation, whatever the score did, for resuming; every .ckpt written
-        # atomically beside its final name, so a killed run never leaves a truncated one.
+        # One optimiser mechanism: --model.optimizer / --model.lr / --model.lr_scheduler, which
+        # only offer what works with the tables' sparse gradients; no LightningCLI --optimizer.
+        auto_configure_optimizers=False,
+        # last.ckpt at every validation, whatever the score did, for resuming. (The atomic
+        # checkpoint writer is a plugin in configs/train.yaml, so the saved config replays.)
         trainer_defaults={
             "callbacks": [
                 ModelCheckpoint(filename="last", monitor=None, enable_version_counter=False)
             ],
-            "plugins": [AtomicCheckpointIO()],
         },
     )
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
+    prepare(cli, data)
     trainer.fit(model, datamodule=data, ckpt_path=cli.config.ckpt_path)
     best = trainer.checkpoint_callback.best_model_path
     (metrics,) = trainer.test(model, datamodule=data, ckpt_path=best or None, verbose=False)
     if trainer.is_global_zero:
         print(report(metrics, data.teacher_metrics("test")))
         print(f"best checkpoint: {best}")
-        print(f"TensorBoard:     tensorboard --logdir {trainer.logger.save_dir}")
+        if isinstance(trainer.logger, TensorBoardLogger):
+            print(f"TensorBoard:     tensorboard --logdir {trainer.logger.save_dir}")
+
+
+def resolve(ckpt_path: str) -> Path:
+    """``--ckpt_path`` as a file: ``latest`` is the best checkpoint of the newest training run
+    under runs/train. Raises CheckpointError naming --ckpt_path."""
+    try:
+        return latest_checkpoint() if ckpt_path == "latest" else Path(ckpt_path)
+    except CheckpointError as err:
+        raise CheckpointError(f"--ckpt_path: {err}") from err
 
 
 def trained_model(ckpt_path: str = "latest") -> DLRMModule:
-    """The model to sweep: ``latest`` is the best checkpoint of the newest run under runs/train."""
-    return DLRMModule.from_weights(latest_checkpoint() if ckpt_path == "latest" else ckpt_path)
+    """The model to sweep, read from ``ckpt_path`` (see :func:`resolve`)."""
+    path = resolve(ckpt_path)
+    try:
+        return DLRMModule.from_weights(path)
+    except CheckpointError as err:
+        raise CheckpointError(f"--ckpt_path: {err}") from err
 
 
 class SweepCLI(CLI):
     """The sweep's options: the grid (``--sweep.*``) and the callbacks' own, none the driver sets
-    (the point's and ``out_dir``)."""
+    (the point's and ``out_dir``); the ``--data.*`` defaults are the checkpoint's."""
+
+    def parse(self, parser: LightningArgumentParser, args) -> None:
+        # A first parse finds the checkpoint (--ckpt_path, from any source); its DataModule
+        # arguments become the --data.* defaults of the real parse, so that options given on the
+        # command line or in a --config still override them. --print_config waits for the second.
+        given = sys.argv[1:] if args is None else args
+        first = parser.parse_args([a for a in given if not str(a).startswith("--print_config")])
+        try:
+            options = datamodule_options(resolve(first.ckpt_path))
+        except CheckpointError:
+            options = None  # reported, naming --ckpt_path, when the model is built
+        if options:
+            known = parser.get_defaults()
+            defaults = {f"data.{k}": v for k, v in options.items()}
+            parser.set_defaults({k: v for k, v in defaults.items() if k in known})
+        super().parse(parser, args)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -171,25 +283,47 @@ class SweepCLI(CLI):
             )
 
 
+# jsonargparse 4.49 renamed dump's skip_none to skip_unset (the old name now warns)
+_KEEP_NULLS = {
+    "skip_unset"
+    if "skip_unset" in inspect.signature(ArgumentParser.dump).parameters
+    else "skip_none": False
+}
+
+
+class SaveSweepConfig(SaveConfigCallback):
+    """Writes the sweep's options to ``--out_dir``/config.yaml when a point is first tested,
+    atomically (a killed sweep leaves the old file or the new one, whole), nulls included so
+    that ``--config`` replays them."""
+
+    def __init__(self, parser: LightningArgumentParser, config, **kwargs) -> None:
+        super().__init__(parser, config, save_to_log_dir=False, **kwargs)
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        text = self.parser.dump(self.config, **_KEEP_NULLS)
+        atomic_write(Path(self.config.out_dir) / "config.yaml", lambda tmp: tmp.write_text(text))
+
+
 def sweep(args: list[str] | None = None) -> None:
     """``lit-dlrm-sweep`` / ``python scripts/sweep.py``: the sparsity grid on a checkpoint."""
+    quiet_known_noise()
     cli = SweepCLI(
         trained_model,
         CriteoDataModule,
         run=False,
         args=args,
         parser_kwargs={"default_config_files": [str(CONFIGS / "sweep.yaml")]},
-        save_config_callback=None,
+        save_config_callback=SaveSweepConfig,
+        auto_configure_optimizers=False,  # fine-tuning uses the model's own optimiser
     )
     model, data, config = cli.model, cli.datamodule, cli.config
-    data.prepare_data()  # the tables' sizes are known once the data is prepared and set up
+    prepare(cli, data)  # the tables' sizes are known once the data is prepared and set up
     data.setup("test")
     sizes = [table.num_embeddings for table in model.model.emb_l]
     if list(data.table_sizes) != sizes:
-        raise SystemExit(
+        cli.parser.error(
             f"--data: the data's table sizes {list(data.table_sizes)} differ from the "
-            f"checkpoint's {sizes}; "
-            "pass the --data.* options the model was trained with"
+            f"checkpoint's {sizes}; pass the --data.* options the model was trained with"
         )
     grid = make_grid(
         **config.sweep.as_dict(), embedding_dim=model.hparams.embedding_dim, min_rows=min(sizes)
@@ -205,10 +339,10 @@ def _checkpoint(parser: LightningArgumentParser, ckpt_path: str) -> tuple[str, D
     """(path, module) of ``--ckpt_path`` ('latest': the newest training run's best); a bad file
     is a parser error of one line."""
     try:
-        path = str(latest_checkpoint()) if ckpt_path == "latest" else ckpt_path
-        return path, DLRMModule.from_weights(path)
+        path = resolve(ckpt_path)
+        return str(path), trained_model(str(path))
     except CheckpointError as err:
-        parser.error(f"--ckpt_path: {err}")
+        parser.error(str(err))
 
 
 def predict(args: list[str] | None = None) -> None:
@@ -226,7 +360,7 @@ def predict(args: list[str] | None = None) -> None:
     given = parser.parse_args(args, defaults=False)  # the options given, to override the stored
     config = parser.parse_args(args)
     ckpt, module = _checkpoint(parser, config.ckpt_path)
-    options = {**config.data.as_dict(), **data_options(ckpt)}
+    options = {**config.data.as_dict(), **(datamodule_options(ckpt) or {})}
     if given.get("data"):
         options.update(given.data.as_dict())
     trainer = L.Trainer(

@@ -6,11 +6,13 @@ Thin on purpose: the loss, the optimiser and the metrics live here; the data liv
 A batch is ``(dense (B, 13) float, sparse (B, 26) int, labels (B,) float)``. Logged names are
 ``{train,val,test}/{auc,log_loss,ne,accuracy,precision,recall,f1,calibration}`` plus
 ``train/loss`` (mean over each ``log_every_n_steps`` interval); ``hp/*`` repeats the validation
-metrics for TensorBoard's HParams tab.
+metrics for TensorBoard's HParams tab. The progress bar shows ``train/loss``, ``val/auc`` and
+``val/log_loss`` only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import lightning as L
@@ -19,6 +21,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from lit_dlrm.checkpoint import CheckpointError, architecture, load_state_dict
 from lit_dlrm.metrics import ClickMetrics
@@ -26,6 +29,11 @@ from lit_dlrm.model import DLRM, Interaction
 from lit_dlrm.sparse_sync import average_sparse_grads, ignore_in_ddp
 
 Optimizer = Literal["sgd", "adagrad"]
+# A learning-rate schedule: given the optimiser, the scheduler (stepped once per optimiser step).
+Schedule = Callable[[torch.optim.Optimizer], LRScheduler]
+
+
+PROGRESS_BAR = ("auc", "log_loss")  # the validation metrics on the progress bar
 
 
 class DLRMModule(L.LightningModule):
@@ -40,6 +48,16 @@ class DLRMModule(L.LightningModule):
             ``"adagrad"`` (adaptive per coordinate, also on sparse gradients; the usual choice
             for embedding tables).
         lr: learning rate (the reference uses 0.1 with SGD).
+        lr_scheduler: None (a constant ``lr``) or a function of the optimiser giving a torch
+            ``LRScheduler``, stepped after every optimiser step (so its step counts are optimiser
+            steps), e.g. :class:`lit_dlrm.schedules.WarmupPolyDecay`, dlrm's warm-up and decay.
+            On the command line: ``--model.lr_scheduler=WarmupPolyDecay
+            --model.lr_scheduler.warmup_steps=...``. Built once on a probe optimiser here, so
+            bad arguments fail at construction. ``ReduceLROnPlateau`` is refused (it needs a
+            metric at every step).
+
+    Only the optimisers that take the tables' sparse gradients are offered (``optimizer``);
+    the schedule scales their learning rates and leaves the gradients alone.
     """
 
     def __init__(
@@ -52,6 +70,7 @@ class DLRMModule(L.LightningModule):
         interaction: Interaction = "dot",
         optimizer: Optimizer = "sgd",
         lr: float = 0.1,
+        lr_scheduler: Schedule | None = None,
     ) -> None:
         super().__init__()
         if optimizer not in ("sgd", "adagrad"):
@@ -66,6 +85,18 @@ class DLRMModule(L.LightningModule):
         ):
             if any(width < 1 for width in ([value] if isinstance(value, int) else value)):
                 raise ValueError(f"model.{name}: expected positive sizes, got {value}")
+        if lr_scheduler is not None:
+            probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+            try:
+                schedule = lr_scheduler(probe)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"model.lr_scheduler: {err}") from err
+            if isinstance(schedule, ReduceLROnPlateau) or not isinstance(schedule, LRScheduler):
+                raise ValueError(
+                    "model.lr_scheduler: expected a schedule of the step count (a torch "
+                    f"LRScheduler other than ReduceLROnPlateau), got {type(schedule).__name__}"
+                )
+        self.make_schedule = lr_scheduler
         self.save_hyperparameters()
         self.model: DLRM | None = None
         self._sync_tables = False  # set by setup under DDP
@@ -154,7 +185,11 @@ class DLRMModule(L.LightningModule):
     def _log_epoch(self, stage: str, metrics: ClickMetrics) -> dict[str, float]:
         values = metrics.compute()  # gathered over all processes: exact, identical on each
         metrics.reset()
-        self._log_global({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val")
+        on_bar = PROGRESS_BAR if stage == "val" else ()
+        for shown in (True, False):  # the progress bar shows only what a user watches
+            logged = {f"{stage}/{k}": v for k, v in values.items() if (k in on_bar) == shown}
+            if logged:
+                self._log_global(logged, prog_bar=shown)
         return values
 
     def on_train_epoch_end(self) -> None:
@@ -181,10 +216,21 @@ class DLRMModule(L.LightningModule):
             if isinstance(logger, TensorBoardLogger):
                 logger.log_hyperparams(self.hparams, {"hp/val_auc": 0.0, "hp/val_log_loss": 0.0})
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        if self.hparams.optimizer == "adagrad":
-            return torch.optim.Adagrad(self.parameters(), lr=self.hparams.lr)
-        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+    def optimizer_step(self, *args, **kwargs) -> None:
+        # Adagrad builds sparse tensors from the tables' gradients, well formed by construction:
+        # opt out of torch's invariant checks explicitly (its default, without its warning).
+        with torch.sparse.check_sparse_tensor_invariants(enable=False):
+            super().optimizer_step(*args, **kwargs)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict:
+        """The optimiser alone without ``lr_scheduler``, else Lightning's dict with the
+        scheduler stepped every optimiser step."""
+        kind = torch.optim.Adagrad if self.hparams.optimizer == "adagrad" else torch.optim.SGD
+        optimizer = kind(self.parameters(), lr=self.hparams.lr)
+        if self.make_schedule is None:
+            return optimizer
+        schedule = {"scheduler": self.make_schedule(optimizer), "interval": "step"}
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
 
     def predict_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
         """A batch ``(dense (B, 13), sparse (B, 26)[, labels])`` -> click probabilities (B,)."""

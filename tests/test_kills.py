@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from conftest import REPO
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -333,9 +334,9 @@ def check_outputs(out: Path) -> dict[str, pd.DataFrame]:
     for entry in out.iterdir():
         name = entry.name
         if name.startswith("."):  # scratch space, or an output being written
-            assert name == ".scratch" or re.fullmatch(r"\.[^.].*\.(csv|png)\.\w+\.tmp", name), (
-                f"stray file {name}"
-            )
+            assert name == ".scratch" or re.fullmatch(
+                r"\.[^.].*\.(csv|png|yaml)\.\w+\.tmp", name
+            ), f"stray file {name}"
         elif name in (f"{TENSORBOARD}.tmp", f"{TENSORBOARD}.old"):
             pass  # the report's own swap directories, beside the output and never inside it
         elif name.endswith(".csv"):
@@ -344,6 +345,8 @@ def check_outputs(out: Path) -> dict[str, pd.DataFrame]:
             assert list(table.columns[: len(reference)]) == reference, name
             key = [c for c in (*COLUMNS, "dlrm_type") if c in table]
             assert not table.duplicated(key).any(), f"{name}: duplicated rows"
+        elif name == "config.yaml":  # the sweep's options (lit_dlrm.cli.SaveSweepConfig)
+            assert yaml.safe_load(entry.read_text())["out_dir"] == str(out)
         elif name.endswith(".png"):
             with Image.open(entry) as image:
                 image.load()  # decodes every byte

@@ -5,7 +5,8 @@ point; the callbacks do the work. A point is done when every callback's table ho
 for it: a sweep run again tests only the missing points, and replaces rows rather than duplicating
 them. A point whose test equals one already done (`GridPoint.test_key_for`) is not tested: that
 point's rows are copied under its columns, ``same_mask_as`` naming the source. At the end the
-tables are sorted in grid order (on rank 0).
+tables are sorted in grid order (on rank 0). The progress bar shows the point under test and,
+once tested, its ``test/auc``.
 """
 
 from __future__ import annotations
@@ -89,7 +90,10 @@ def run_sweep(
     progress = tqdm(to_test, desc="sweep", unit="point", disable=not trainer.is_global_zero)
     for i, point in enumerate(progress):
         context.point, context.plan = point, to_test[i + 1 :]
-        trainer.test(module, datamodule=datamodule, verbose=False)
+        progress.set_postfix_str(point.key)  # the point under test, then its AUC
+        results = trainer.test(module, datamodule=datamodule, verbose=False)
+        if results and "test/auc" in results[0]:
+            progress.set_postfix_str(f"{point.key} auc={results[0]['test/auc']:.4f}")
     if trainer.is_global_zero:
         for cb in callbacks:
             for source, target in to_copy:
