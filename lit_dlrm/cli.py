@@ -28,6 +28,7 @@ from lit_dlrm.checkpoint import (
     latest_checkpoint,
 )
 from lit_dlrm.data import CriteoDataModule
+from lit_dlrm.hparams import HParamsSummary
 from lit_dlrm.module import DLRMModule
 from lit_dlrm.paths import check_directory
 from lit_dlrm.sweep.driver import run_sweep
@@ -109,7 +110,8 @@ def train(args: list[str] | None = None) -> None:
         # atomically beside its final name, so a killed run never leaves a truncated one.
         trainer_defaults={
             "callbacks": [
-                ModelCheckpoint(filename="last", monitor=None, enable_version_counter=False)
+                ModelCheckpoint(filename="last", monitor=None, enable_version_counter=False),
+                HParamsSummary(),  # the HParams session: hyperparameters, best val and test
             ],
             "plugins": [AtomicCheckpointIO()],
         },
@@ -187,4 +189,4 @@ def sweep(args: list[str] | None = None) -> None:
     if cli.trainer.is_global_zero:
         table = write_report(config.out_dir)
         out = config.out_dir
-        print(f"{len(table)} grid points in {out}/results.csv; plots and tensorboard/ beside it")
+        print(f"{len(table)} grid points in {out}: results.csv, plots, tensorboard/, hparams/")
