@@ -47,6 +47,7 @@ from lit_dlrm.checkpoint import (
 )
 from lit_dlrm.data import CriteoDataModule, CriteoFormatError
 from lit_dlrm.export import save_weights, stored_model
+from lit_dlrm.hparams import HParamsSummary
 from lit_dlrm.module import DLRMModule
 from lit_dlrm.paths import atomic_write, check_directory
 from lit_dlrm.predict import score_file
@@ -202,7 +203,8 @@ def train(args: list[str] | None = None) -> None:
         # checkpoint writer is a plugin in configs/train.yaml, so the saved config replays.)
         trainer_defaults={
             "callbacks": [
-                ModelCheckpoint(filename="last", monitor=None, enable_version_counter=False)
+                ModelCheckpoint(filename="last", monitor=None, enable_version_counter=False),
+                HParamsSummary(),  # the HParams session: hyperparameters, best val and test
             ],
         },
     )
@@ -332,7 +334,7 @@ def sweep(args: list[str] | None = None) -> None:
     if cli.trainer.is_global_zero:
         table = write_report(config.out_dir)
         out = config.out_dir
-        print(f"{len(table)} grid points in {out}/results.csv; plots and tensorboard/ beside it")
+        print(f"{len(table)} grid points in {out}: results.csv, plots, tensorboard/, hparams/")
 
 
 def _checkpoint(parser: LightningArgumentParser, ckpt_path: str) -> tuple[str, DLRMModule]:

@@ -5,8 +5,8 @@ Thin on purpose: the loss, the optimiser and the metrics live here; the data liv
 
 A batch is ``(dense (B, 13) float, sparse (B, 26) int, labels (B,) float)``. Logged names are
 ``{train,val,test}/{auc,log_loss,ne,accuracy,precision,recall,f1,calibration}`` plus
-``train/loss`` (mean over each ``log_every_n_steps`` interval); ``hp/*`` repeats the validation
-metrics for TensorBoard's HParams tab. The progress bar shows ``train/loss``, ``val/auc`` and
+``train/loss`` (mean over each ``log_every_n_steps`` interval). TensorBoard's HParams session is
+:class:`lit_dlrm.hparams.HParamsSummary`'s. The progress bar shows ``train/loss``, ``val/auc`` and
 ``val/log_loss`` only.
 """
 
@@ -19,7 +19,6 @@ import lightning as L
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
@@ -196,9 +195,7 @@ class DLRMModule(L.LightningModule):
         self._log_epoch("train", self.train_metrics)
 
     def on_validation_epoch_end(self) -> None:
-        values = self._log_epoch("val", self.val_metrics)
-        if not self.trainer.sanity_checking:
-            self._log_global({"hp/val_auc": values["auc"], "hp/val_log_loss": values["log_loss"]})
+        self._log_epoch("val", self.val_metrics)
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test", self.test_metrics)
@@ -211,10 +208,6 @@ class DLRMModule(L.LightningModule):
         if self._sync_tables:  # DDP broadcasts rank 0's weights only for the parameters it holds
             for table in self.model.emb_l:
                 dist.broadcast(table.weight.data, src=0)
-        # Declare the HParams metrics once, so TensorBoard's HParams tab lines runs up by them.
-        for logger in self.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.log_hyperparams(self.hparams, {"hp/val_auc": 0.0, "hp/val_log_loss": 0.0})
 
     def optimizer_step(self, *args, **kwargs) -> None:
         # Adagrad builds sparse tensors from the tables' gradients, well formed by construction:

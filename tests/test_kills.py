@@ -146,7 +146,7 @@ def assert_consistent(checkpoints: Path) -> None:
     (best,) = [
         state["best_model_path"]
         for state in last["callbacks"].values()
-        if state["monitor"] == "val/auc"
+        if state.get("monitor") == "val/auc"  # other callbacks keep state too
     ]
     assert Path(best).is_file(), f"last.ckpt names {best}, which is gone"
 
@@ -308,7 +308,7 @@ SWEEP_GRID = [
     "--timing.batch_size=256",
 ]
 TABLES = [METRICS_CSV, METADATA_CSV, FORWARD_TIME_CSV]
-RESULTS_CSV, TENSORBOARD = "results.csv", "tensorboard"
+RESULTS_CSV, TENSORBOARD, HPARAMS = "results.csv", "tensorboard", "hparams"
 # Columns that depend on the run (wall-clock times, file paths), recognised by name so that
 # columns added later are compared unless they are timings or paths.
 RUN_DEPENDENT = re.compile(r"(^|_)(s|sec|seconds|time|path)(_|$)")
@@ -337,7 +337,7 @@ def check_outputs(out: Path) -> dict[str, pd.DataFrame]:
             assert name == ".scratch" or re.fullmatch(
                 r"\.[^.].*\.(csv|png|yaml)\.\w+\.tmp", name
             ), f"stray file {name}"
-        elif name in (f"{TENSORBOARD}.tmp", f"{TENSORBOARD}.old"):
+        elif name in {f"{d}.{swap}" for d in (TENSORBOARD, HPARAMS) for swap in ("tmp", "old")}:
             pass  # the report's own swap directories, beside the output and never inside it
         elif name.endswith(".csv"):
             table = tables[name] = read_output(entry)
@@ -351,9 +351,9 @@ def check_outputs(out: Path) -> dict[str, pd.DataFrame]:
             with Image.open(entry) as image:
                 image.load()  # decodes every byte
         else:
-            assert name == TENSORBOARD, f"unexpected output {name}"
-            for run in entry.iterdir():
-                assert len(list(run.iterdir())) == 1, f"{run}: not one event file"
+            assert name in (TENSORBOARD, HPARAMS), f"unexpected output {name}"
+            for run in entry.iterdir():  # hparams/ also holds its experiment's event file
+                assert run.is_file() or len(list(run.iterdir())) == 1, f"{run}: not one event file"
     return tables
 
 
@@ -511,6 +511,8 @@ def test_sweep_killed_at_random_moments_ends_as_if_never_killed(
     assert scalars(out / TENSORBOARD) == scalars(
         whole / TENSORBOARD
     )  # one series per run, same points
+    sessions = [sorted(p.name for p in (d / HPARAMS).iterdir() if p.is_dir()) for d in (out, whole)]
+    assert sessions[0] == sessions[1]  # one HParams session per point
     leftovers = [
         p.name
         for p in out.rglob("*")

@@ -1,6 +1,7 @@
-"""The sweep's report: one joined table, three plots and TensorBoard runs, from the three CSVs.
+"""The sweep's report: one joined table, plots, TensorBoard runs and HParams sessions, from the
+three CSVs.
 
-Written from the tables alone, as a whole, every time (each file atomically; the TensorBoard
+Written from the tables alone, as a whole, every time (each file atomically; each TensorBoard
 directory is rebuilt beside the old one and swapped in), so a resumed sweep's report equals an
 uninterrupted one's and never holds duplicated events.
 
@@ -13,7 +14,10 @@ uninterrupted one's and never holds duplicated events.
   bits, activation sparsity, fine-tuning), each line against its reference series;
 - ``tensorboard/<series>/``: one run per series (`GridPoint.series`: ``L1_1x4``,
   ``L2_1x4_global``, ``L2_1x4_int8``, ...), step = level in percent, so the runs overlay in one
-  chart per tag (``roc_auc``, ``log_loss``, ``zip_bytes``, ...).
+  chart per tag (``roc_auc``, ``log_loss``, ``zip_bytes``, ...);
+- ``hparams/<point>/``: one HParams session per grid point (`GridPoint.key`), its hyperparameters
+  the point's columns (`COLUMNS`), its metrics quality, byte counts and forward times in ms
+  (``forward_ms_*``), for TensorBoard's HParams table and parallel-coordinates view.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
+from lit_dlrm.hparams import write_sessions  # noqa: E402
 from lit_dlrm.paths import atomic_write  # noqa: E402
 from lit_dlrm.sweep.grid import COLUMNS  # noqa: E402
 from lit_dlrm.sweep.results import (  # noqa: E402
@@ -139,16 +144,13 @@ def plot_panels(panels: list[tuple[pd.DataFrame, str, str]], path: Path, title: 
     plt.close(fig)
 
 
-def write_tensorboard(table: pd.DataFrame, log_dir: Path, tags: list[str]) -> None:
-    """One run per series; step = sparsity level in percent."""
+def rebuild(log_dir: Path, build) -> None:
+    """Call ``build(fresh)`` on an empty ``<log_dir>.tmp``, then swap it in for ``log_dir``: a
+    reader sees the old directory or the new one, never events of both."""
     fresh = log_dir.with_name(log_dir.name + ".tmp")
     shutil.rmtree(fresh, ignore_errors=True)
-    for run, rows in table.groupby(series(table), sort=True):
-        with SummaryWriter(str(fresh / run)) as writer:
-            for row in rows.itertuples(index=False):
-                step = round(row.sparsity_level * 100)
-                for tag in tags:
-                    writer.add_scalar(tag, getattr(row, tag), global_step=step)
+    fresh.mkdir(parents=True)
+    build(fresh)
     old = log_dir.with_name(log_dir.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if log_dir.exists():
@@ -157,8 +159,44 @@ def write_tensorboard(table: pd.DataFrame, log_dir: Path, tags: list[str]) -> No
     shutil.rmtree(old, ignore_errors=True)
 
 
+def write_tensorboard(table: pd.DataFrame, log_dir: Path, tags: list[str]) -> None:
+    """One run per series; step = sparsity level in percent."""
+
+    def build(fresh: Path) -> None:
+        for run, rows in table.groupby(series(table), sort=True):
+            with SummaryWriter(str(fresh / run)) as writer:
+                for row in rows.itertuples(index=False):
+                    step = round(row.sparsity_level * 100)
+                    for tag in tags:
+                        writer.add_scalar(tag, getattr(row, tag), global_step=step)
+
+    rebuild(log_dir, build)
+
+
+def write_hparams(table: pd.DataFrame, log_dir: Path, metrics: list[str]) -> None:
+    """One HParams session per row (`lit_dlrm.hparams.write_sessions`), named by its point's key:
+    the point's columns, then ``metrics`` (``forward_s_*`` as ``forward_ms_*``, in ms)."""
+    ms = {
+        name: name.replace("forward_s_", "forward_ms_")
+        for name in metrics
+        if name.startswith("forward_s_")
+    }
+    sessions = {}
+    for point, row in zip(row_points(table), table.to_dict("records")):
+        values = {
+            ms.get(name, name): float(row[name]) * (1000 if name in ms else 1) for name in metrics
+        }
+        sessions[point.key] = (point.row, values)
+    domains = {  # the string columns' values, listed in the HParams filters
+        column: sorted({params[column] for params, _ in sessions.values()})
+        for column in ("norm", "sparse_block_shape", "threshold")
+    }
+    rebuild(log_dir, lambda fresh: write_sessions(fresh, sessions, domains))
+
+
 def write_report(out_dir: str | Path) -> pd.DataFrame:
-    """Write ``results.csv``, the plots and the TensorBoard runs of the sweep in ``out_dir``."""
+    """Write ``results.csv``, the plots, the TensorBoard runs and the HParams sessions of the sweep
+    in ``out_dir``."""
     out_dir = Path(out_dir)
     table = joined_results(out_dir)
     atomic_write(out_dir / RESULTS_CSV, lambda tmp: table.to_csv(tmp, index=False))
@@ -216,6 +254,8 @@ def write_report(out_dir: str | Path) -> pd.DataFrame:
         )
     tags = ["roc_auc", "log_loss", "accuracy", "ne", *sizes, *times, *memory]
     write_tensorboard(everything, out_dir / "tensorboard", [t for t in tags if t in everything])
+    quality = [c for c in ("roc_auc", "log_loss", "ne", "accuracy") if c in everything]
+    write_hparams(everything, out_dir / "hparams", [*quality, *sizes, *memory, *times])
     return everything
 
 
