@@ -2,6 +2,7 @@
 
 import pickle
 
+import dlrm_reference as ref
 import numpy as np
 import pytest
 import torch
@@ -42,33 +43,25 @@ def model_and_batch():
     return model, dense, sparse
 
 
-def test_reference_save_model_checkpoint_loads_and_matches(tmp_path, model_and_batch):
-    model, dense, sparse = model_and_batch
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    checkpoint = {  # the dict that dlrm_s_pytorch.py --save-model writes
-        "epoch": 0,
-        "nepochs": 1,
-        "nbatches": 1000,
-        "nbatches_test": 10,
-        "iter": 999,
-        "train_loss": np.float64(0.45),
-        "total_loss": np.float64(450.0),
-        "test_acc": np.float64(0.789),
-        "test_auc": np.float32(0.80),
-        "state_dict": model.state_dict(),
-        "opt_state_dict": opt.state_dict(),
-    }
+@pytest.mark.parametrize("numpy1", [False, True])
+def test_reference_save_model_checkpoint_loads_and_matches(tmp_path, model_and_batch, numpy1):
+    _, dense, sparse = model_and_batch
+    np.random.seed(0)
+    theirs = ref.make_dlrm(TABLES, m_spa=4, bottom=(8,), top=(6,))
+    lS_o = torch.arange(len(dense)).expand(len(TABLES), -1)
+    batch = (dense, lS_o, sparse.T, torch.randint(0, 2, (len(dense), 1)).float())
     path = tmp_path / "dlrm.pt"
-    torch.save(checkpoint, path)
-    with pytest.raises(pickle.UnpicklingError):  # why the allow-list exists
+    ref.train_and_save(theirs, [batch], [batch], path, numpy1=numpy1)  # --save-model's dict
+    with pytest.raises(pickle.UnpicklingError):  # its numpy scalars: why the allow-list exists
         torch.load(path, weights_only=True)
 
     loaded = DLRMModule.from_weights(path).model
     with torch.no_grad():
-        ours = torch.sigmoid(loaded(dense, sparse)).double().numpy()
-    np.testing.assert_allclose(
-        ours, reference_forward(model.state_dict(), dense, sparse), rtol=1e-5
-    )
+        ours = torch.sigmoid(loaded(dense, sparse))
+        np.testing.assert_allclose(
+            ours.double().numpy(), reference_forward(theirs.state_dict(), dense, sparse), rtol=1e-5
+        )
+        assert (ours - theirs(*batch[:3])[:, 0]).abs().max() <= 1e-6  # dlrm's own forward
     assert loaded.interaction == "dot" and [t.num_embeddings for t in loaded.emb_l] == TABLES
 
 

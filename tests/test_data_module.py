@@ -1,13 +1,10 @@
-"""Synthetic data, dlrm .npz, and the DataModule's batches (tiny sizes, tmp_path caches)."""
-
-import zipfile
+"""Synthetic data and the DataModule's batches (tiny sizes, tmp_path caches)."""
 
 import numpy as np
 import pytest
 import torch
 
 from lit_dlrm.data import CriteoDataModule, ShardedBatchSampler, SyntheticConfig, Teacher, write_tsv
-from lit_dlrm.data.criteo import CriteoFormatError
 from lit_dlrm.data.preprocess import PreprocessOptions, cached_text
 
 TINY = dict(synthetic_rows=20_000, max_table_size=500)
@@ -127,49 +124,6 @@ def test_num_workers_reopens_the_memory_maps(dm):
     w.setup()
     got = [x[1] for x in w.val_dataloader()]
     assert all((x == y).all() for x, y in zip(ref, got)) and len(ref) == len(got)
-
-
-def test_dlrm_npz(tmp_path):
-    rng = np.random.default_rng(0)
-    n = 1000
-    counts = rng.integers(2, 50, size=26).astype(np.int32)
-    x_cat = np.stack([rng.integers(0, c, size=n) for c in counts], axis=1).astype(np.float64)
-    x_int = rng.integers(0, 100, size=(n, 13)).astype(np.int32)
-    y = rng.integers(0, 2, size=n).astype(np.int32)
-    path = tmp_path / "kaggleAdDisplayChallenge_processed.npz"
-    np.savez_compressed(path, X_cat=x_cat, X_int=x_int, y=y, counts=counts)
-    dm = CriteoDataModule(
-        source="dlrm_npz", path=str(path), cache_dir=str(tmp_path / "c"), eval_batch_size=100
-    )
-    dm.setup()
-    assert dm.table_sizes == counts.tolist()
-    assert (np.load(dm.cache_path / "sparse.npy") == x_cat).all()
-    assert (np.load(dm.cache_path / "dense.npy") == x_int).all()
-    assert dm.meta["splits"]["test"] == [858, 929]  # divmod(1000, 7) = (142, 6)
-    d, s, lab = next(iter(dm.test_dataloader()))
-    assert torch.allclose(d, torch.log1p(torch.from_numpy(x_int[858:929].astype(np.float32))))
-    assert dm.teacher_metrics("test") is None
-
-    dm2 = CriteoDataModule(
-        source="dlrm_npz", path=str(path), cache_dir=str(tmp_path / "c"), max_ind_range=7
-    )
-    dm2.setup()
-    assert dm2.table_sizes == np.minimum(counts, 7).tolist()
-    assert (np.load(dm2.cache_path / "sparse.npy") == x_cat.astype(np.int64) % 7).all()
-
-    bad = tmp_path / "bad.npz"
-    x_cat[5, 3] = counts[3] + 1
-    np.savez(bad, X_cat=x_cat, X_int=x_int, y=y, counts=counts)
-    with pytest.raises(CriteoFormatError, match=r"bad.npz: X_cat\[5, 3\]"):
-        CriteoDataModule(
-            source="dlrm_npz", path=str(bad), cache_dir=str(tmp_path / "c")
-        ).prepare_data()
-    with zipfile.ZipFile(tmp_path / "nokeys.npz", "w") as z:
-        z.writestr("counts.npy", b"")
-    with pytest.raises(CriteoFormatError, match="nokeys.npz"):
-        CriteoDataModule(
-            source="dlrm_npz", path=str(tmp_path / "nokeys.npz"), cache_dir=str(tmp_path / "c")
-        ).prepare_data()
 
 
 def test_constructor_errors_name_the_option(tmp_path):

@@ -16,6 +16,7 @@ _WHERE = {
     "CriteoDataModule": "datamodule",
     "CriteoBatches": "datamodule",
     "ShardedBatchSampler": "datamodule",
+    "dense_features": "datamodule",
     "CriteoFormatError": "criteo",
     "read_file": "criteo",
     "sniff_format": "criteo",

@@ -1,9 +1,13 @@
 """Reading facebookresearch/dlrm's `kaggleAdDisplayChallenge_processed.npz` into the cache.
 
-Keys: `X_int` (N, 13) (negatives already 0), `X_cat` (N, 26) ids in first-appearance order
-(float64 in dlrm's files), `y` (N,) 0/1, `counts` (26,) table sizes. Each member is streamed out
-of the zip block by block (memory bounded by the block size; pickled objects refused). Rows keep
-file order, so the split is the Kaggle one. `max_ind_range` takes `id % max_ind_range` (table size
+The file is read as dlrm's `data_utils.py` writes it (`np.savez_compressed`): `X_int` int32 (N, 13)
+(negatives already 0), `X_cat` float64 (N, 26) ids in first-appearance order, stored in Fortran
+order (dlrm saves a transpose), `y` int32 (N,) 0/1, `counts` int32 (26,) table sizes; other integer
+or float dtypes and C order are read too. A C-ordered member is streamed out of the zip block by
+block; a Fortran-ordered one is first decompressed once into a scratch file (its uncompressed
+size, on the disk of `scratch_dir`, removed afterwards) and read from there in row blocks. Memory
+is bounded by the block size either way; pickled objects are refused. Rows keep file order, so
+the split is the Kaggle one. `max_ind_range` takes `id % max_ind_range` (table size
 `min(count, max_ind_range)`); `min_frequency` maps rare ids to one shared id as for text input.
 Malformed input raises `CriteoFormatError` naming the file, key and row.
 """
@@ -11,8 +15,11 @@ Malformed input raises `CriteoFormatError` naming the file, key and row.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +32,7 @@ REQUIRED = ("X_int", "X_cat", "y", "counts")
 
 
 def _open_member(zf: zipfile.ZipFile, key: str, name: str):
-    """(stream positioned at the data, dtype, shape) of member `key` of the archive `name`."""
+    """(stream positioned at the data, dtype, shape, fortran_order) of member `key` of `name`."""
     member = f"{key}.npy"
     if member not in zf.namelist():
         raise CriteoFormatError(
@@ -38,70 +45,104 @@ def _open_member(zf: zipfile.ZipFile, key: str, name: str):
         shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
     else:
         shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-    if fortran and len(shape) > 1:
-        raise CriteoFormatError(f"{name}: {key} is stored in Fortran order; re-save it C-ordered")
     if dtype.hasobject:
         raise CriteoFormatError(f"{name}: {key} holds Python objects; refusing to unpickle")
-    return f, dtype, shape
+    return f, dtype, shape, fortran and len(shape) > 1
 
 
-def _read_rows(f, dtype: np.dtype, row_shape: tuple, rows: int) -> np.ndarray:
+def _row_reader(
+    f, dtype: np.dtype, shape: tuple, fortran: bool, stack: ExitStack, scratch_dir, what: str
+) -> Callable[[int], np.ndarray]:
+    """`read(m)`: the next m rows, (m, *shape[1:]), of the array whose data `f` streams.
+
+    C order: the rows are consecutive bytes of the stream. Fortran order (N, W): the stream holds
+    column after column, so it is copied once into an anonymous temporary file in `scratch_dir`
+    (closed, and so removed, with `stack`) and each block reads its W column pieces from there.
+    """
+    n, row_shape = shape[0], tuple(shape[1:])
     width = int(np.prod(row_shape, dtype=np.int64)) * dtype.itemsize
-    buf = f.read(rows * width)
-    if len(buf) != rows * width:
-        raise CriteoFormatError("truncated array data")
-    return np.frombuffer(buf, dtype=dtype).reshape((rows, *row_shape))
+    if not fortran:
+
+        def read(m: int) -> np.ndarray:
+            buf = f.read(m * width)
+            if len(buf) != m * width:
+                raise CriteoFormatError(f"{what}: truncated array data")
+            return np.frombuffer(buf, dtype=dtype).reshape((m, *row_shape))
+
+        return read
+
+    (cols,), size = row_shape, dtype.itemsize
+    columns = stack.enter_context(tempfile.TemporaryFile(dir=scratch_dir))
+    shutil.copyfileobj(f, columns, 1 << 24)
+    if columns.tell() != n * cols * size:
+        raise CriteoFormatError(
+            f"{what}: truncated array data ({columns.tell()} of {n * cols * size} bytes)"
+        )
+    pos = 0
+
+    def read_fortran(m: int) -> np.ndarray:
+        nonlocal pos
+        block = np.empty((m, cols), dtype=dtype)
+        for j in range(cols):
+            columns.seek((j * n + pos) * size)
+            block[:, j] = np.frombuffer(columns.read(m * size), dtype=dtype)
+        pos += m
+        return block
+
+    return read_fortran
 
 
 def iter_npz_blocks(
-    path: str | os.PathLike, rows_per_block: int = 1 << 18
+    path: str | os.PathLike, scratch_dir: str | os.PathLike, rows_per_block: int = 1 << 18
 ) -> Iterator[ParsedBlock]:
-    """Blocks of (label, dense, ids) streamed from a dlrm processed .npz; checks shapes and ids."""
+    """Blocks of (label, dense, ids) from a dlrm processed .npz, in file order; checks shapes,
+    ids and labels. Fortran-ordered members are staged in temporary files in `scratch_dir`
+    (removed when the generator finishes or is closed)."""
     path = Path(path)
     name = path.name
     try:
         zf = zipfile.ZipFile(path)
     except zipfile.BadZipFile as e:
         raise CriteoFormatError(f"{name}: not an .npz (zip) archive: {e}") from e
-    with zf:
+    with ExitStack() as stack:
+        stack.enter_context(zf)
         counts = _counts(zf, name)
-        fi, dti, shi = _open_member(zf, "X_int", name)
-        fc, dtc, shc = _open_member(zf, "X_cat", name)
-        fy, dty, shy = _open_member(zf, "y", name)
+        members = {k: _open_member(zf, k, name) for k in ("X_int", "X_cat", "y")}
+        for f, *_ in members.values():
+            stack.enter_context(f)
+        shi, shc, shy = (members[k][2] for k in ("X_int", "X_cat", "y"))
         n = shy[0] if len(shy) == 1 else -1
         if shi != (n, NUM_DENSE) or shc != (n, NUM_SPARSE) or len(shy) != 1:
             raise CriteoFormatError(
                 f"{name}: shapes X_int {shi}, X_cat {shc}, y {shy}; expected (N, 13), (N, 26), (N,)"
             )
-        with fi, fc, fy:
-            for start in range(0, n, rows_per_block):
-                m = min(rows_per_block, n - start)
-                dense = _read_rows(fi, dti, (NUM_DENSE,), m)
-                cat = _read_rows(fc, dtc, (NUM_SPARSE,), m)
-                y = _read_rows(fy, dty, (), m)
-                ids = cat.astype(np.int64)
-                bad = (ids != cat) | (ids < 0) | (ids >= counts[None, :])
-                if bad.any():
-                    r, j = np.argwhere(bad)[0]
-                    raise CriteoFormatError(
-                        f"{name}: X_cat[{start + r}, {j}] = {cat[r, j]!r} is not an id "
-                        f"in [0, counts[{j}]={counts[j]})"
-                    )
-                if not np.isin(y, (0, 1)).all():
-                    r = int(np.flatnonzero(~np.isin(y, (0, 1)))[0])
-                    raise CriteoFormatError(f"{name}: y[{start + r}] = {y[r]!r}, expected 0 or 1")
-                if dense.dtype.kind == "f" and not np.array_equal(dense, np.floor(dense)):
-                    raise CriteoFormatError(
-                        f"{name}: X_int holds non-integer values near row {start}"
-                    )
-                yield ParsedBlock(
-                    label=y.astype(np.uint8),
-                    dense=dense.astype(np.int64).astype(np.int32)
-                    if dense.dtype.kind == "f"
-                    else dense,
-                    cat=ids,
-                    first_line=start,
+        read_int, read_cat, read_y = (
+            _row_reader(*members[k], stack, scratch_dir, f"{name}: {k}")
+            for k in ("X_int", "X_cat", "y")
+        )
+        dti = members["X_int"][1]
+        for start in range(0, n, rows_per_block):
+            m = min(rows_per_block, n - start)
+            dense, cat, y = read_int(m), read_cat(m), read_y(m)
+            ids = cat.astype(np.int64)
+            bad = (ids != cat) | (ids < 0) | (ids >= counts[None, :])
+            if bad.any():
+                r, j = np.argwhere(bad)[0]
+                raise CriteoFormatError(
+                    f"{name}: X_cat[{start + r}, {j}] = {cat[r, j]!r} is not an id "
+                    f"in [0, counts[{j}]={counts[j]})"
                 )
+            if not np.isin(y, (0, 1)).all():
+                r = int(np.flatnonzero(~np.isin(y, (0, 1)))[0])
+                raise CriteoFormatError(f"{name}: y[{start + r}] = {y[r]!r}, expected 0 or 1")
+            if dti.kind == "f" and not np.array_equal(dense, np.floor(dense)):
+                raise CriteoFormatError(f"{name}: X_int holds non-integer values near row {start}")
+            yield ParsedBlock(
+                label=y.astype(np.uint8),
+                dense=dense.astype(np.int64).astype(np.int32) if dti.kind == "f" else dense,
+                cat=ids,
+                first_line=start,
+            )
 
 
 def _counts(zf: zipfile.ZipFile, name: str) -> np.ndarray:
@@ -132,7 +173,7 @@ def preprocess_npz(path: str | os.PathLike, out_dir: Path, options: PreprocessOp
     sizes = counts.tolist()
     if options.max_ind_range is not None:
         sizes = np.minimum(counts, options.max_ind_range).tolist()
-    return build_arrays(iter_npz_blocks(path), out_dir, options, given_ids=sizes)
+    return build_arrays(iter_npz_blocks(path, out_dir), out_dir, options, given_ids=sizes)
 
 
 def cached_npz(
