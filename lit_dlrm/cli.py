@@ -13,8 +13,8 @@ facebookresearch/dlrm ``--save-model`` file or a bare state_dict, which carry no
 ``--data.*`` options must then describe the data.
 
 Both read their defaults from ``configs/``; ``--print_config`` shows every option, and its output,
-like a training run's ``config.yaml``, is accepted by ``--config``. A bad option value or input
-file is a parser error naming the option.
+like a training run's ``config.yaml``, is accepted by ``--config``. A bad path or input file is a
+parser error naming the option; a bad grid is a ValueError naming its ``--sweep.*`` option.
 
 ``predict``: score a Criteo-format file of rows into a CSV of probabilities. ``export``: a
 checkpoint's weights as safetensors plus a JSON config, tables dense, compact, int8 or int4.
@@ -302,7 +302,10 @@ class SaveSweepConfig(SaveConfigCallback):
         super().__init__(parser, config, save_to_log_dir=False, **kwargs)
 
     def save_config(self, trainer, pl_module, stage: str) -> None:
-        text = self.parser.dump(self.config, **_KEEP_NULLS)
+        # the file swept, not 'latest': a replay after another training run sweeps the same model
+        config = self.config.clone()
+        config.ckpt_path = str(resolve(config.ckpt_path))
+        text = self.parser.dump(config, **_KEEP_NULLS)
         atomic_write(Path(self.config.out_dir) / "config.yaml", lambda tmp: tmp.write_text(text))
 
 

@@ -22,7 +22,6 @@ compact model with a dynamic batch size. Errors: :class:`ExportError` naming the
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from lit_dlrm.model import DLRM
+from lit_dlrm.model import DLRM, with_tables
 from lit_dlrm.paths import atomic_write
 from lit_dlrm.sparsity.compact import CompactEmbeddingBag
 from lit_dlrm.sparsity.compression import is_compressed_file, load_compressed
@@ -181,8 +180,7 @@ def stored_model(model: DLRM, path: str | Path) -> DLRM:
     copy; MLPs and other tables shared): its integers as stored, not quantised again."""
     if not is_compressed_file(path):
         return model
-    state, out = load_compressed(path), copy.copy(model)
-    out._modules = dict(model._modules)  # the copy's own module dict: emb_l is replaced, not shared
+    state = load_compressed(path)
     tables = list(model.emb_l)
     for k in range(len(tables)):
         q = state.get(f"emb_l.{k}.weight.q")
@@ -191,8 +189,7 @@ def stored_model(model: DLRM, path: str | Path) -> DLRM:
             tables[k] = QuantizedEmbeddingBag(
                 QuantizedTable(q, state[f"emb_l.{k}.weight.scale"], bits)
             )
-    out.emb_l = nn.ModuleList(tables)
-    return out
+    return with_tables(model, tables)
 
 
 def export_program(

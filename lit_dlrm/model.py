@@ -31,6 +31,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from typing import Literal
@@ -141,3 +142,12 @@ class DLRM(nn.Module):
     def forward(self, dense: Tensor, sparse: Tensor) -> Tensor:
         """dense (B, 13) float, sparse (B, 26) int -> click logits (B,)."""
         return self.top_l(self.features(dense, sparse)).squeeze(1)
+
+
+def with_tables(model: DLRM, tables: Sequence[nn.Module]) -> DLRM:
+    """A shallow copy of ``model`` (MLPs shared) whose ``emb_l`` is ``tables``: modules with
+    ``EmbeddingBag(sum)``'s forward, ``ids (B, L)`` or ``ids, offsets`` -> ``(B, d)``."""
+    out = copy.copy(model)
+    out._modules = dict(model._modules)  # the copy's own module dict: emb_l replaced, not shared
+    out.emb_l = nn.ModuleList(tables)
+    return out

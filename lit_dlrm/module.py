@@ -215,11 +215,15 @@ class DLRMModule(L.LightningModule):
         with torch.sparse.check_sparse_tensor_invariants(enable=False):
             super().optimizer_step(*args, **kwargs)
 
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """A fresh ``--model.optimizer`` over all parameters (sparse-gradient safe)."""
+        kind = torch.optim.Adagrad if self.hparams.optimizer == "adagrad" else torch.optim.SGD
+        return kind(self.parameters(), lr=self.hparams.lr)
+
     def configure_optimizers(self) -> torch.optim.Optimizer | dict:
         """The optimiser alone without ``lr_scheduler``, else Lightning's dict with the
         scheduler stepped every optimiser step."""
-        kind = torch.optim.Adagrad if self.hparams.optimizer == "adagrad" else torch.optim.SGD
-        optimizer = kind(self.parameters(), lr=self.hparams.lr)
+        optimizer = self.make_optimizer()
         if self.make_schedule is None:
             return optimizer
         schedule = {"scheduler": self.make_schedule(optimizer), "interval": "step"}

@@ -9,6 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from lit_dlrm.cli import sweep
 from lit_dlrm.data import CriteoDataModule
 from lit_dlrm.module import DLRMModule
+from lit_dlrm.schedules import WarmupPolyDecay
 from lit_dlrm.sparsity.finetune import finetune
 from lit_dlrm.sparsity.prune import prune
 from lit_dlrm.sweep.grid import DEFAULTS
@@ -142,10 +143,22 @@ def test_report_has_one_run_per_series_and_the_followups_plot(run):
     assert (run / "followups.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_finetune_holds_the_masks_and_trains_the_rest():
+@pytest.mark.parametrize("scheduled", [False, True])
+def test_finetune_holds_the_masks_and_trains_the_rest(scheduled):
     torch.manual_seed(0)
+    schedule = (
+        (lambda opt: WarmupPolyDecay(opt, warmup_steps=4, decay_start_step=5, decay_steps=5))
+        if scheduled
+        else None
+    )
     module = DLRMModule(
-        [40, 60, 25], embedding_dim=8, bottom_mlp=[16], top_mlp=[16], optimizer="adagrad", lr=0.05
+        [40, 60, 25],
+        embedding_dim=8,
+        bottom_mlp=[16],
+        top_mlp=[16],
+        optimizer="adagrad",
+        lr=0.05,
+        lr_scheduler=schedule,
     )
     prune([t.weight.data for t in module.model.emb_l], "L1", (1, 4), 0.7)
     before = {k: v.clone() for k, v in module.model.state_dict().items()}

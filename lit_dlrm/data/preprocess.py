@@ -2,7 +2,7 @@
 
 Every source hands blocks of raw rows to `build_arrays`:
     label: uint8 (n,) or None     dense: int (n, 13) raw integers     cat: uint32 (n, 26) raw hashes
-The rules are facebookresearch/dlrm's `data_utils.py` (`../shared/reference/REFERENCE.md`, 6):
+The rules are facebookresearch/dlrm's `data_utils.py` (`getCriteoAdData`, `processCriteoAdData`):
 missing -> 0, negative dense -> 0 (`log(x + 1)` is applied when batches are built); categorical ids
 per feature in order of first appearance over the whole file; optional `max_ind_range` (raw hash
 modulo it first) and `min_frequency` (rarer values share one id, placed where the first of them

@@ -17,10 +17,10 @@ tables of any DLRM. Layouts compared and measured: ``docs/design.md``.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import Tensor, nn
+
+from lit_dlrm.model import with_tables
 
 from .chunks import row_chunks
 
@@ -254,7 +254,7 @@ class CompactEmbeddingBag(nn.Module):
         pos = (
             (start - first).index_select(0, owner).add_(torch.arange(total, device=ids.device))
         )  # (M,)
-        # width-1 blocks as flat vectors: 1-D index ops are ~2x faster than on (M, 1) rows
+        # width-1 blocks as flat vectors: 1-D index ops are faster than on (M, 1) rows
         table, dst = (self.values.view(-1), out.view(-1)) if bw == 1 else (self.values, out)
         values = table.index_select(0, pos)  # (M,) or (M, bw)
         if per_sample_weights is not None:
@@ -304,14 +304,9 @@ def compact_table(table: nn.EmbeddingBag, block_width: int, name: str = "table")
 def compact_model(model: nn.Module, block_width: int) -> nn.Module:
     """A shallow copy of the DLRM ``model`` (MLPs shared) whose tables are compacted where that is
     smaller (:func:`compact_table`), for inference. ``block_width``: the pruning block's width."""
-    compact = copy.copy(model)
-    compact._modules = dict(
-        model._modules
-    )  # the copy's own module dict: emb_l is replaced, not shared
-    compact.emb_l = nn.ModuleList(
-        compact_table(t, block_width, f"emb_l.{k}") for k, t in enumerate(model.emb_l)
+    return with_tables(
+        model, [compact_table(t, block_width, f"emb_l.{k}") for k, t in enumerate(model.emb_l)]
     )
-    return compact
 
 
 def table_bytes(model: nn.Module) -> int:

@@ -36,7 +36,7 @@ def finetune(module, batches: Iterable[tuple[Tensor, Tensor, Tensor]], steps: in
             if table.data.is_inference():
                 table.data = table.data.clone()
         zeros = [table.data == 0 for table in tables]
-        optimizer = module.configure_optimizers()
+        optimizer = module.make_optimizer()  # no schedule: a few steps at the trained lr
         was_training = model.training
         model.train()
         losses = []
@@ -45,7 +45,8 @@ def finetune(module, batches: Iterable[tuple[Tensor, Tensor, Tensor]], steps: in
             _, loss = module.batch_loss([t.to(device) for t in batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            with torch.sparse.check_sparse_tensor_invariants(enable=False):  # as DLRMModule
+                optimizer.step()
             with torch.no_grad():
                 for table, zero in zip(tables, zeros):
                     table.masked_fill_(zero, 0.0)

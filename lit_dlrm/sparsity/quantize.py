@@ -15,13 +15,14 @@ Why symmetric, why bfloat16 scales: ``docs/design.md``.
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from lit_dlrm.model import with_tables
 
 from .chunks import map_tables, row_chunks, torch_threads
 
@@ -354,8 +355,6 @@ def quantized_model(
 ) -> nn.Module:
     """A shallow copy of the DLRM ``model`` (MLPs shared) whose dense tables are
     :class:`QuantizedEmbeddingBag` s of :func:`quantize_rows` of their weights, for inference."""
-    out = copy.copy(model)
-    out._modules = dict(model._modules)  # the copy's own module dict: emb_l is replaced, not shared
     tables = []
     for k, table in enumerate(model.emb_l):
         try:
@@ -364,5 +363,4 @@ def quantized_model(
             )
         except ValueError as e:
             raise ValueError(f"emb_l.{k}: {e}") from None
-    out.emb_l = nn.ModuleList(tables)
-    return out
+    return with_tables(model, tables)
