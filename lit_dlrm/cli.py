@@ -59,6 +59,21 @@ from lit_dlrm.sweep.grid import COLUMNS, make_grid
 from lit_dlrm.sweep.report import write_report
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def default_config(name: str) -> str:
+    """``configs/<name>``, the command's defaults (the atomic checkpoint writer, the logger layout,
+    the grid). They live beside the package, so an install that is not an editable one of a
+    checkout lacks them: refused by name rather than run silently without them."""
+    path = CONFIGS / name
+    if not path.is_file():
+        raise SystemExit(
+            f"{path}: the default configuration is missing; install lit_dlrm from its checkout "
+            "(pip install -e .) so that configs/ is beside the package"
+        )
+    return str(path)
+
+
 # Imported so that jsonargparse knows it by its short name: --model.lr_scheduler=WarmupPolyDecay
 SCHEDULES = (WarmupPolyDecay,)
 
@@ -194,7 +209,7 @@ def train(args: list[str] | None = None) -> None:
         CriteoDataModule,
         run=False,
         args=args,
-        parser_kwargs={"default_config_files": [str(CONFIGS / "train.yaml")]},
+        parser_kwargs={"default_config_files": [default_config("train.yaml")]},
         save_config_kwargs={"overwrite": True},
         # One optimiser mechanism: --model.optimizer / --model.lr / --model.lr_scheduler, which
         # only offer what works with the tables' sparse gradients; no LightningCLI --optimizer.
@@ -317,7 +332,7 @@ def sweep(args: list[str] | None = None) -> None:
         CriteoDataModule,
         run=False,
         args=args,
-        parser_kwargs={"default_config_files": [str(CONFIGS / "sweep.yaml")]},
+        parser_kwargs={"default_config_files": [default_config("sweep.yaml")]},
         save_config_callback=SaveSweepConfig,
         auto_configure_optimizers=False,  # fine-tuning uses the model's own optimiser
     )
