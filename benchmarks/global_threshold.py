@@ -38,7 +38,7 @@ import torch
 
 from benchmarks.memory import peak_rss_mib, reset_peak, rss_mib
 from benchmarks.sparsify import CAPS, DIM, REPO, build_tables, table_sizes
-from benchmarks.tables import markdown_table, write_results
+from benchmarks.tables import markdown_table, seconds_row, write_results
 from lit_dlrm.sparsity.global_threshold import global_cuts
 from lit_dlrm.sparsity.prune import apply_cuts, block_scores, cuts_for_levels, num_blocks
 from lit_dlrm.sweep.grid import DEFAULT_LEVELS
@@ -154,7 +154,7 @@ def run(
             )
         blocks = sum(o["counts"]["1.0"])
         rows.append(
-            _row(
+            seconds_row(
                 f"global cuts, 20 levels, {norm} {block}",
                 o["cuts_s"],
                 r["cuts_s"],
@@ -165,7 +165,7 @@ def run(
             )
         )
         rows.append(
-            _row(
+            seconds_row(
                 f"apply one global level ({APPLY_LEVEL}), {norm} {block}",
                 o["apply_s"],
                 None,
@@ -187,20 +187,6 @@ def run(
         write_results(out_dir, f"global_threshold_{scale}", rows, text)
     print(text)
     return rows
-
-
-def _row(stage, ours_s, ref_s, ours_mib, ref_mib, note) -> dict:
-    return {
-        "stage": stage,
-        "unit": "s",
-        "lit_dlrm": round(ours_s, 3),
-        "reference": None if ref_s is None else round(ref_s, 3),
-        "ratio": round(ref_s / ours_s, 1) if ref_s is not None and ours_s > 0 else None,
-        "lit_dlrm_peak_mib": round(ours_mib, 1),
-        "reference_peak_mib": None if ref_mib is None else round(ref_mib, 1),
-        "floor": None,
-        "note": note,
-    }
 
 
 def main(argv=None) -> None:

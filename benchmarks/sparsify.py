@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.memory import peak_rss_mib
-from benchmarks.tables import markdown_table, write_results
+from benchmarks.tables import markdown_table, seconds_row, write_results
 from lit_dlrm.data.kaggle import KAGGLE_TABLE_SIZES
 from lit_dlrm.sparsity.chunks import row_chunks
 from lit_dlrm.sparsity.prune import apply_cuts, cuts_for_levels, prune
@@ -182,14 +182,14 @@ def run(
     floor = measure("floor")
     fl = floor["seconds"]
     rows = [
-        _row(
+        seconds_row(
             "floor (clone all tables)",
             fl,
             None,
             extra(floor),
             None,
-            None,
-            "one read + one write of the tables into fresh memory",
+            floor_s=None,
+            note="one read + one write of the tables into fresh memory",
         )
     ]
     ref_cache: dict[tuple[int, int], dict] = {}
@@ -204,28 +204,28 @@ def run(
             ref = measure(f"reference {norm} {b}")
             ref_cache[block] = ref
         rows.append(
-            _row(
+            seconds_row(
                 f"one point {norm} {block}",
                 ours["seconds"],
                 ref["seconds"],
                 extra(ours),
                 extra(ref),
-                fl,
-                note,
+                floor_s=fl,
+                note=note,
             )
         )
     grid = measure("grid lit_dlrm")
     points = rows[1:]
     ref_point = sum(r["reference"] for r in points) / len(points)
     rows.append(
-        _row(
+        seconds_row(
             "grid (80 points)",
             grid["seconds"],
             ref_point * 80,
             extra(grid),
             max(r["reference_peak_mib"] for r in points),
-            fl * 80,
-            f"lit_dlrm: {grid['note']}, per series 2 counting passes for all 20 levels + "
+            floor_s=fl * 80,
+            note=f"lit_dlrm: {grid['note']}, per series 2 counting passes for all 20 levels + "
             "1 apply per level into reused buffers (allocation included; restore = "
             "swapping the dense tensors back, free); reference = mean measured point "
             "x 80; floor = clone x 80",
@@ -236,21 +236,6 @@ def run(
         write_results(out_dir, f"sparsify_{scale}", rows, text)
     print(text)
     return rows
-
-
-def _row(stage, ours_s, ref_s, ours_extra, ref_extra, floor_s, note) -> dict:
-    """One row of the common schema; *_peak_mib = peak RSS over the loaded tables."""
-    return {
-        "stage": stage,
-        "unit": "s",
-        "lit_dlrm": round(ours_s, 3),
-        "reference": None if ref_s is None else round(ref_s, 3),
-        "ratio": round(ref_s / ours_s, 1) if ref_s is not None and ours_s > 0 else None,
-        "lit_dlrm_peak_mib": ours_extra,
-        "reference_peak_mib": ref_extra,
-        "floor": None if floor_s is None else round(floor_s, 3),
-        "note": note,
-    }
 
 
 def _header(scale, model_mib, floor) -> str:

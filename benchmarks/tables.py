@@ -34,3 +34,19 @@ def write_results(
     atomic_write(out_dir / f"{stem}.csv", lambda tmp: tmp.write_text(buffer.getvalue()))
     atomic_write(out_dir / f"{stem}.md", lambda tmp: tmp.write_text(markdown))
     return out_dir / f"{stem}.md"
+
+
+def seconds_row(stage, ours_s, ref_s, ours_mib, ref_mib, note, floor_s=None) -> dict:
+    """One row of the harness's common schema (``benchmarks/run.py``'s columns) for a timed stage:
+    seconds to the ms, the reference/lit_dlrm ratio, peaks in MiB to 0.1 (None: not measured)."""
+    return {
+        "stage": stage,
+        "unit": "s",
+        "lit_dlrm": round(ours_s, 3),
+        "reference": None if ref_s is None else round(ref_s, 3),
+        "ratio": round(ref_s / ours_s, 1) if ref_s is not None and ours_s > 0 else None,
+        "lit_dlrm_peak_mib": None if ours_mib is None else round(ours_mib, 1),
+        "reference_peak_mib": None if ref_mib is None else round(ref_mib, 1),
+        "floor": None if floor_s is None else round(floor_s, 3),
+        "note": note,
+    }
