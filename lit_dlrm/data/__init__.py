@@ -3,6 +3,8 @@
     criteo.py      text parsing (TSV/CSV/gz; errors name file and line), Kaggle TSV writer
     preprocess.py  streaming preprocessing into the memory-mapped cache (ids, options, splits)
     npz.py         facebookresearch/dlrm's kaggleAdDisplayChallenge_processed.npz
+    terabyte.py    Criteo Terabyte day files (dlrm's rules, per-day parallel and resumable) and
+                   a Terabyte-shaped synthetic writer
     synthetic.py   Kaggle-shaped synthetic rows with a planted teacher (known click probabilities)
     datamodule.py  CriteoDataModule: prepare_data builds the cache, setup reads it, sharded loaders
     kaggle.py      facts about the Kaggle data set (table sizes, ...)
@@ -32,6 +34,7 @@ _WHERE = {
     "cached_synthetic": "synthetic",
     "write_tsv": "synthetic",
     "cached_npz": "npz",
+    "cached_terabyte": "terabyte",
 }
 __all__ = sorted(_WHERE)
 

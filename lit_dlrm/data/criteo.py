@@ -652,15 +652,23 @@ def _format_rows(label: np.ndarray | None, dense: np.ndarray, cat: np.ndarray) -
 
 
 def write_kaggle_tsv(
-    path, label, dense, cat, *, append: bool = False, rows_per_block: int = 100_000
+    path,
+    label,
+    dense,
+    cat,
+    *,
+    append: bool = False,
+    rows_per_block: int = 100_000,
+    compress: bool | None = None,
 ) -> None:
     """Write rows as Kaggle `train.txt` (or `test.txt` when `label` is None), LF line ends.
 
     dense: int (n, 13) with `MISSING_DENSE` for empty fields; cat: uint32 (n, 26) with 0 for empty.
-    Gzip-compressed when `path` ends in `.gz`.
+    Gzip-compressed when `compress` is True, or when it is None and `path` ends in `.gz`.
     """
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
+    compress = path.suffix == ".gz" if compress is None else compress
+    opener = gzip.open if compress else open
     with opener(path, "ab" if append else "wb") as f:
         for s in range(0, len(dense), rows_per_block):
             e = s + rows_per_block

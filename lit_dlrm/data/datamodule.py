@@ -3,6 +3,7 @@
     dm = CriteoDataModule(source="synthetic")                       # the default: no download
     dm = CriteoDataModule(source="kaggle", path="train.txt.gz")     # raw Kaggle (TSV/CSV/gz)
     dm = CriteoDataModule(source="dlrm_npz", path="kaggleAdDisplayChallenge_processed.npz")
+    dm = CriteoDataModule(source="terabyte", path="criteo-terabyte/")  # day_0 .. day_23 (.gz)
     dm.prepare_data(); dm.setup()                                   # what a Trainer does
 
 `prepare_data` builds the memory-mapped cache under `cache_dir` (or finds it); `setup` reads its
@@ -32,7 +33,7 @@ from .synthetic import SyntheticConfig, binary_metrics, cached_synthetic
 
 log = logging.getLogger("lit_dlrm.data")
 
-Source = Literal["synthetic", "kaggle", "dlrm_npz"]
+Source = Literal["synthetic", "kaggle", "dlrm_npz", "terabyte"]
 SPLITS = ("train", "val", "test")
 
 
@@ -145,8 +146,10 @@ class CriteoDataModule(LightningDataModule):
 
     Args:
         source: "synthetic" (default: generated, with a known teacher), "kaggle" (train.txt,
-            test.txt, .gz, .csv) or "dlrm_npz" (facebookresearch/dlrm's processed .npz).
-        path: the input file for "kaggle" and "dlrm_npz"; unused for "synthetic".
+            test.txt, .gz, .csv), "dlrm_npz" (facebookresearch/dlrm's processed .npz) or
+            "terabyte" (a directory of Criteo Terabyte day files day_0 .. day_23, plain or .gz).
+        path: the input file for "kaggle" and "dlrm_npz", the directory for "terabyte"; unused
+            for "synthetic".
         cache_dir: where caches live (relative to the current directory).
         batch_size: train batch size. eval_batch_size: val/test batch size.
         num_workers: DataLoader worker processes (0: load in the main process).
@@ -158,6 +161,10 @@ class CriteoDataModule(LightningDataModule):
         seed: synthetic data and train shuffling.
         has_label: Kaggle text only: force labelled/unlabelled (None: detect).
         progress: show a progress bar while preprocessing (None: when attached to a terminal).
+        sub_sample_rate: "terabyte" only: drop this fraction of the label-0 rows of the train
+            days (dlrm's --data-sub-sample-rate), seeded by `seed`.
+        preprocess_workers: "terabyte" only: day files preprocessed at once, one process each
+            (None: the CPU count).
     """
 
     def __init__(
@@ -177,11 +184,25 @@ class CriteoDataModule(LightningDataModule):
         seed: int = 0,
         has_label: bool | None = None,
         progress: bool | None = None,
+        sub_sample_rate: float = 0.0,
+        preprocess_workers: int | None = None,
     ) -> None:
         super().__init__()
-        if source not in ("synthetic", "kaggle", "dlrm_npz"):
+        if source not in ("synthetic", "kaggle", "dlrm_npz", "terabyte"):
             raise ValueError(
-                f"data.source: expected 'synthetic', 'kaggle' or 'dlrm_npz', got {source!r}"
+                "data.source: expected 'synthetic', 'kaggle', 'dlrm_npz' or 'terabyte', "
+                f"got {source!r}"
+            )
+        if source != "terabyte" and (sub_sample_rate or preprocess_workers is not None):
+            raise ValueError(
+                "data.sub_sample_rate and data.preprocess_workers apply to source='terabyte' only, "
+                f"got source={source!r}"
+            )
+        if not 0.0 <= sub_sample_rate < 1.0:
+            raise ValueError(f"data.sub_sample_rate: expected [0, 1), got {sub_sample_rate}")
+        if preprocess_workers is not None and preprocess_workers < 1:
+            raise ValueError(
+                f"data.preprocess_workers: expected >= 1 or None, got {preprocess_workers}"
             )
         if source != "synthetic" and not path:
             raise ValueError(f"data.path: source={source!r} needs the input file (--data.path=...)")
@@ -208,6 +229,7 @@ class CriteoDataModule(LightningDataModule):
             rows=synthetic_rows, max_table_size=max_table_size, seed=seed
         )
         self.has_label, self.progress = has_label, progress
+        self.sub_sample_rate, self.preprocess_workers = sub_sample_rate, preprocess_workers
         self.num_dense = NUM_DENSE
         self._dir: Path | None = None
         self._meta: dict | None = None
@@ -224,6 +246,18 @@ class CriteoDataModule(LightningDataModule):
                 self.cache_dir,
                 self.options,
                 has_label=self.has_label,
+                progress=self.progress,
+            )
+        if self.source == "terabyte":
+            from .terabyte import cached_terabyte
+
+            return cached_terabyte(
+                self.path,
+                self.cache_dir,
+                self.options,
+                sub_sample_rate=self.sub_sample_rate,
+                seed=self.seed,
+                workers=self.preprocess_workers,
                 progress=self.progress,
             )
         from .npz import cached_npz

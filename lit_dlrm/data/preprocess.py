@@ -200,18 +200,21 @@ def build_arrays(
     *,
     extras: dict[str, tuple] | None = None,
     given_ids: list[int] | None = None,
+    counts: bool = False,
 ) -> dict:
     """Stream `blocks` (objects with .label, .dense, .cat and optional .extras) into `out_dir`.
 
     `extras`: further per-row arrays the blocks carry in `.extras` ({name: (dtype, row_shape)}),
     e.g. the synthetic teacher's probabilities. `given_ids` (table sizes) says `.cat` already holds
     ids (dlrm's .npz): they are kept, taken modulo `max_ind_range`, and only rare-value remapping
-    applies. Returns the metadata (table_sizes, rows, splits, ...).
+    applies. `counts`: also store each feature's occurrences by id (`counts{j}`) in vocab.npz,
+    for merging vocabularies later (Terabyte's per-day parts). Returns the metadata
+    (table_sizes, rows, splits, ...).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     extras = extras or {}
-    assign = [IdAssigner(count=options.min_frequency > 1) for _ in range(NUM_SPARSE)]
+    assign = [IdAssigner(count=counts or options.min_frequency > 1) for _ in range(NUM_SPARSE)]
     dense_w = NpyAppender(out_dir / "dense.npy", np.int32, (NUM_DENSE,))
     sparse_w = NpyAppender(out_dir / "sparse.npy", np.int32, (NUM_SPARSE,))
     label_w = None
@@ -262,6 +265,11 @@ def build_arrays(
         for j, a in enumerate(assign):
             vocab[f"keys{j}"] = a.keys  # sorted raw values (after max_ind_range)
             vocab[f"ids{j}"] = (a.ids if remaps is None else remaps[j][a.ids]).astype(np.int32)
+            if counts:  # by id (after the rare-value remapping, if any)
+                c = np.pad(a.counts, (0, a.size - len(a.counts)))
+                if remaps is not None:
+                    c = np.bincount(remaps[j], weights=c, minlength=table_sizes[j])
+                vocab[f"counts{j}"] = c.astype(np.int64)
         np.savez(out_dir / VOCABULARY, **vocab)
     arrays = {
         "dense": {"file": "dense.npy", "dtype": "int32", "shape": [rows, NUM_DENSE]},
