@@ -41,6 +41,7 @@ class Bad:
 
 NOT_A_NUMBER = "abc"
 KAGGLE, NPZ = ("--data.source=kaggle",), ("--data.source=dlrm_npz",)
+TERABYTE = ("--data.source=terabyte",)
 BAD: dict[str, list[Bad]] = {
     "seed_everything": [Bad(NOT_A_NUMBER), Bad("1.5")],
     "config": [Bad("{missing}"), Bad("{dir}"), Bad("{garbage}"), Bad("{yaml}")],
@@ -56,6 +57,9 @@ BAD: dict[str, list[Bad]] = {
         Bad("{empty}", KAGGLE),
         Bad("{garbage}", NPZ),
         Bad("{sweep_ckpt}", NPZ),
+        Bad("{missing}", TERABYTE),
+        Bad("{file}", TERABYTE),
+        Bad("{dir}", TERABYTE),
     ],
     "data.cache_dir": [Bad("{file}"), Bad("{file}/sub")],
     "data.batch_size": [Bad("0"), Bad("-1"), Bad("1.5"), Bad(NOT_A_NUMBER)],
@@ -66,6 +70,11 @@ BAD: dict[str, list[Bad]] = {
     "data.synthetic_rows": [Bad("0"), Bad("-5"), Bad(NOT_A_NUMBER)],
     "data.max_table_size": [Bad("0"), Bad("-1"), Bad(NOT_A_NUMBER)],
     "data.seed": [Bad("-1"), Bad(NOT_A_NUMBER)],
+    "data.sub_sample_rate": [
+        *(Bad("-0.1", TERABYTE), Bad("1.0", TERABYTE), Bad("nan", TERABYTE), Bad("0.5")),
+        Bad(NOT_A_NUMBER),
+    ],
+    "data.preprocess_workers": [Bad("0", TERABYTE), Bad("2"), Bad(NOT_A_NUMBER)],
     "out_dir": [Bad("{file}"), Bad("{file}/sub")],
     "sweep.sparsity_level": [
         Bad("[nan]"),
