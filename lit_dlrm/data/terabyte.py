@@ -247,8 +247,12 @@ class _DaysBar:
         self.read = dict.fromkeys(self.sizes, 0)
         self.rows = dict.fromkeys(self.sizes, 0)
         self.todo, self.done, self.n_days = len(jobs), 0, n_days
-        self.bar = tqdm(
-            total=None, unit="rows", unit_scale=True, dynamic_ncols=True, disable=enable is False
+        self.bar = tqdm(  # enable None: shown when attached to a terminal
+            total=None,
+            unit="rows",
+            unit_scale=True,
+            dynamic_ncols=True,
+            disable=None if enable is None else not enable,
         )
         if enable is True:
             self.bar.disable = False
