@@ -259,3 +259,27 @@ def test_benchmark_runs_tiny_without_dlrm(tmp_path):
     assert rows[0]["rows"] == 1000 and rows[0]["peak_rss_mib"] > 0
     md = (tmp_path / "preprocess_terabyte.md").read_text()
     assert "- command: `python -m benchmarks.preprocess_terabyte --days 2" in md
+
+
+def test_id_assigner_matches_first_appearance_across_merges(monkeypatch):
+    """Ids by first appearance, keys sorted, counts exact, while the recent values are merged into
+    the large array many times (a tiny merge size makes every path run)."""
+    from lit_dlrm.data.preprocess import IdAssigner
+
+    monkeypatch.setattr(IdAssigner, "MIN_MERGE", 8)
+    rng = np.random.default_rng(0)
+    assign, first, counts = IdAssigner(), {}, []
+    for b in range(200):
+        raw = rng.integers(0, 3000 + 40 * b, size=int(rng.integers(1, 300))).astype(np.uint32)
+        expected = []
+        for v in raw.tolist():
+            if v not in first:
+                first[v] = len(first)
+                counts.append(0)
+            counts[first[v]] += 1
+            expected.append(first[v])
+        assert assign(raw).tolist() == expected
+    keys = sorted(first)
+    assert assign.keys.tolist() == keys
+    assert assign.ids.tolist() == [first[k] for k in keys]
+    assert assign.counts.tolist() == counts and assign.size == len(first)

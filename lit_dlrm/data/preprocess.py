@@ -140,39 +140,91 @@ class NpyAppender:
 class IdAssigner:
     """raw value -> id in order of first appearance, for one feature, across blocks.
 
-    Known values live in a sorted key array (searchsorted); a block's values are factorised with
-    pandas (hash based, appearance order), so new values get the next ids in the order they appear.
+    Known values live in two sorted key arrays, a large one and a small one of recent values that
+    is merged into the large one when it reaches an eighth of it: a block's new values cost a copy
+    of the small array, not of the whole vocabulary, so a feature of tens of millions of values
+    streams in O(n log n). A block's values are factorised with pandas (hash based, appearance
+    order), so new values get the next ids in the order they appear. ``keys`` / ``ids``: the
+    sorted raw values and their ids; ``counts``: occurrences per id (with ``count``).
     """
+
+    MIN_MERGE = 1 << 16  # the recent array is merged once it holds this many values (or more)
 
     def __init__(self, count: bool = True):
         self.count = count  # keep occurrence counts (needed for min_frequency)
-        self.keys = np.zeros(0, dtype=np.uint32)  # sorted raw values seen so far
-        self.ids = np.zeros(0, dtype=np.int64)  # their ids
-        self.counts = np.zeros(0, dtype=np.int64)  # occurrences per id
+        self._keys = np.zeros(0, dtype=np.uint32)  # sorted raw values, merged
+        self._ids = np.zeros(0, dtype=np.int64)
+        self._recent_keys = np.zeros(0, dtype=np.uint32)  # sorted raw values, recent
+        self._recent_ids = np.zeros(0, dtype=np.int64)
+        self._counts = np.zeros(0, dtype=np.int64)  # capacity >= size
         self.size = 0
+
+    @property
+    def keys(self) -> np.ndarray:
+        self._merge()
+        return self._keys
+
+    @property
+    def ids(self) -> np.ndarray:
+        self._merge()
+        return self._ids
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Occurrences per id (size,)."""
+        self._grow(self.size)
+        return self._counts[: self.size]
+
+    def add_counts(self, ids: np.ndarray, size: int) -> None:
+        """Count ids given by the input itself (dlrm's .npz): ``size`` ids in all."""
+        self.size = size
+        self._grow(size)
+        self._counts[:size] += np.bincount(ids, minlength=size)
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
         codes, uniq = pd.factorize(raw)  # uniq in order of appearance in this block
-        pos = np.searchsorted(self.keys, uniq)
-        found = pos < len(self.keys)
-        found[found] = self.keys[pos[found]] == uniq[found]
-        uid = np.empty(len(uniq), dtype=np.int64)
-        uid[found] = self.ids[pos[found]]
-        new = np.flatnonzero(~found)
+        uid = np.full(len(uniq), -1, dtype=np.int64)
+        for keys, ids in ((self._keys, self._ids), (self._recent_keys, self._recent_ids)):
+            if len(keys):
+                pos = np.minimum(np.searchsorted(keys, uniq), len(keys) - 1)
+                hit = keys[pos] == uniq
+                uid[hit] = ids[pos[hit]]
+        new = np.flatnonzero(uid < 0)
         if len(new):
             uid[new] = self.size + np.arange(len(new))
             self.size += len(new)
-            order = np.argsort(uniq[new], kind="stable")
-            nk, ni = uniq[new][order], uid[new][order]
-            at = np.searchsorted(self.keys, nk)
-            self.keys = np.insert(self.keys, at, nk)
-            self.ids = np.insert(self.ids, at, ni)
+            self._recent_keys, self._recent_ids = _sorted_union(
+                self._recent_keys, self._recent_ids, uniq[new], uid[new]
+            )
+            if len(self._recent_keys) >= max(self.MIN_MERGE, len(self._keys) // 8):
+                self._merge()
         out = uid[codes]
-        if not self.count:
-            return out
-        self.counts = np.pad(self.counts, (0, self.size - len(self.counts)))
-        self.counts += np.bincount(out, minlength=self.size)
+        if self.count:
+            self._grow(self.size)
+            self._counts[uid] += np.bincount(codes, minlength=len(uniq))  # uid: distinct
         return out
+
+    def _merge(self) -> None:
+        if len(self._recent_keys):
+            self._keys, self._ids = _sorted_union(
+                self._keys, self._ids, self._recent_keys, self._recent_ids
+            )
+            self._recent_keys = self._recent_keys[:0]
+            self._recent_ids = self._recent_ids[:0]
+
+    def _grow(self, size: int) -> None:
+        if len(self._counts) < size:  # doubling: amortised O(1) per id
+            grown = np.zeros(max(size, 2 * len(self._counts)), dtype=np.int64)
+            grown[: len(self._counts)] = self._counts
+            self._counts = grown
+
+
+def _sorted_union(keys, ids, new_keys, new_ids):
+    """Sorted (keys, ids) with the disjoint (new_keys, new_ids) inserted in key order."""
+    order = np.argsort(new_keys, kind="stable")
+    new_keys, new_ids = new_keys[order], new_ids[order]
+    at = np.searchsorted(keys, new_keys)
+    return np.insert(keys, at, new_keys), np.insert(ids, at, new_ids)
 
 
 def rare_remap(counts: np.ndarray, min_frequency: int) -> np.ndarray:
@@ -239,11 +291,7 @@ def build_arrays(
                 ids[:, j] = assign[j](raw[:, j])
             else:
                 ids[:, j] = raw[:, j] if mod is None else raw[:, j] % mod
-                a = assign[j]
-                a.size = given_ids[j]
-                a.counts = np.pad(a.counts, (0, a.size - len(a.counts))) + np.bincount(
-                    ids[:, j], minlength=a.size
-                )
+                assign[j].add_counts(ids[:, j], given_ids[j])
         dense_w.append(dense)
         sparse_w.append(ids)
         if label_w is not None:
@@ -266,7 +314,7 @@ def build_arrays(
             vocab[f"keys{j}"] = a.keys  # sorted raw values (after max_ind_range)
             vocab[f"ids{j}"] = (a.ids if remaps is None else remaps[j][a.ids]).astype(np.int32)
             if counts:  # by id (after the rare-value remapping, if any)
-                c = np.pad(a.counts, (0, a.size - len(a.counts)))
+                c = a.counts
                 if remaps is not None:
                     c = np.bincount(remaps[j], weights=c, minlength=table_sizes[j])
                 vocab[f"counts{j}"] = c.astype(np.int64)
