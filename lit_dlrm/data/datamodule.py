@@ -1,14 +1,18 @@
-"""`CriteoDataModule`: one LightningDataModule for synthetic Criteo, Kaggle text and dlrm's .npz.
+"""`CriteoDataModule`: one LightningDataModule for synthetic Criteo, Kaggle text, dlrm's and
+TorchRec's processed files.
 
     dm = CriteoDataModule(source="synthetic")                       # the default: no download
     dm = CriteoDataModule(source="kaggle", path="train.txt.gz")     # raw Kaggle (TSV/CSV/gz)
     dm = CriteoDataModule(source="dlrm_npz", path="kaggleAdDisplayChallenge_processed.npz")
+    dm = CriteoDataModule(source="torchrec_npy", path="criteo_1tb_npy/", max_ind_range=40_000_000)
     dm.prepare_data(); dm.setup()                                   # what a Trainer does
 
 `prepare_data` builds the memory-mapped cache under `cache_dir` (or finds it); `setup` reads its
 metadata, after which `table_sizes`, `meta` and the loaders are available (before: RuntimeError).
 A batch is whole slices of the arrays, never per-sample collate:
     dense: float32 (B, 13) = log(x + 1),  sparse: int64 (B, 26),  label: float32 (B,)
+(TorchRec's files: dense as they store it; multi-hot: sparse is `lit_dlrm.bags.Bags`; see
+`formats.py` for each processed format's transform and splits.)
 Under DDP each rank reads its own shard (`ShardedBatchSampler`): train rows in equal shares, val
 and test rows each exactly once, so metrics over a split are exact.
 """
@@ -32,7 +36,17 @@ from .synthetic import SyntheticConfig, binary_metrics, cached_synthetic
 
 log = logging.getLogger("lit_dlrm.data")
 
-Source = Literal["synthetic", "kaggle", "dlrm_npz"]
+Source = Literal[
+    "synthetic",
+    "kaggle",
+    "dlrm_npz",
+    "dlrm_terabyte",
+    "dlrm_bin",
+    "torchrec_npy",
+    "torchrec_npy_contiguous",
+    "torchrec_multihot",
+]
+SOURCES = Source.__args__
 SPLITS = ("train", "val", "test")
 
 
@@ -145,13 +159,21 @@ class CriteoDataModule(LightningDataModule):
 
     Args:
         source: "synthetic" (default: generated, with a known teacher), "kaggle" (train.txt,
-            test.txt, .gz, .csv) or "dlrm_npz" (facebookresearch/dlrm's processed .npz).
-        path: the input file for "kaggle" and "dlrm_npz"; unused for "synthetic".
+            test.txt, .gz, .csv), "dlrm_npz" (facebookresearch/dlrm's processed Kaggle .npz),
+            "dlrm_terabyte" (its Terabyte day_{i}_{reordered,processed}.npz), "dlrm_bin" (its
+            MLPerf binary files), "torchrec_npy", "torchrec_npy_contiguous" (TorchRec's per-day
+            npy) or "torchrec_multihot" (MLPerf DLRM-DCNv2's multi-hot npz); `formats.py`.
+        path: the input: a file ("kaggle", "dlrm_npz"; "dlrm_bin": its train file), dlrm's
+            prefix ("dlrm_terabyte": `.../day`, as its --raw-data-file), or a directory of day
+            files (TorchRec's); unused for "synthetic".
         cache_dir: where caches live (relative to the current directory).
         batch_size: train batch size. eval_batch_size: val/test batch size.
         num_workers: DataLoader worker processes (0: load in the main process).
         shuffle: reshuffle the train split every epoch (seeded by `seed` and the epoch).
         max_ind_range: hash raw categorical values modulo this (None: off).
+        num_embeddings_per_feature: TorchRec's files only: the 26 table sizes (raw hashes are
+            taken modulo them, as TorchRec's `hashes=`); None: `max_ind_range` for raw hashes,
+            the largest id + 1 for contiguous and multi-hot ids.
         min_frequency: values seen fewer times share one id per feature (1: off).
         on_bad_line: "error" (stop at the first malformed line) or "skip" (drop and count).
         synthetic_rows, max_table_size: size of the synthetic data set and its table cap.
@@ -170,6 +192,7 @@ class CriteoDataModule(LightningDataModule):
         num_workers: int = 0,
         shuffle: bool = True,
         max_ind_range: int | None = None,
+        num_embeddings_per_feature: list[int] | None = None,
         min_frequency: int = 1,
         on_bad_line: Literal["error", "skip"] = "error",
         synthetic_rows: int = SyntheticConfig.rows,
@@ -179,9 +202,12 @@ class CriteoDataModule(LightningDataModule):
         progress: bool | None = None,
     ) -> None:
         super().__init__()
-        if source not in ("synthetic", "kaggle", "dlrm_npz"):
+        if source not in SOURCES:
+            raise ValueError(f"data.source: expected one of {SOURCES}, got {source!r}")
+        if num_embeddings_per_feature is not None and not source.startswith("torchrec"):
             raise ValueError(
-                f"data.source: expected 'synthetic', 'kaggle' or 'dlrm_npz', got {source!r}"
+                "data.num_embeddings_per_feature: only TorchRec's files take it (their table "
+                f"sizes are not stored), got source={source!r}"
             )
         if source != "synthetic" and not path:
             raise ValueError(f"data.path: source={source!r} needs the input file (--data.path=...)")
@@ -208,6 +234,7 @@ class CriteoDataModule(LightningDataModule):
             rows=synthetic_rows, max_table_size=max_table_size, seed=seed
         )
         self.has_label, self.progress = has_label, progress
+        self.num_embeddings_per_feature = num_embeddings_per_feature
         self.num_dense = NUM_DENSE
         self._dir: Path | None = None
         self._meta: dict | None = None
@@ -226,9 +253,19 @@ class CriteoDataModule(LightningDataModule):
                 has_label=self.has_label,
                 progress=self.progress,
             )
-        from .npz import cached_npz
+        if self.source == "dlrm_npz":
+            from .npz import cached_npz
 
-        return cached_npz(self.path, self.cache_dir, self.options)
+            return cached_npz(self.path, self.cache_dir, self.options)
+        if self.source == "dlrm_terabyte":
+            from .npz import cached_npz_days
+
+            return cached_npz_days(self.path, self.cache_dir, self.options)
+        from .formats import cached_index
+
+        return cached_index(
+            self.source, self.path, self.cache_dir, self.options, self.num_embeddings_per_feature
+        )
 
     def prepare_data(self) -> None:
         """Build the cache unless a complete one exists (a Trainer calls this on local rank 0;
@@ -312,8 +349,14 @@ class CriteoDataModule(LightningDataModule):
             seed=self.seed,
             drop_last=split == "train",
         )
+        if "parts" in self.meta:  # a processed format read in place (formats.py)
+            from .formats import FileBatches
+
+            dataset = FileBatches(self.meta)
+        else:
+            dataset = CriteoBatches(self.cache_path)
         return DataLoader(
-            CriteoBatches(self.cache_path),
+            dataset,
             batch_size=None,
             sampler=sampler,
             num_workers=self.num_workers,
