@@ -260,23 +260,22 @@ def _index_torchrec(
 
 
 def _max_ids(parts: list[dict], rows_per_block: int = 1 << 20) -> np.ndarray:
-    """Largest id of each feature over every part (one pass, block by block)."""
+    """Largest id of each feature over every part (one pass, block by block); negative ids are
+    refused, naming the file."""
     top = np.zeros(NUM_SPARSE, dtype=np.int64)
     for part in parts:
-        arrays = [_open(r) for r in part["bags"]] if "bags" in part else [_open(part["sparse"])]
+        refs = part["bags"] if "bags" in part else [part["sparse"]] * NUM_SPARSE
+        columns = [(j, ref, _open(ref)) for j, ref in enumerate(refs)]
         for s in range(0, part["rows"], rows_per_block):
-            if "bags" in part:
-                block = [a[s : s + rows_per_block] for a in arrays]
-                m = np.array([b.max() if b.size else 0 for b in block])
-                low = (
-                    min(int(b.min()) for b in block if b.size) if any(b.size for b in block) else 0
+            for j, ref, a in columns:
+                block = (
+                    a[s : s + rows_per_block] if "bags" in part else a[s : s + rows_per_block, j]
                 )
-            else:
-                block = arrays[0][s : s + rows_per_block]
-                m, low = block.max(axis=0), int(block.min())
-            if low < 0:
-                raise CriteoFormatError(f"negative id in rows {s}.. of a sparse file")
-            top = np.maximum(top, m)
+                if block.size and block.min() < 0:
+                    raise CriteoFormatError(
+                        f"{Path(ref['file']).name}: negative id in feature {j}, rows {s}.."
+                    )
+                top[j] = max(top[j], int(block.max()) if block.size else 0)
     return top
 
 

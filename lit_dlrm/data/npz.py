@@ -10,6 +10,11 @@ is bounded by the block size either way; pickled objects are refused. Rows keep 
 the split is the Kaggle one. `max_ind_range` takes `id % max_ind_range` (table size
 `min(count, max_ind_range)`); `min_frequency` maps rare ids to one shared id as for text input.
 Malformed input raises `CriteoFormatError` naming the file, key and row.
+
+dlrm's Terabyte day files (`day_{i}_reordered.npz`, else `day_{i}_processed.npz`, with the table
+sizes in `day_fea_count.npz`; `cached_npz_days`) are read the same way, day after day, into one
+cache whose days are the files and whose splits are dlrm's: every day but the last is train, the
+last day's first ceil(n/2) rows test and the rest val.
 """
 
 from __future__ import annotations
