@@ -96,7 +96,7 @@ def header(argv: list[str]) -> list[str]:
     return [
         "# Time to the first batch from each processed format",
         "",
-        f"- command: `python -m benchmarks.first_batch {' '.join(argv)}`",
+        f"- command: `{' '.join(['python -m benchmarks.first_batch', *argv])}`",
         f"- date: {time.strftime('%Y-%m-%d %H:%M:%S %z')}",
         f"- commit: {commit or 'unknown'}",
         f"- machine: {platform.machine()}, {platform.processor() or 'cpu'}, "
