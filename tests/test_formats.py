@@ -179,3 +179,14 @@ def test_dense_features_of_dlrm_bin_match_dlrm_loader():
     # data_loader_terabyte._transform_features: torch.log(x.float() + 1)
     x = np.array([[0, 1, 5, 1_000_000] + [2] * 9], dtype=np.int32)
     assert torch.equal(dense_features(x), torch.log(torch.tensor(x, dtype=torch.float) + 1))
+
+
+def test_worker_processes_read_the_same_batches(raw, tmp_path):
+    npy = fw.write_torchrec_npy(tmp_path / "npy", raw["days"], contiguous=False)
+    directory = fw.write_multihot(tmp_path / "mh", npy, fw.multihot_tables([MOD] * 26, [2] * 26))
+    dm = module(raw, "torchrec_multihot", directory, num_workers=1)
+    main = next(iter(module(raw, "torchrec_multihot", directory).dataloader("val")))
+    got = next(iter(dm.dataloader("val")))
+    assert torch.equal(got[0], main[0]) and torch.equal(got[2], main[2])
+    assert torch.equal(got[1].values, main[1].values)
+    assert torch.equal(got[1].lengths, main[1].lengths)

@@ -45,9 +45,9 @@ def test_bags_refuse_inconsistent_shapes():
 @pytest.fixture(scope="module")
 def multihot_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("multihot")
-    tsv = write_tsv(SyntheticConfig(rows=6000, max_table_size=200, seed=5), root / "t.txt")
+    tsv = write_tsv(SyntheticConfig(rows=4000, max_table_size=200, seed=5), root / "t.txt")
     block, _ = read_file(tsv)
-    cuts = [2000, 4000]
+    cuts = [1500, 3000]
     days = list(
         zip(np.split(block.label, cuts), np.split(block.dense, cuts), np.split(block.cat, cuts))
     )
