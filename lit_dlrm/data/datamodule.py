@@ -209,6 +209,13 @@ class CriteoDataModule(LightningDataModule):
                 "data.num_embeddings_per_feature: only TorchRec's files take it (their table "
                 f"sizes are not stored), got source={source!r}"
             )
+        if num_embeddings_per_feature is not None and (
+            len(num_embeddings_per_feature) != 26 or min(num_embeddings_per_feature) < 1
+        ):
+            raise ValueError(
+                "data.num_embeddings_per_feature: expected 26 positive table sizes, got "
+                f"{num_embeddings_per_feature}"
+            )
         if source != "synthetic" and not path:
             raise ValueError(f"data.path: source={source!r} needs the input file (--data.path=...)")
         if batch_size < 1 or eval_batch_size < 1:
