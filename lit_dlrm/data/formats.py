@@ -35,7 +35,6 @@ the splits (built by `ensure_cache`, so atomic and keyed on the files' fingerpri
 from __future__ import annotations
 
 import os
-import re
 import struct
 import zipfile
 from pathlib import Path
@@ -133,6 +132,12 @@ def _check_rows(refs: dict[str, dict], n: int, where: str) -> None:
 # the index of each format
 
 
+def _bin_file(train: Path, split: str) -> Path:
+    """dlrm's binary file of `split` beside its train file (the last "train" in the name)."""
+    cut = train.name.rindex("train")
+    return train.with_name(train.name[:cut] + split + train.name[cut + len("train") :])
+
+
 def _index_dlrm_bin(path: Path, options: PreprocessOptions) -> dict:
     """Parts train, test, val of dlrm's binary files; table sizes from `*_fea_count.npz`."""
     if "train" not in path.name:
@@ -153,9 +158,8 @@ def _index_dlrm_bin(path: Path, options: PreprocessOptions) -> dict:
         )
     width = 1 + NUM_DENSE + NUM_SPARSE
     parts, rows = [], {}
-    cut = path.name.rindex("train")
     for split in ("train", "test", "val"):
-        file = path.with_name(path.name[:cut] + split + path.name[cut + 5 :])
+        file = _bin_file(path, split)
         if not file.is_file():
             raise FileNotFoundError(f"--data.path: dlrm's {split} file {file} is missing")
         size = file.stat().st_size
@@ -292,18 +296,16 @@ def cached_index(
         if not path.is_file():
             raise FileNotFoundError(f"--data.path: no such file: {path}")
         build = lambda: _index_dlrm_bin(path, options)  # noqa: E731
-        inputs = [path, *path.parent.glob("*fea_count.npz")]
+        splits = [_bin_file(path, k) for k in ("test", "val")] if "train" in path.name else []
+        inputs = [path, *(p for p in splits if p.is_file()), *path.parent.glob("*fea_count.npz")]
     else:
         if not path.is_dir():
             raise FileNotFoundError(f"--data.path: {source} needs a directory of day files: {path}")
         build = lambda: _index_torchrec(source, path, options, num_embeddings)  # noqa: E731
-        inputs = sorted(
-            p for p in path.glob("day_*") if re.fullmatch(r"day_\d+_.*\.np[yz]", p.name)
-        )
-    if num_embeddings is not None and len(num_embeddings) != NUM_SPARSE:
-        raise ValueError(
-            f"data.num_embeddings_per_feature: expected 26 sizes, got {len(num_embeddings)}"
-        )
+        inputs = []
+        for day, sparse in enumerate(find_days(path, _SPARSE_FILE[source])):
+            beside = [path / f"day_{day}_{kind}.npy" for kind in ("dense", "labels")]
+            inputs += [sparse, *(p for p in beside if p.is_file())]
     fps = [fingerprint_file(p) for p in inputs]
     opts = {"max_ind_range": options.max_ind_range, "num_embeddings_per_feature": num_embeddings}
     key = cache_key(source, {"files": fps}, opts)
