@@ -90,6 +90,11 @@ def test_dlrm_bin_is_read_in_place(raw, tmp_path):
     dm = module(raw, "dlrm_bin", fw.write_dlrm_bin(tmp_path / "bin", prefix))
     assert not list(dm.cache_path.glob("*.npy"))  # an index, no copy of the rows
     assert [p["rows"] for p in dm.meta["parts"]] == [2100, 301, 300]
+    val = tmp_path / "bin" / "val_data.bin"
+    val.write_bytes(val.read_bytes()[: 40 * 4 * 10])  # changed: a new index, not a stale one
+    again = module(raw, "dlrm_bin", tmp_path / "bin" / "train_data.bin")
+    assert again.cache_path != dm.cache_path
+    assert [p["rows"] for p in again.meta["parts"]] == [2100, 301, 10]
 
 
 def test_torchrec_npy_is_tsv_to_npys_of_the_raw_rows(raw, tmp_path):
