@@ -291,6 +291,8 @@ def cached_index(
     num_embeddings: list[int] | None = None,
 ) -> tuple[Path, dict]:
     """(directory, meta) of the index of `path` in format `source` (one of IN_PLACE)."""
+    if source not in IN_PLACE:
+        raise ValueError(f"data.source: expected one of {IN_PLACE} here, got {source!r}")
     path = Path(path)
     if source == "dlrm_bin":
         if not path.is_file():
