@@ -7,7 +7,8 @@ No Lightning here: this file is the model and nothing else, importable and testa
                                    x ----'
 
 With the Kaggle defaults (``d = 16``): bottom MLP 13-512-256-64-16, ReLU after every layer (the last
-bottom layer too); 26 ``EmbeddingBag(sum)`` tables; ``dot`` interaction = the strictly lower
+bottom layer too); 26 ``EmbeddingBag(sum)`` tables (one id per row and table, or several: multi-hot
+:class:`lit_dlrm.bags.Bags`, each bag summed); ``dot`` interaction = the strictly lower
 triangle of ``T @ T^T`` for ``T = [x, e_1 .. e_26]`` (27 vectors: 351 pairs, row-major order
 (1,0), (2,0), (2,1), (3,0), ...) concatenated after ``x``: 367 features; top MLP 367-512-256-1.
 The reference ends with a sigmoid; this network returns the logit and the loss is
@@ -38,6 +39,8 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
+
+from lit_dlrm.bags import Bags
 
 Interaction = Literal["dot", "cat"]
 
@@ -121,8 +124,13 @@ class DLRM(nn.Module):
                 layer.weight.normal_(0.0, math.sqrt(2.0 / (layer.in_features + layer.out_features)))
                 layer.bias.normal_(0.0, math.sqrt(1.0 / layer.out_features))
 
-    def embed(self, sparse: Tensor) -> list[Tensor]:
-        """sparse (B, T) ids, one per table and row -> T tensors (B, d): one id per bag."""
+    def embed(self, sparse: Tensor | Bags) -> list[Tensor]:
+        """sparse (B, T) ids, one per table and row (the fast path), or multi-hot ``Bags`` ->
+        T tensors (B, d): the sum of each bag's embeddings."""
+        if isinstance(sparse, Bags):
+            return [
+                table(ids, offsets) for (ids, offsets), table in zip(sparse.per_table(), self.emb_l)
+            ]
         return [table(sparse[:, k : k + 1]) for k, table in enumerate(self.emb_l)]
 
     def interact(self, x: Tensor, embeddings: list[Tensor]) -> Tensor:
@@ -134,13 +142,14 @@ class DLRM(nn.Module):
         rows, cols = torch.tril_indices(gram.shape[1], gram.shape[2], offset=-1, device=x.device)
         return torch.cat([x, gram[:, rows, cols]], dim=1)  # row-major lower triangle
 
-    def features(self, dense: Tensor, sparse: Tensor) -> Tensor:
-        """dense (B, 13) float, sparse (B, 26) int -> z (B, 367): the top MLP's input."""
+    def features(self, dense: Tensor, sparse: Tensor | Bags) -> Tensor:
+        """dense (B, 13) float, sparse (B, 26) int or ``Bags`` -> z (B, 367), the top MLP's
+        input."""
         z = self.interact(self.bot_l(dense), self.embed(sparse))
         return sparsify_activations(z, self.activation_sparsity) if self.activation_sparsity else z
 
-    def forward(self, dense: Tensor, sparse: Tensor) -> Tensor:
-        """dense (B, 13) float, sparse (B, 26) int -> click logits (B,)."""
+    def forward(self, dense: Tensor, sparse: Tensor | Bags) -> Tensor:
+        """dense (B, 13) float, sparse (B, 26) int or ``Bags`` (multi-hot) -> click logits (B,)."""
         return self.top_l(self.features(dense, sparse)).squeeze(1)
 
 

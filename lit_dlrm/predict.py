@@ -44,10 +44,11 @@ class Vocabulary:
     @classmethod
     def of(cls, data: CriteoDataModule) -> Vocabulary:
         """The vocabulary of ``data``'s cache (prepared and set up here if not yet)."""
-        if data.source == "dlrm_npz":
+        if data.source not in ("synthetic", "kaggle"):
             raise ValueError(
-                "--ckpt_path: the model was trained on dlrm's processed .npz, which keeps ids but "
-                "not the raw values they stand for, so raw rows cannot be mapped to its tables"
+                f"--ckpt_path: the model was trained on processed files (source={data.source!r}), "
+                "which keep ids but not the raw values they stand for, so raw rows cannot be "
+                "mapped to its tables"
             )
         data.prepare_data()
         data.setup()

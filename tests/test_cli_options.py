@@ -42,6 +42,7 @@ class Bad:
 NOT_A_NUMBER = "abc"
 KAGGLE, NPZ = ("--data.source=kaggle",), ("--data.source=dlrm_npz",)
 TERABYTE = ("--data.source=terabyte",)
+TORCHREC = ("--data.source=torchrec_npy",)
 BAD: dict[str, list[Bad]] = {
     "seed_everything": [Bad(NOT_A_NUMBER), Bad("1.5")],
     "config": [Bad("{missing}"), Bad("{dir}"), Bad("{garbage}"), Bad("{yaml}")],
@@ -67,6 +68,12 @@ BAD: dict[str, list[Bad]] = {
     "data.num_workers": [Bad("-1"), Bad(NOT_A_NUMBER)],
     "data.max_ind_range": [Bad("0"), Bad("-3"), Bad(NOT_A_NUMBER)],
     "data.min_frequency": [Bad("0"), Bad("-1"), Bad(NOT_A_NUMBER)],
+    "data.num_embeddings_per_feature": [
+        Bad("[5, 5]", TORCHREC),
+        Bad(str([0] * 26), TORCHREC),
+        Bad(str([5] * 26), KAGGLE),
+        Bad(NOT_A_NUMBER, TORCHREC),
+    ],
     "data.synthetic_rows": [Bad("0"), Bad("-5"), Bad(NOT_A_NUMBER)],
     "data.max_table_size": [Bad("0"), Bad("-1"), Bad(NOT_A_NUMBER)],
     "data.seed": [Bad("-1"), Bad(NOT_A_NUMBER)],

@@ -1,10 +1,11 @@
-"""Criteo data: raw Kaggle files, dlrm's processed .npz and a synthetic default, one DataModule.
+"""Criteo data: raw Kaggle files, dlrm's and TorchRec's processed files, a synthetic default.
 
     criteo.py      text parsing (TSV/CSV/gz; errors name file and line), Kaggle TSV writer
     preprocess.py  streaming preprocessing into the memory-mapped cache (ids, options, splits)
-    npz.py         facebookresearch/dlrm's kaggleAdDisplayChallenge_processed.npz
     terabyte.py    Criteo Terabyte day files (dlrm's rules, per-day parallel and resumable) and
                    a Terabyte-shaped synthetic writer
+    npz.py         facebookresearch/dlrm's processed Kaggle .npz and its Terabyte day files
+    formats.py     dlrm's MLPerf binary, TorchRec's per-day npy and multi-hot npz, read in place
     synthetic.py   Kaggle-shaped synthetic rows with a planted teacher (known click probabilities)
     datamodule.py  CriteoDataModule: prepare_data builds the cache, setup reads it, sharded loaders
     kaggle.py      facts about the Kaggle data set (table sizes, ...)

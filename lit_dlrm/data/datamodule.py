@@ -1,15 +1,19 @@
-"""`CriteoDataModule`: one LightningDataModule for synthetic Criteo, Kaggle text and dlrm's .npz.
+"""`CriteoDataModule`: one LightningDataModule for synthetic Criteo, Kaggle text, dlrm's and
+TorchRec's processed files.
 
     dm = CriteoDataModule(source="synthetic")                       # the default: no download
     dm = CriteoDataModule(source="kaggle", path="train.txt.gz")     # raw Kaggle (TSV/CSV/gz)
     dm = CriteoDataModule(source="dlrm_npz", path="kaggleAdDisplayChallenge_processed.npz")
     dm = CriteoDataModule(source="terabyte", path="criteo-terabyte/")  # day_0 .. day_23 (.gz)
+    dm = CriteoDataModule(source="torchrec_npy", path="criteo_1tb_npy/", max_ind_range=40_000_000)
     dm.prepare_data(); dm.setup()                                   # what a Trainer does
 
 `prepare_data` builds the memory-mapped cache under `cache_dir` (or finds it); `setup` reads its
 metadata, after which `table_sizes`, `meta` and the loaders are available (before: RuntimeError).
 A batch is whole slices of the arrays, never per-sample collate:
     dense: float32 (B, 13) = log(x + 1),  sparse: int64 (B, 26),  label: float32 (B,)
+(TorchRec's files: dense as they store it; multi-hot: sparse is `lit_dlrm.bags.Bags`; see
+`formats.py` for each processed format's transform and splits.)
 Under DDP each rank reads its own shard (`ShardedBatchSampler`): train rows in equal shares, val
 and test rows each exactly once, so metrics over a split are exact.
 """
@@ -33,7 +37,18 @@ from .synthetic import SyntheticConfig, binary_metrics, cached_synthetic
 
 log = logging.getLogger("lit_dlrm.data")
 
-Source = Literal["synthetic", "kaggle", "dlrm_npz", "terabyte"]
+Source = Literal[
+    "synthetic",
+    "kaggle",
+    "dlrm_npz",
+    "terabyte",
+    "dlrm_terabyte",
+    "dlrm_bin",
+    "torchrec_npy",
+    "torchrec_npy_contiguous",
+    "torchrec_multihot",
+]
+SOURCES = Source.__args__
 SPLITS = ("train", "val", "test")
 
 
@@ -146,15 +161,22 @@ class CriteoDataModule(LightningDataModule):
 
     Args:
         source: "synthetic" (default: generated, with a known teacher), "kaggle" (train.txt,
-            test.txt, .gz, .csv), "dlrm_npz" (facebookresearch/dlrm's processed .npz) or
-            "terabyte" (a directory of Criteo Terabyte day files day_0 .. day_23, plain or .gz).
-        path: the input file for "kaggle" and "dlrm_npz", the directory for "terabyte"; unused
-            for "synthetic".
+            test.txt, .gz, .csv), "dlrm_npz" (facebookresearch/dlrm's processed Kaggle .npz),
+            "terabyte" (a directory of Criteo Terabyte day files day_0 .. day_23, plain or .gz),
+            "dlrm_terabyte" (dlrm's Terabyte day_{i}_{reordered,processed}.npz), "dlrm_bin" (its
+            MLPerf binary files), "torchrec_npy", "torchrec_npy_contiguous" (TorchRec's per-day
+            npy) or "torchrec_multihot" (MLPerf DLRM-DCNv2's multi-hot npz); `formats.py`.
+        path: the input: a file ("kaggle", "dlrm_npz"; "dlrm_bin": its train file), dlrm's
+            prefix ("dlrm_terabyte": `.../day`, as its --raw-data-file), or a directory of day
+            files ("terabyte", TorchRec's); unused for "synthetic".
         cache_dir: where caches live (relative to the current directory).
         batch_size: train batch size. eval_batch_size: val/test batch size.
         num_workers: DataLoader worker processes (0: load in the main process).
         shuffle: reshuffle the train split every epoch (seeded by `seed` and the epoch).
         max_ind_range: hash raw categorical values modulo this (None: off).
+        num_embeddings_per_feature: TorchRec's files only: the 26 table sizes (raw hashes are
+            taken modulo them, as TorchRec's `hashes=`); None: `max_ind_range` for raw hashes,
+            the largest id + 1 for contiguous and multi-hot ids.
         min_frequency: values seen fewer times share one id per feature (1: off).
         on_bad_line: "error" (stop at the first malformed line) or "skip" (drop and count).
         synthetic_rows, max_table_size: size of the synthetic data set and its table cap.
@@ -177,6 +199,7 @@ class CriteoDataModule(LightningDataModule):
         num_workers: int = 0,
         shuffle: bool = True,
         max_ind_range: int | None = None,
+        num_embeddings_per_feature: list[int] | None = None,
         min_frequency: int = 1,
         on_bad_line: Literal["error", "skip"] = "error",
         synthetic_rows: int = SyntheticConfig.rows,
@@ -188,11 +211,8 @@ class CriteoDataModule(LightningDataModule):
         preprocess_workers: int | None = None,
     ) -> None:
         super().__init__()
-        if source not in ("synthetic", "kaggle", "dlrm_npz", "terabyte"):
-            raise ValueError(
-                "data.source: expected 'synthetic', 'kaggle', 'dlrm_npz' or 'terabyte', "
-                f"got {source!r}"
-            )
+        if source not in SOURCES:
+            raise ValueError(f"data.source: expected one of {SOURCES}, got {source!r}")
         if source != "terabyte" and (sub_sample_rate or preprocess_workers is not None):
             raise ValueError(
                 "data.sub_sample_rate and data.preprocess_workers apply to source='terabyte' only, "
@@ -203,6 +223,18 @@ class CriteoDataModule(LightningDataModule):
         if preprocess_workers is not None and preprocess_workers < 1:
             raise ValueError(
                 f"data.preprocess_workers: expected >= 1 or None, got {preprocess_workers}"
+            )
+        if num_embeddings_per_feature is not None and not source.startswith("torchrec"):
+            raise ValueError(
+                "data.num_embeddings_per_feature: only TorchRec's files take it (their table "
+                f"sizes are not stored), got source={source!r}"
+            )
+        if num_embeddings_per_feature is not None and (
+            len(num_embeddings_per_feature) != 26 or min(num_embeddings_per_feature) < 1
+        ):
+            raise ValueError(
+                "data.num_embeddings_per_feature: expected 26 positive table sizes, got "
+                f"{num_embeddings_per_feature}"
             )
         if source != "synthetic" and not path:
             raise ValueError(f"data.path: source={source!r} needs the input file (--data.path=...)")
@@ -230,6 +262,7 @@ class CriteoDataModule(LightningDataModule):
         )
         self.has_label, self.progress = has_label, progress
         self.sub_sample_rate, self.preprocess_workers = sub_sample_rate, preprocess_workers
+        self.num_embeddings_per_feature = num_embeddings_per_feature
         self.num_dense = NUM_DENSE
         self._dir: Path | None = None
         self._meta: dict | None = None
@@ -260,9 +293,19 @@ class CriteoDataModule(LightningDataModule):
                 workers=self.preprocess_workers,
                 progress=self.progress,
             )
-        from .npz import cached_npz
+        if self.source == "dlrm_npz":
+            from .npz import cached_npz
 
-        return cached_npz(self.path, self.cache_dir, self.options)
+            return cached_npz(self.path, self.cache_dir, self.options)
+        if self.source == "dlrm_terabyte":
+            from .npz import cached_npz_days
+
+            return cached_npz_days(self.path, self.cache_dir, self.options)
+        from .formats import cached_index
+
+        return cached_index(
+            self.source, self.path, self.cache_dir, self.options, self.num_embeddings_per_feature
+        )
 
     def prepare_data(self) -> None:
         """Build the cache unless a complete one exists (a Trainer calls this on local rank 0;
@@ -346,8 +389,14 @@ class CriteoDataModule(LightningDataModule):
             seed=self.seed,
             drop_last=split == "train",
         )
+        if "parts" in self.meta:  # a processed format read in place (formats.py)
+            from .formats import FileBatches
+
+            dataset = FileBatches(self.meta)
+        else:
+            dataset = CriteoBatches(self.cache_path)
         return DataLoader(
-            CriteoBatches(self.cache_path),
+            dataset,
             batch_size=None,
             sampler=sampler,
             num_workers=self.num_workers,

@@ -10,6 +10,11 @@ is bounded by the block size either way; pickled objects are refused. Rows keep 
 the split is the Kaggle one. `max_ind_range` takes `id % max_ind_range` (table size
 `min(count, max_ind_range)`); `min_frequency` maps rare ids to one shared id as for text input.
 Malformed input raises `CriteoFormatError` naming the file, key and row.
+
+dlrm's Terabyte day files (`day_{i}_reordered.npz`, else `day_{i}_processed.npz`, with the table
+sizes in `day_fea_count.npz`; `cached_npz_days`) are read the same way, day after day, into one
+cache whose days are the files and whose splits are dlrm's: every day but the last is train, the
+last day's first ceil(n/2) rows test and the rest val.
 """
 
 from __future__ import annotations
@@ -26,7 +31,15 @@ import numpy as np
 
 from .criteo import CriteoFormatError, ParsedBlock
 from .kaggle import NUM_DENSE, NUM_SPARSE
-from .preprocess import PreprocessOptions, build_arrays, cache_key, ensure_cache, fingerprint_file
+from .preprocess import (
+    PreprocessOptions,
+    build_arrays,
+    cache_key,
+    ensure_cache,
+    find_days,
+    fingerprint_file,
+    last_day_splits,
+)
 
 REQUIRED = ("X_int", "X_cat", "y", "counts")
 
@@ -93,11 +106,15 @@ def _row_reader(
 
 
 def iter_npz_blocks(
-    path: str | os.PathLike, scratch_dir: str | os.PathLike, rows_per_block: int = 1 << 18
+    path: str | os.PathLike,
+    scratch_dir: str | os.PathLike,
+    rows_per_block: int = 1 << 18,
+    counts: np.ndarray | None = None,
 ) -> Iterator[ParsedBlock]:
     """Blocks of (label, dense, ids) from a dlrm processed .npz, in file order; checks shapes,
     ids and labels. Fortran-ordered members are staged in temporary files in `scratch_dir`
-    (removed when the generator finishes or is closed)."""
+    (removed when the generator finishes or is closed). `counts`: the table sizes, for the
+    per-day files that do not hold them (Terabyte's `day_{i}_*.npz`; else read from the file)."""
     path = Path(path)
     name = path.name
     try:
@@ -106,7 +123,7 @@ def iter_npz_blocks(
         raise CriteoFormatError(f"{name}: not an .npz (zip) archive: {e}") from e
     with ExitStack() as stack:
         stack.enter_context(zf)
-        counts = _counts(zf, name)
+        counts = _counts(zf, name) if counts is None else counts
         members = {k: _open_member(zf, k, name) for k in ("X_int", "X_cat", "y")}
         for f, *_ in members.values():
             stack.enter_context(f)
@@ -191,4 +208,66 @@ def cached_npz(
         key,
         lambda tmp: preprocess_npz(path, tmp, options),
         {"source": "dlrm_npz", "input": {**fp, "path": str(path)}, "options": opts},
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# facebookresearch/dlrm's Terabyte day files
+
+
+def dlrm_day_files(prefix: str | os.PathLike) -> tuple[list[Path], Path]:
+    """dlrm's per-day files of `prefix` (its `--raw-data-file`, e.g. `.../day`) and its table
+    sizes `{prefix}_fea_count.npz`. The days are `{prefix}_{i}_reordered.npz` (what its loaders
+    read) when day 0 has one, else `{prefix}_{i}_processed.npz`, from day 0 up to the first
+    missing."""
+    prefix = Path(prefix)
+    kind = (
+        "reordered" if prefix.with_name(f"{prefix.name}_0_reordered.npz").is_file() else "processed"
+    )
+    days = find_days(prefix.parent, f"{prefix.name}_{{}}_{kind}.npz")
+    counts = prefix.with_name(f"{prefix.name}_fea_count.npz")
+    if not counts.is_file():
+        raise FileNotFoundError(f"--data.path: dlrm's table sizes {counts} are missing")
+    return days, counts
+
+
+def preprocess_npz_days(
+    days: list[Path], counts_file: Path, out_dir: Path, options: PreprocessOptions
+) -> dict:
+    """Day files in order into `out_dir`, as for one .npz; days and splits are Terabyte's."""
+    with np.load(counts_file) as z:
+        counts = np.asarray(z["counts"])
+    if counts.shape != (NUM_SPARSE,) or counts.dtype.kind not in "iu" or (counts < 1).any():
+        raise CriteoFormatError(f"{counts_file.name}: expected 26 positive table sizes in 'counts'")
+    counts = counts.astype(np.int64)
+    day_rows = []
+
+    def blocks():
+        for day in days:
+            day_rows.append(0)
+            for block in iter_npz_blocks(day, out_dir, counts=counts):
+                day_rows[-1] += len(block)
+                yield block
+
+    sizes = counts if options.max_ind_range is None else np.minimum(counts, options.max_ind_range)
+    meta = build_arrays(blocks(), out_dir, options, given_ids=sizes.tolist())
+    meta["days"] = np.cumsum([0, *day_rows]).tolist()
+    meta["splits"] = last_day_splits(day_rows, first_half="test")
+    return meta
+
+
+def cached_npz_days(
+    prefix: str | os.PathLike, cache_dir: str | os.PathLike, options: PreprocessOptions
+) -> tuple[Path, dict]:
+    """(directory, meta) of the cache of dlrm's Terabyte day files of `prefix`."""
+    days, counts = dlrm_day_files(prefix)
+    fps = [fingerprint_file(p) for p in [*days, counts]]
+    opts = {"max_ind_range": options.max_ind_range, "min_frequency": options.min_frequency}
+    key = cache_key("dlrm_terabyte", {"files": fps}, opts)
+    return ensure_cache(
+        cache_dir,
+        f"dlrm_terabyte-{Path(prefix).name}-{key}",
+        key,
+        lambda tmp: preprocess_npz_days(days, counts, tmp, options),
+        {"source": "dlrm_terabyte", "input": {"path": str(prefix), "files": fps}, "options": opts},
     )

@@ -91,6 +91,33 @@ def split_ranges(n: int) -> dict[str, list[int]]:
     return {"train": [0, b[-2]], "test": [b[-2], mid], "val": [mid, n]}
 
 
+def last_day_splits(day_rows: list[int], first_half: str) -> dict[str, list[int]]:
+    """[start, end) of train (every day but the last) and of the last day's two halves (Terabyte:
+    days 0-22 and day 23). The first ceil(n / 2) rows of the last day are `first_half` ("test":
+    facebookresearch/dlrm's rule; "val": TorchRec's), the rest the other split."""
+    if first_half not in ("test", "val") or len(day_rows) < 2:
+        raise ValueError(
+            f"expected first_half 'test' or 'val' and at least 2 days (train days, then the "
+            f"split day), got {first_half!r} and {len(day_rows)} day(s)"
+        )
+    bounds = np.cumsum([0, *day_rows]).tolist()
+    start, end = bounds[-2], bounds[-1]
+    mid = start + -(-(end - start) // 2)
+    second = "val" if first_half == "test" else "test"
+    return {"train": [0, start], first_half: [start, mid], second: [mid, end]}
+
+
+def find_days(directory: Path, pattern: str) -> list[Path]:
+    """The files `pattern.format(0)`, `pattern.format(1)`, ... in `directory`, up to the first
+    one missing (FileNotFoundError naming --data.path when there is none)."""
+    files = []
+    while (Path(directory) / pattern.format(len(files))).is_file():
+        files.append(Path(directory) / pattern.format(len(files)))
+    if not files:
+        raise FileNotFoundError(f"--data.path: no {pattern.format(0)} in {directory}")
+    return files
+
+
 # ----------------------------------------------------------------------------------------------
 # appendable .npy files
 

@@ -55,6 +55,7 @@ from .preprocess import (
     cache_key,
     ensure_cache,
     fingerprint_file,
+    last_day_splits,
     options_dict,
     rare_remap,
     read_meta,
@@ -117,15 +118,6 @@ def day_files(directory: str | os.PathLike) -> list[Path]:
                 f"({', '.join(sorted(p.name for p in found[d]))}); keep one"
             )
     return [found[d][0] for d in days]
-
-
-def split_ranges(day_rows: list[int]) -> dict[str, list[int]]:
-    """[start, end) of train (all days but the last), test (first ceil(n/2) rows of the last day)
-    and val (the rest of the last day), from the rows of each day."""
-    bounds = np.cumsum([0, *day_rows]).tolist()
-    last = bounds[-1] - bounds[-2]
-    mid = bounds[-2] + (last + 1) // 2
-    return {"train": [0, bounds[-2]], "test": [bounds[-2], mid], "val": [mid, bounds[-1]]}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -425,7 +417,7 @@ def assemble(
         "num_sparse": NUM_SPARSE,
         "table_sizes": table_sizes,
         "days": np.cumsum([0, *day_rows]).tolist(),
-        "splits": split_ranges(day_rows),
+        "splits": last_day_splits(day_rows, first_half="test"),
         "arrays": {
             "dense": {"file": "dense.npy", "dtype": "int32", "shape": [rows, NUM_DENSE]},
             "sparse": {"file": "sparse.npy", "dtype": "int32", "shape": [rows, NUM_SPARSE]},
