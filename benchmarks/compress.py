@@ -5,7 +5,7 @@
 
 The state dict is a DLRM's (Kaggle-sized tables as in benchmarks/sparsify.py, random MLPs of the
 Kaggle architecture), pruned with L1 (1, 1) at levels 0.0, 0.5, 0.9 and 1.0 with +0.0 zeros (the
-sweep's default), and at 0.9 and 1.0 also with the reference's signed zeros (its ``weight *
+sweep's default), and at 0.5, 0.9 and 1.0 also with the reference's signed zeros (its ``weight *
 mask`` leaves -0.0 for pruned negatives, which deflate handles badly). Per level, both formats
 write and read the same state dict, ABBA, ``repeats`` times. Threads: deflate is
 single-threaded; zstd_sparse compresses on every core, as the sweep runs it, and again on one
@@ -31,7 +31,7 @@ from benchmarks.harness import (
     compare,
     main_for,
 )
-from benchmarks.sparsify import CAPS, build_tables, table_sizes
+from benchmarks.sparsify import CAPS, shared_tables
 from lit_dlrm.sparsity.compression import (
     load_compressed,
     reference_zip_size,
@@ -40,7 +40,16 @@ from lit_dlrm.sparsity.compression import (
 )
 from lit_dlrm.sparsity.prune import prune
 
-LEVELS = ((0.0, False), (0.5, False), (0.9, False), (1.0, False), (0.9, True), (1.0, True))
+# (level, signed zeros); signed at level 0 would be the +0.0 state dict bit for bit (none pruned)
+LEVELS = (
+    (0.0, False),
+    (0.5, False),
+    (0.9, False),
+    (1.0, False),
+    (0.5, True),
+    (0.9, True),
+    (1.0, True),
+)
 BOT = (13, 512, 256, 64, 16)
 TOP = (367, 512, 256, 1)
 
@@ -67,7 +76,7 @@ def round_trips(sd: dict[str, torch.Tensor], tmp: str) -> None:
 
 def run(scale: str = "small", repeats: int | None = None, levels=LEVELS) -> list[dict]:
     repeats = repeats or (SLOW_REPEATS if scale == "kaggle" else REPEATS)[scale]
-    tables = build_tables(table_sizes(scale))
+    tables = list(shared_tables(scale))
     mlp = mlp_state(torch.Generator().manual_seed(1))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

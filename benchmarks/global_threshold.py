@@ -4,8 +4,7 @@
     python -m benchmarks.global_threshold --scale small    # tables capped at 200k rows
 
 Tables as in benchmarks/sparsify.py (Kaggle row counts, width 16, DLRM's uniform init). Both
-sides run ``repeats`` times in ABBA order (:mod:`benchmarks.harness`), on L1 (1, 1) and L2 (1, 4)
-(at ``small``: L2 (1, 4) only):
+sides run ``repeats`` times in ABBA order (:mod:`benchmarks.harness`), on L1 (1, 1) and L2 (1, 4):
 
 * `lit_dlrm`: `global_cuts` for the 20 default levels (3 counting passes over all tables), then
   one level (0.9) applied with `apply_cuts` into pruned buffers allocated (and paged in) before,
@@ -18,14 +17,15 @@ sides run ``repeats`` times in ABBA order (:mod:`benchmarks.harness`), on L1 (1,
   whole. This is the lean way to do it naively: a stable `torch.sort` / `argsort` or
   `torch.kthvalue` of 540M scores adds int64 indices (4 GiB) and a copy on top.
 
-Same work: both sides' per-table counts at every level must be equal on every run. Peak memory:
-each step's peak RSS over the RSS before it (``/proc/self/clear_refs``).
+Same work: both sides' per-table counts at every level must be equal on every run. Both sides
+define the cut alike (a threshold, ties to the tables in order, by index within a table) and
+compute the same float32 scores, so ties cannot make the counts differ. Peak memory: each step's
+as :func:`benchmarks.harness.measured` takes it.
 """
 
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
 import torch
@@ -40,59 +40,40 @@ from benchmarks.harness import (
     check_same_work,
     compare,
     main_for,
+    measured,
     single,
     spread,
 )
-from benchmarks.memory import peak_rss_mib, reset_peak, rss_mib
-from benchmarks.sparsify import CAPS, build_tables, table_sizes
+from benchmarks.sparsify import CAPS, shared_tables
 from lit_dlrm.sparsity.global_threshold import global_cuts
 from lit_dlrm.sparsity.prune import apply_cuts, block_scores, cuts_for_levels, num_blocks
 from lit_dlrm.sweep.grid import DEFAULT_LEVELS
 
-# the reference's (1, 1) run takes the longest; at `small` only L2 (1, 4) keeps it under 8 minutes
-COMBOS = {
-    "tiny": [("L1", (1, 1)), ("L2", (1, 4))],
-    "small": [("L2", (1, 4))],
-    "kaggle": [("L1", (1, 1)), ("L2", (1, 4))],
-}
+COMBOS = [("L1", (1, 1)), ("L2", (1, 4))]
 APPLY_LEVEL = 0.9
 
 
 def ours(tables, norm, block) -> dict:
     global_cuts([tables[-1][:64]], norm, block, DEFAULT_LEVELS)  # warm-up: thread pool, first calls
-    base = rss_mib()
-    reset_peak()
-    t0 = time.perf_counter()
-    series = global_cuts(tables, norm, block, DEFAULT_LEVELS)
-    cuts_s = time.perf_counter() - t0
-    cuts_mib = peak_rss_mib() - base
+    series, cuts_s, cuts_mib = measured(lambda: global_cuts(tables, norm, block, DEFAULT_LEVELS))
     counts = {str(lv): [c.k for c in cuts] for lv, cuts in series.cuts.items()}
-    t0 = time.perf_counter()
-    cuts_for_levels(tables, norm, block, DEFAULT_LEVELS)
-    per_table_s = time.perf_counter() - t0
+    _, per_table_s, _ = measured(lambda: cuts_for_levels(tables, norm, block, DEFAULT_LEVELS))
     out = [torch.zeros_like(t) for t in tables]  # reused buffers: allocated and paged in before
-    base = rss_mib()
-    reset = reset_peak()
-    t0 = time.perf_counter()
-    apply_cuts(tables, series.for_level(APPLY_LEVEL), norm, block, out=out)
-    apply_s = time.perf_counter() - t0
-    apply_mib = peak_rss_mib() - base
+    cuts = series.for_level(APPLY_LEVEL)
+    _, apply_s, apply_mib = measured(lambda: apply_cuts(tables, cuts, norm, block, out=out))
     return {
         "cuts_s": cuts_s,
         "cuts_mib": cuts_mib,
         "per_table_s": per_table_s,
         "apply_s": apply_s,
         "apply_mib": apply_mib,
-        "peak_reset": reset,
         "counts": counts,
     }
 
 
-def reference(tables, norm, block) -> dict:
-    """Concatenate every score, select the K-th smallest in place, count per table (docstring)."""
-    base = rss_mib()
-    reset_peak()
-    t0 = time.perf_counter()
+def reference_counts(tables, norm, block) -> dict[str, list[int]]:
+    """Concatenate every score, select the K-th smallest in place, count per table (docstring):
+    per level, the blocks each table loses."""
     nbs = [num_blocks(t.shape, block) for t in tables]
     scores = np.empty(sum(nbs), dtype=np.float32)  # (all blocks,)
     start = 0
@@ -125,16 +106,20 @@ def reference(tables, norm, block) -> dict:
             left -= take
             row.append(b + take)
         counts[str(float(lv))] = row
-    sec = time.perf_counter() - t0
-    return {"cuts_s": sec, "cuts_mib": peak_rss_mib() - base, "counts": counts}
+    return counts
+
+
+def reference(tables, norm, block) -> dict:
+    counts, sec, mib = measured(lambda: reference_counts(tables, norm, block))
+    return {"cuts_s": sec, "cuts_mib": mib, "counts": counts}
 
 
 def run(scale: str = "small", repeats: int | None = None) -> list[dict]:
     repeats = repeats or (SLOW_REPEATS if scale == "kaggle" else REPEATS)[scale]
-    tables = build_tables(table_sizes(scale))
+    tables = list(shared_tables(scale))
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     rows = []
-    for norm, block in COMBOS[scale]:
+    for norm, block in COMBOS:
         runs: dict[str, dict] = {}
 
         def side(name, fn, norm=norm, block=block, runs=runs):

@@ -19,6 +19,7 @@ import csv
 import io
 import os
 import platform
+import resource
 import shlex
 import subprocess
 import time
@@ -92,9 +93,11 @@ class Sample:
 
 def measured(fn: Callable[[], Any]) -> tuple[Any, float, float | None]:
     """Run ``fn`` -> (its result, wall seconds, extra peak RSS in MiB over the RSS before it, or
-    None where the peak cannot be reset). Memory held by worker processes is not counted."""
-    base = rss_mib()
+    None where the peak cannot be reset). The heap's free pages are handed back first
+    (:func:`benchmarks.memory.reset_peak`), so memory that ``fn`` reuses from an earlier run
+    counts. Memory held by worker processes is not counted."""
     reset = reset_peak()
+    base = rss_mib()
     start = time.perf_counter()
     out = fn()
     seconds = time.perf_counter() - start
@@ -236,8 +239,18 @@ def git_commit() -> str:
     return (sha or "unknown") + (" +dirty" if dirty else "")
 
 
-def run_table(command: str, repeats: int, seconds: float | None) -> str:
-    """The run's own table: command, date, commit, machine, threads, repeats, duration."""
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process's threads and its waited-for children."""
+    own, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def run_table(command: str, repeats: int, seconds: float | None, cpu: float | None = None) -> str:
+    """The run's own table: command, date, commit, machine, threads, repeats, duration (wall
+    seconds, and ``cpu`` seconds of all its threads and child processes where given)."""
     items = [
         ("command", f"`{command}`"),
         ("date", time.strftime("%Y-%m-%d %H:%M %Z")),
@@ -250,7 +263,8 @@ def run_table(command: str, repeats: int, seconds: float | None) -> str:
         ("repeats", f"{repeats} per side, ABBA order; figures: median [min, max]"),
     ]
     if seconds is not None:
-        items.append(("duration", f"{seconds:,.0f} s"))
+        cpu_text = "" if cpu is None else f" wall, {cpu:,.0f} s CPU (all threads and workers)"
+        items.append(("duration", f"{seconds:,.0f} s{cpu_text}"))
     lines = ["| run | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in items]
     return "\n".join(lines) + "\n"
 
@@ -268,11 +282,12 @@ def write_results(
     out_dir: str | os.PathLike | None = RESULTS,
     seconds: float | None = None,
     notes: str = "",
+    cpu: float | None = None,
 ) -> str:
     """The results text (run table, ``notes``, the rows' table); written as ``<stem>.md`` and
     ``<stem>.csv`` (every column of :data:`COLUMNS`) into ``out_dir`` unless it is None."""
     text = (
-        f"# {title}\n\n{run_table(command, repeats, seconds)}\n"
+        f"# {title}\n\n{run_table(command, repeats, seconds, cpu)}\n"
         + (f"{notes.strip()}\n\n" if notes else "")
         + markdown_table(rows)
     )
@@ -289,8 +304,10 @@ def write_results(
 
 NOTES = (
     "ratio: of the medians; > 1 means lit_dlrm is better (reference / lit_dlrm for times, "
-    "lit_dlrm / reference for rates). Peak MiB: each run's peak RSS over the RSS before it "
-    "(`/proc/self/clear_refs` reset), in this process only (loader workers not counted). "
+    "lit_dlrm / reference for rates). Peak MiB: each run's peak RSS over its RSS just before it, "
+    "after the heap's free pages were handed back to the OS (`malloc_trim(0)`) and the peak "
+    "reset (`/proc/self/clear_refs`): the memory the run touched beyond what was live before it, "
+    "in this process only (loader workers not counted). "
     "Both sides of every row are checked to have done the same work; a run that did not "
     "fails the benchmark."
 )
@@ -317,7 +334,7 @@ def main_for(
     repeats = args.repeats or REPEATS[args.scale]
     if repeats < 1:
         parser.error(f"--repeats: expected >= 1, got {repeats}")
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     rows = [{"benchmark": name, **r} for r in run(args.scale, args.repeats)]
     text = write_results(
         f"{name}_{args.scale}",
@@ -328,6 +345,7 @@ def main_for(
         args.out_dir,
         time.perf_counter() - start,
         NOTES,
+        cpu_seconds() - cpu,
     )
     print(text)
     return text

@@ -39,7 +39,7 @@ from benchmarks.harness import (
     main_for,
     timed,
 )
-from benchmarks.sparsify import CAPS, build_tables, table_sizes
+from benchmarks.sparsify import CAPS, shared_tables
 from lit_dlrm.sparsity.chunks import row_chunks
 from lit_dlrm.sparsity.compression import zstd_sparse_size
 from lit_dlrm.sparsity.quantize import QMAX, quantize_dequantize_tables, quantized_state_dict
@@ -109,7 +109,7 @@ def within_one_step_each(tables, a, b, bits: int) -> None:
 
 def run(scale: str = "small", repeats: int | None = None) -> list[dict]:
     repeats = repeats or REPEATS[scale]
-    tables = build_tables(table_sizes(scale))
+    tables = list(shared_tables(scale))
     state = {f"emb_l.{i}.weight": t for i, t in enumerate(tables)}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -12,8 +12,12 @@ order (:mod:`benchmarks.harness`):
   the sweep's `Sparsify` does at its first point (the dense tables stay aside to restore them:
   the buffers are one more copy of the tables, and count in the peak); reference =
   DataNormSparsifier `step()` + `squash_mask()` on a copy of the tables (made before the timer),
-  in place as the reference prunes. Both sides' zero masks must be equal table by table. The
-  reference runs L1 (1, 1), L1 (1, 4) and L2 (1, 4): it skips L2 (1, 1) (same masks as L1);
+  in place as the reference prunes. Same work, table by table (:func:`mask_work`): equal zeros,
+  equal pruned blocks, equal cut score (the highest score pruned) and equal masks on every block
+  whose score differs from the cut score. Blocks tied at the cut may differ: lit_dlrm prunes the
+  lower index, the reference's unstable ``torch.sort`` whichever it meets first (docs/design.md,
+  "When the cut splits a tie group"). The reference runs L1 (1, 1), L1 (1, 4) and L2 (1, 4): it
+  skips L2 (1, 1) (same masks as L1);
 * `grid`: lit_dlrm's 80 points as the sweep runs them (per (norm, block) series one
   `cuts_for_levels` for all 20 levels, then per level one `apply_cuts` into buffers reused from
   point to point); the reference's grid is the sum of its measured points over the 60 points it
@@ -24,7 +28,9 @@ order (:mod:`benchmarks.harness`):
 
 from __future__ import annotations
 
+import functools
 import hashlib
+from collections.abc import Callable
 
 import torch
 
@@ -42,7 +48,7 @@ from benchmarks.harness import (
 )
 from lit_dlrm.data.kaggle import KAGGLE_TABLE_SIZES
 from lit_dlrm.sparsity.chunks import row_chunks
-from lit_dlrm.sparsity.prune import apply_cuts, cuts_for_levels, prune
+from lit_dlrm.sparsity.prune import apply_cuts, block_scores, cuts_for_levels, prune
 from lit_dlrm.sweep.grid import DEFAULT_LEVELS, default_grid
 
 DIM = 16
@@ -76,24 +82,44 @@ def build_tables(
     return tables
 
 
-def zero_masks(tables: list[torch.Tensor]) -> list[tuple[int, str]]:
-    """Per table: (zeros, SHA-1 of the zero mask), -0.0 and +0.0 alike."""
-    return [
-        (int(m.sum()), hashlib.sha1(m.numpy().tobytes()).hexdigest())
-        for m in (t == 0 for t in tables)
-    ]
+@functools.lru_cache(maxsize=1)
+def shared_tables(scale: str) -> tuple[torch.Tensor, ...]:
+    """The tables of ``scale`` (:func:`build_tables`), built once and shared by the stages that
+    read them (sparsify, compress, global, quantize): read-only, never pruned in place."""
+    return tuple(build_tables(table_sizes(scale)))
 
 
-def ours_point(tables, norm, block) -> Sample:
+def mask_work(dense: list[torch.Tensor], norm: str, block) -> Callable[[list], list[tuple]]:
+    """A fingerprint of pruned tables, ties at the cut left out: per table (zeros, pruned blocks,
+    cut score = the highest score pruned or None, SHA-1 of the pruned-block mask over the blocks
+    whose score differs from the cut score). Two prunings of ``dense`` by the same (norm, block)
+    rule have equal fingerprints exactly when they differ at most in which blocks tied at the cut
+    they prune. The scores of ``dense`` are computed once, here (outside any timer)."""
+    scores = [block_scores(t, norm, block) for t in dense]  # per table (blocks_r, blocks_c)
+
+    def work(pruned: list[torch.Tensor]) -> list[tuple]:
+        out = []
+        for s, p in zip(scores, pruned):
+            gone = block_scores((p != 0).float(), "L1", block) == 0  # every element zero
+            cut = float(s[gone].max()) if bool(gone.any()) else None
+            untied = gone[s != cut] if cut is not None else gone.reshape(-1)
+            digest = hashlib.sha1(untied.numpy().tobytes()).hexdigest()
+            out.append((int((p == 0).sum()), int(gone.sum()), cut, digest))
+        return out
+
+    return work
+
+
+def ours_point(tables, norm, block, work) -> Sample:
     """One point as the sweep's first: fresh buffers, the dense tables kept."""
 
     def point():
         return prune(tables, norm, block, LEVEL, [torch.empty_like(t) for t in tables])
 
-    return timed(point, zero_masks)
+    return timed(point, work)
 
 
-def reference_point(tables, norm, block) -> Sample:
+def reference_point(tables, norm, block, work) -> Sample:
     """DataNormSparsifier step + squash_mask on a copy (made before the timer), in place."""
     from torch.ao.pruning._experimental.data_sparsifier import DataNormSparsifier
 
@@ -107,7 +133,7 @@ def reference_point(tables, norm, block) -> Sample:
         sp.squash_mask()
         return [p.data for p in params]
 
-    return timed(point, zero_masks)
+    return timed(point, work)
 
 
 def grid(tables) -> Sample:
@@ -132,17 +158,19 @@ def grid(tables) -> Sample:
 
 def run(scale: str = "small", repeats: int | None = None) -> list[dict]:
     repeats = repeats or REPEATS[scale]
-    tables = build_tables(table_sizes(scale))
+    tables = list(shared_tables(scale))
     floor = alternate({OURS: lambda: timed(lambda: [t.clone() for t in tables])}, repeats)
     rows = [single("floor (clone all tables)", "s", floor[OURS], "one read + one write")]
     ref_seconds = []
     for norm, block in COMBOS:
         stage = f"one point {norm} {block}"
-        sides = {OURS: lambda n=norm, b=block: ours_point(tables, n, b)}
+        work = mask_work(tables, norm, block)
+        sides = {OURS: lambda n=norm, b=block, w=work: ours_point(tables, n, b, w)}
         if (norm, block) in REFERENCE_COMBOS:
-            sides[REF] = lambda n=norm, b=block: reference_point(tables, n, b)
+            sides[REF] = lambda n=norm, b=block, w=work: reference_point(tables, n, b, w)
         samples = alternate(sides, repeats)
-        check_same_work(stage, samples, what="equal zero masks in every table")
+        what = "per table equal zeros, cut score and masks off the blocks tied at the cut"
+        check_same_work(stage, samples, what=what)
         row = compare(
             stage,
             "s",

@@ -87,7 +87,7 @@ def close(a: list[float], b: list[float]) -> bool:
 # epoch-end metrics) weigh as little as in a real epoch.
 SCALES = {
     "tiny": (2_000, {128: 20}),
-    "small": (100_000, {128: 1200}),
+    "small": (100_000, {128: 1200, 2048: 300}),
     "kaggle": (100_000, {128: 2000, 2048: 500}),
 }
 

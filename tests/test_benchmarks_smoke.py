@@ -2,6 +2,7 @@
 differ), one results writer; and a few benchmarks end to end at a tiny scale (figures unchecked)."""
 
 import pytest
+import torch
 
 from benchmarks import harness, run, sparsify
 from benchmarks.harness import OURS, REF, Sample, WorkMismatch
@@ -40,14 +41,39 @@ def test_same_work_check_fails_when_a_side_differs():
 def test_sparsify_fails_when_the_reference_prunes_other_blocks(monkeypatch):
     real = sparsify.reference_point
 
-    def wrong(tables, norm, block):
-        sample = real(tables, norm, block)
+    def wrong(tables, norm, block, work):
+        sample = real(tables, norm, block, work)
         sample.work = sample.work[1:] + sample.work[:1]
         return sample
 
     monkeypatch.setattr(sparsify, "reference_point", wrong)
     with pytest.raises(WorkMismatch, match="one point L1"):
         sparsify.run("tiny", 1)
+
+
+def test_sparsify_lets_ties_at_the_cut_differ_and_nothing_else():
+    dense = [torch.tensor([[1.0], [2.0], [-2.0], [3.0], [0.5]])]  # scores 1 2 2 3 0.5, cut 2
+
+    def pruned(*rows):
+        t = dense[0].clone()
+        t[list(rows)] = 0
+        return [t]
+
+    work = sparsify.mask_work(dense, "L1", (1, 1))
+    lower = work(pruned(4, 0, 1))  # lit_dlrm: the lower index of the tie at 2
+    assert work(pruned(4, 0, 2)) == lower  # the other tied block: allowed
+    assert work(pruned(4, 1, 2)) != lower  # keeps 1 (below the cut), prunes both ties
+    assert work(pruned(4, 0, 3)) != lower  # a block above the cut: another cut score
+    assert work(pruned(4, 0)) != lower  # fewer zeros
+
+
+def test_a_peak_counts_memory_reused_from_an_earlier_run():
+    n = 4 << 20  # 16 MiB of float32
+    for _ in range(3):  # freed memory the heap keeps, which a run could reuse unseen
+        a, b = torch.ones(n), torch.ones(n)
+        del a, b
+    _, _, peak = harness.measured(lambda: float((torch.ones(n) + 1).sum()))  # two 16 MiB live
+    assert peak is not None and peak >= 0.9 * 32
 
 
 def test_results_file_has_its_run_table_and_one_table_of_rows(tmp_path):
