@@ -15,63 +15,43 @@ At each point:
   and what ``torch.sparse_coo`` tables of the survivors would take (``coo_nbytes``);
 * ``build_s``: building the compact tables from the pruned dense ones;
 * forward: one batch (16384 and 1024 rows, random ids), the whole model three ways: dense,
-  compact, and the reference's COO path (:func:`callbacks.timing.coo_forward`). Warm-up, then
-  ``repeats`` rounds, each running the three paths once in a rotated order, so that the noise of
-  a shared machine falls on all three alike; medians; ``max_abs_diff`` = max |compact logit -
-  dense logit| on the batch.
+  compact, and the reference's COO path (:func:`callbacks.timing.coo_forward`): one warm-up
+  round, then ``repeats`` rounds in ABBA order (:mod:`benchmarks.harness`). Same work: every
+  path's logits within 1e-4 of the dense model's on every run (``max_abs_diff``: compact).
 
-Each block shape runs in a fresh process (one copy of the tables plus one compact copy alive);
-``peak_mib`` is that process's peak RSS (``VmHWM``). Writes ``benchmarks/results/
-compact_<scale>.csv`` and ``.md`` (``compact_<scale>_<k>threads`` with ``--threads k``, torch's
-thread count; by default torch's own choice); ``run(scale)`` returns the rows of
-benchmarks/run.py's table. The children run with ``OMP_WAIT_POLICY=PASSIVE`` unless the
-environment sets it (why: ``docs/design.md``, Threads).
+Threads: torch's own choice (the machine's cores), as the sweep runs; the count is in the run
+table.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import subprocess
-import sys
 import time
 from functools import partial
-from pathlib import Path
 
-import numpy as np
 import torch
 
-from benchmarks.memory import peak_rss_mib
-from benchmarks.sparsify import CAPS, REPO, RESULTS, table_sizes
-from benchmarks.tables import markdown_table, write_results
+from benchmarks.harness import (
+    OURS,
+    REF,
+    REPEATS,
+    Sample,
+    alternate,
+    check_same_work,
+    compare,
+    main_for,
+    single,
+    timed,
+)
+from benchmarks.sparsify import CAPS, table_sizes
 
 BATCHES = {"kaggle": (16_384, 1_024), "small": (16_384, 1_024), "tiny": (256,)}
-REPEATS = {"kaggle": 20, "small": 20, "tiny": 2}
 LEVELS = (0.5, 0.9, 0.99)
 BLOCKS = ((1, 1), (1, 4))
 MIB = 2**20
 
 
-def timed_rounds(paths: dict, repeats: int, warmup: int = 2) -> dict[str, np.ndarray]:
-    """Seconds of each path in each of ``repeats`` rounds, the paths' order rotated per round."""
-    names = list(paths)
-    for _ in range(warmup):
-        for name in names:
-            paths[name]()
-    seconds: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            start = time.perf_counter()
-            paths[name]()
-            seconds[name].append(time.perf_counter() - start)
-    return {name: np.asarray(s) for name, s in seconds.items()}
-
-
-def measure_block(scale: str, block: tuple[int, int], threads: int | None = None) -> list[dict]:
-    """Every level of one block shape in this process -> one dict per (level, batch)."""
-    if threads:
-        torch.set_num_threads(threads)
+def measure_block(scale: str, block: tuple[int, int], repeats: int) -> list[dict]:
+    """Every level of one block shape -> one dict per (level, batch)."""
     from callbacks.timing import coo_forward
     from lit_dlrm.model import DLRM
     from lit_dlrm.sparsity.compact import compact_model, coo_nbytes, table_bytes
@@ -104,176 +84,92 @@ def measure_block(scale: str, block: tuple[int, int], threads: int | None = None
                 "build_s": build_s,
             }
             for batch, (dense, sparse) in batches.items():
-                diff = float((compact(dense, sparse) - model(dense, sparse)).abs().max())
+                reference = model(dense, sparse)
                 paths = {"dense": model, "compact": compact, "coo": partial(coo_forward, model)}
-                paths = {name: partial(f, dense, sparse) for name, f in paths.items()}
-                times = timed_rounds(paths, REPEATS[scale])
+                sides = {
+                    name: partial(timed, partial(f, dense, sparse), lambda out: out)
+                    for name, f in paths.items()
+                }
+                samples = alternate(sides, repeats, warmup=1)
+                stage = f"forward L1 {block} {level:g} batch {batch}"
+                check_same_work(
+                    stage,
+                    {"dense": [Sample(0, None, reference)], **samples},
+                    lambda a, b: bool((a - b).abs().max() <= 1e-4),
+                    "logits within 1e-4 of the dense model's",
+                )
+                diff = float((samples["compact"][0].work - reference).abs().max())
                 results.append(
                     {
                         **point,
                         "batch": batch,
-                        **{f"{k}_s": float(np.median(v)) for k, v in times.items()},
-                        # paired: the median of each round's ratio (drifting load cancels)
-                        "compact_ratio": float(np.median(times["compact"] / times["dense"])),
-                        "coo_ratio": float(np.median(times["coo"] / times["dense"])),
+                        **{f"{k}_s": [x.value for x in v] for k, v in samples.items()},
                         "max_abs_diff": diff,
                         "threads": torch.get_num_threads(),
                     }
                 )
         del compact
-    peak = peak_rss_mib()
-    return [{**r, "peak_mib": peak} for r in results]
-
-
-def _isolated(scale: str, block: tuple[int, int], threads: int | None) -> list[dict]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "benchmarks.compact",
-        "--scale",
-        scale,
-        "--child",
-        f"{block[0]}x{block[1]}",
-    ]
-    cmd += ["--threads", str(threads)] if threads else []
-    env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ}  # read when the OpenMP runtime starts
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env, cwd=REPO)
-    if res.returncode != 0:
-        raise RuntimeError(f"compact benchmark, block {block} failed:\n{res.stderr[-4000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
-
-
-def detail_table(points: list[dict]) -> list[dict]:
-    """The per-point table of compact_<scale>.md: bytes in MiB, ratios to dense."""
-    rows = []
-    for p in points:
-        rows.append(
-            {
-                "block": p["block"],
-                "level": p["level"],
-                "batch": p["batch"],
-                "dense_mib": round(p["dense_bytes"] / MIB, 1),
-                "compact_mib": round(p["compact_bytes"] / MIB, 1),
-                "compact/dense bytes": round(p["compact_bytes"] / p["dense_bytes"], 3),
-                "coo/dense bytes": round(p["coo_bytes"] / p["dense_bytes"], 3),
-                "dense_s": round(p["dense_s"], 5),
-                "compact_s": round(p["compact_s"], 5),
-                "coo_s": round(p["coo_s"], 5),
-                "compact/dense time": round(p["compact_ratio"], 3),
-                "coo/dense time": round(p["coo_ratio"], 3),
-                "build_s": round(p["build_s"], 2),
-                "max_abs_diff": f"{p['max_abs_diff']:.1e}",
-                "peak_mib": round(p["peak_mib"]),
-            }
-        )
-    return rows
+    return results
 
 
 def harness_rows(points: list[dict]) -> list[dict]:
-    """Rows of benchmarks/run.py's table (ratio > 1: lit_dlrm's compact tables are better)."""
+    """Rows of the harness's schema (ratio > 1: lit_dlrm's compact tables are better)."""
     rows = []
     for p in points:
         name = f"L1 {p['block']} {p['level']:g}"
         if p["batch"] == max(q["batch"] for q in points):  # bytes and build once per point
-            rows.append(
-                {
-                    "stage": f"compact bytes {name}",
-                    "unit": "MiB",
-                    "lit_dlrm": p["compact_bytes"] / MIB,
-                    "reference": p["dense_bytes"] / MIB,
-                    "ratio": p["dense_bytes"] / p["compact_bytes"],
-                    "lit_dlrm_peak_mib": p["peak_mib"],
-                    "reference_peak_mib": None,
-                    "floor": None,
-                    "note": "tables in memory, compact vs dense (= the reference's COO path); "
-                    f"compact/dense {p['compact_bytes'] / p['dense_bytes']:.3f}; "
-                    f"as torch.sparse_coo {p['coo_bytes'] / MIB:,.1f} MiB "
-                    f"({p['coo_bytes'] / p['dense_bytes']:.2f}x dense)",
-                }
+            row = single(
+                f"compact bytes {name}",
+                "MiB",
+                [Sample(p["compact_bytes"] / MIB)],
+                note="tables in memory, compact vs dense (= the reference's COO path keeps "
+                f"them); as torch.sparse_coo {p['coo_bytes'] / MIB:,.1f} MiB "
+                f"({p['coo_bytes'] / p['dense_bytes']:.2f}x dense)",
             )
+            row[REF] = p["dense_bytes"] / MIB
+            row["ratio"] = p["dense_bytes"] / p["compact_bytes"]
+            rows.append(row)
             rows.append(
-                {
-                    "stage": f"compact build {name}",
-                    "unit": "s",
-                    "lit_dlrm": p["build_s"],
-                    "reference": None,
-                    "ratio": None,
-                    "lit_dlrm_peak_mib": None,
-                    "reference_peak_mib": None,
-                    "floor": None,
-                    "note": "compact_model from the pruned dense tables, once per grid point",
-                }
+                single(
+                    f"compact build {name}",
+                    "s",
+                    [Sample(p["build_s"])],
+                    note="compact_model from the pruned dense tables, once per grid point",
+                )
             )
+        times = {k: [Sample(v) for v in p[f"{k}_s"]] for k in ("dense", "compact", "coo")}
         rows.append(
-            {
-                "stage": f"forward compact {name} batch {p['batch']}",
-                "unit": "s/batch",
-                "lit_dlrm": p["compact_s"],
-                "reference": p["dense_s"],
-                "ratio": 1 / p["compact_ratio"],
-                "lit_dlrm_peak_mib": None,
-                "reference_peak_mib": None,
-                "floor": None,
-                "note": "whole model, compact vs dense tables: "
-                f"compact/dense {p['compact_ratio']:.2f}x; "
-                f"reference COO path {p['coo_s']:.4g} s ({p['coo_ratio']:.2f}x dense); "
-                f"max |logit diff| {p['max_abs_diff']:.1e}",
-            }
+            compare(
+                f"forward compact {name} batch {p['batch']}",
+                "s/batch",
+                {OURS: times["compact"], REF: times["dense"]},
+                target=0.91,
+                note=f"whole model, compact (lit_dlrm) vs dense tables (reference); max |logit "
+                f"diff| {p['max_abs_diff']:.1e}",
+            )
+        )
+        rows.append(
+            compare(
+                f"forward COO {name} batch {p['batch']}",
+                "s/batch",
+                {OURS: times["dense"], REF: times["coo"]},
+                note="the reference's COO path (reference) vs the dense model (lit_dlrm)",
+            )
         )
     return rows
 
 
-def run(
-    scale: str = "small",
-    out_dir: str | Path | None = RESULTS,
-    isolate: bool = True,
-    threads: int | None = None,
-) -> list[dict]:
-    """Every block shape and level at ``scale``: writes compact_<scale>.csv/.md, returns run.py's
-    rows."""
+def run(scale: str = "small", repeats: int | None = None) -> list[dict]:
+    """Every block shape and level at ``scale``: rows of the harness's schema."""
+    repeats = repeats or REPEATS[scale]
     points = []
     for block in BLOCKS:
-        points += (
-            _isolated(scale, block, threads) if isolate else measure_block(scale, block, threads)
-        )
-    detail = detail_table(points)
-    sizes = table_sizes(scale)
-    text = (
-        f"# Compact tables, scale `{scale}`\n\n{sum(sizes):,} rows x 16 float32 in 26 tables "
-        f"({sum(sizes) * 64 / MIB:,.0f} MiB), L1 pruning; torch {torch.__version__}, "
-        f"{points[0]['threads']} threads (OMP_WAIT_POLICY="
-        f"{os.environ.get('OMP_WAIT_POLICY', 'PASSIVE' if isolate else 'unset')}), "
-        f"{time.strftime('%Y-%m-%d %H:%M')}; `python -m benchmarks.compact --scale {scale}"
-        f"{f' --threads {threads}' if threads else ''}`. Forward times: whole model, one batch, "
-        f"median of {REPEATS[scale]} rounds with the three paths in rotated order; the time ratios "
-        "are the medians of each round's ratio (robust to load that drifts between rounds). "
-        "peak_mib: peak RSS of the process measuring that block shape (one copy of the dense "
-        "tables + one compact copy).\n\n" + markdown_table(detail, list(detail[0]))
-    )
-    if out_dir is not None:
-        write_results(
-            out_dir, f"compact_{scale}" + (f"_{threads}threads" if threads else ""), detail, text
-        )
-    print(text)
+        points += measure_block(scale, block, repeats)
     return harness_rows(points)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", choices=sorted(CAPS), default="small")
-    parser.add_argument("--out-dir", default=str(RESULTS))
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads (default: torch's choice)"
-    )
-    parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: one block shape, print JSON
-    args = parser.parse_args(argv)
-    if args.threads is not None and args.threads < 1:
-        parser.error(f"--threads: expected a count >= 1, got {args.threads}")
-    if args.child:
-        height, width = (int(x) for x in args.child.split("x"))
-        print(json.dumps(measure_block(args.scale, (height, width), args.threads)))
-        return
-    run(args.scale, args.out_dir, threads=args.threads)
+    main_for("compact", run, argv, __doc__.splitlines()[0], sorted(CAPS))
 
 
 if __name__ == "__main__":

@@ -1,42 +1,55 @@
-"""Checkpoint size and write/read time: torch.save + deflate (the reference) vs sparse-shuffle-zstd.
+"""Checkpoint write and read: torch.save + deflate (the reference) vs lit_dlrm's zstd_sparse.
 
     python -m benchmarks.compress --scale kaggle   # the reference's deflate: about a minute a level
     python -m benchmarks.compress --scale small
 
-The model is a DLRM state_dict (Kaggle-sized tables as in benchmarks/sparsify.py, random MLPs of
-the Kaggle architecture), pruned with L1 (1, 1) at levels 0.0, 0.5, 0.9 and 1.0. Rows:
-
-* zeros `+0.0`: our pruning; zeros `signed (-0.0)`: the reference's own `weight * mask`
-  pruning (pruned negatives are -0.0), which deflate handles badly;
-* for each, `torch.save+deflate` (the reference's method) and `sparse-shuffle-zstd` on the same
-  data (`--no-reference-signed` skips the reference on the signed data: ~1 min per level).
-
-Sizes are bytes (MiB floored is the reference's `zip_file_size` column); `size_vs_ref` is ours
-over the reference's bytes on the same data, `write_speedup` the reference's write time over
-ours. Files go to a temporary folder (`--workdir`) and are deleted. Writes
-`benchmarks/results/compress_<scale>.csv` and `.md` (the detailed table above). `run(scale)`
-returns the common benchmark schema instead: per level and zeros, a "compress <level> write" and
-a "... read" row (lit_dlrm = sparse-shuffle-zstd seconds, reference = torch.save+deflate seconds,
-ratio = speedup) with both sizes in the note.
+The state dict is a DLRM's (Kaggle-sized tables as in benchmarks/sparsify.py, random MLPs of the
+Kaggle architecture), pruned with L1 (1, 1) at levels 0.0, 0.5, 0.9 and 1.0 with +0.0 zeros (the
+sweep's default), and at 0.5, 0.9 and 1.0 also with the reference's signed zeros (its ``weight *
+mask`` leaves -0.0 for pruned negatives, which deflate handles badly). Per level, both formats
+write and read the same state dict, ABBA, ``repeats`` times. Threads: deflate is
+single-threaded; zstd_sparse compresses on every core, as the sweep runs it, and again on one
+thread (``threads=0``) for a matched row. Same work: each format's file has the same bytes on
+every run, and zstd_sparse reads back bit for bit (checked once per state dict, untimed).
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
-import os
 import tempfile
 
 import torch
 
-from benchmarks.sparsify import DIM, RESULTS, build_tables, table_sizes
-from benchmarks.tables import markdown_table, write_results
-from lit_dlrm.sparsity.compression import reference_zip_size, zstd_sparse_size
+from benchmarks.harness import (
+    OURS,
+    REF,
+    REPEATS,
+    SLOW_REPEATS,
+    Sample,
+    alternate,
+    check_same_work,
+    compare,
+    main_for,
+)
+from benchmarks.sparsify import CAPS, shared_tables
+from lit_dlrm.sparsity.compression import (
+    load_compressed,
+    reference_zip_size,
+    save_compressed,
+    zstd_sparse_size,
+)
 from lit_dlrm.sparsity.prune import prune
 
-OURS, REF = "sparse-shuffle-zstd", "torch.save+deflate"
-
-LEVELS = (0.0, 0.5, 0.9, 1.0)
+# (level, signed zeros); signed at level 0 would be the +0.0 state dict bit for bit (none pruned)
+LEVELS = (
+    (0.0, False),
+    (0.5, False),
+    (0.9, False),
+    (1.0, False),
+    (0.5, True),
+    (0.9, True),
+    (1.0, True),
+)
 BOT = (13, 512, 256, 64, 16)
 TOP = (367, 512, 256, 1)
 
@@ -50,116 +63,72 @@ def mlp_state(g: torch.Generator) -> dict[str, torch.Tensor]:
     return sd
 
 
-def run(
-    scale: str = "small",
-    out_dir: str | os.PathLike | None = RESULTS,
-    workdir: str | None = None,
-    levels=LEVELS,
-    reference: bool = True,
-    reference_signed: bool = True,
-) -> list[dict]:
-    tables = build_tables(table_sizes(scale))
+def round_trips(sd: dict[str, torch.Tensor], tmp: str) -> None:
+    """zstd_sparse reads back bit for bit (-0.0 included), or AssertionError."""
+    path = f"{tmp}/check.lds"
+    save_compressed(sd, path)
+    back = load_compressed(path)
+    for name, t in sd.items():
+        same = back[name].view(torch.int32).equal(t.view(torch.int32))
+        if not same:
+            raise AssertionError(f"zstd_sparse: {name} does not read back bit for bit")
+
+
+def run(scale: str = "small", repeats: int | None = None, levels=LEVELS) -> list[dict]:
+    repeats = repeats or (SLOW_REPEATS if scale == "kaggle" else REPEATS)[scale]
+    tables = list(shared_tables(scale))
     mlp = mlp_state(torch.Generator().manual_seed(1))
-    raw = sum(t.numel() for t in tables) * 4 + sum(t.numel() * 4 for t in mlp.values())
     rows = []
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        for level in levels:
-            for signed in (False, True):
-                pruned = [torch.empty_like(t) for t in tables]
-                prune(tables, "L1", (1, 1), level, pruned, signed_zeros=signed)
-                sd = {f"emb_l.{i}.weight": t for i, t in enumerate(pruned)} | mlp
-                results = []
-                if reference and (not signed or reference_signed):
-                    results.append(reference_zip_size(sd, tmp))
-                results.append(zstd_sparse_size(sd, tmp))
-                for r in results:
-                    rows.append(
-                        {
-                            "scale": scale,
-                            "level": level,
-                            "zeros": "signed (-0.0)" if signed else "+0.0",
-                            "format": r.format,
-                            "bytes": r.bytes,
-                            "zip_file_size_mib": r.zip_file_size,
-                            "of_raw": round(r.bytes / raw, 4),
-                            "write_s": round(r.write_s, 2),
-                            "read_s": round(r.read_s, 2),
-                        }
-                    )
-                del sd, pruned
-                gc.collect()
-    # compare each row with the reference on the same data (same level and same zeros)
-    ref = {(r["level"], r["zeros"]): r for r in rows if r["format"] == "torch.save+deflate"}
-    for r in rows:
-        base = ref.get((r["level"], r["zeros"]))
-        r["size_vs_ref"] = round(r["bytes"] / base["bytes"], 3) if base else ""
-        r["write_speedup"] = (
-            round(base["write_s"] / r["write_s"], 1) if base and r["write_s"] else ""
-        )
-    text = _markdown(rows, scale, raw)
-    if out_dir is not None:
-        write_results(out_dir, f"compress_{scale}", rows, text)
-    print(text)
-    return common_rows(rows)
+    with tempfile.TemporaryDirectory() as tmp:
+        for level, signed in levels:
+            pruned = [torch.empty_like(t) for t in tables]
+            prune(tables, "L1", (1, 1), level, pruned, signed_zeros=signed)
+            sd = {f"emb_l.{i}.weight": t for i, t in enumerate(pruned)} | mlp
+            round_trips(sd, tmp)
+            results = {}
 
+            def side(name, measure, results=results):
+                def one():
+                    r = measure()
+                    results.setdefault(name, []).append(r)
+                    return Sample(r.write_s, None, r.bytes)
 
-def common_rows(rows: list[dict]) -> list[dict]:
-    """The detailed rows in the common benchmark schema (see the module docstring)."""
-    out = []
-    for r in rows:
-        if r["format"] != OURS:
-            continue
-        ref = next(
-            (
-                q
-                for q in rows
-                if q["format"] == REF and q["level"] == r["level"] and q["zeros"] == r["zeros"]
-            ),
-            None,
-        )
-        zeros = "" if r["zeros"] == "+0.0" else " signed"
-        sizes = f"{r['zeros']} zeros; sizes MiB: ours {r['bytes'] / 2**20:.1f}"
-        if ref:
-            sizes += f", deflate {ref['bytes'] / 2**20:.1f} "
-            sizes += f"(ours/deflate {r['bytes'] / ref['bytes']:.3f})"
-        for op in ("write", "read"):
-            ours_s, ref_s = r[f"{op}_s"], (ref[f"{op}_s"] if ref else None)
-            out.append(
-                {
-                    "stage": f"compress {r['level']:g}{zeros} {op}",
-                    "unit": "s",
-                    "lit_dlrm": ours_s,
-                    "reference": ref_s,
-                    "ratio": round(ref_s / ours_s, 1) if ref_s and ours_s else None,
-                    "lit_dlrm_peak_mib": None,
-                    "reference_peak_mib": None,
-                    "floor": None,
-                    "note": sizes,
-                }
+                return one
+
+            sides = {
+                OURS: side(OURS, lambda sd=sd: zstd_sparse_size(sd, tmp)),
+                REF: side(REF, lambda sd=sd: reference_zip_size(sd, tmp)),
+            }
+            if not signed:
+                sides["zstd 1 thread"] = side(
+                    "1", lambda sd=sd: zstd_sparse_size(sd, tmp, threads=0)
+                )
+            samples = alternate(sides, repeats)
+            for name in samples:  # each format: the same bytes on every run
+                check_same_work(f"compress {level:g} {name}", {name: samples[name]})
+            if samples[OURS][0].work != samples.get("zstd 1 thread", samples[OURS])[0].work:
+                raise AssertionError(f"compress {level:g}: zstd's size depends on its threads")
+            ours_b, ref_b = samples[OURS][0].work, samples[REF][0].work
+            zeros = "signed zeros (-0.0)" if signed else "+0.0 zeros"
+            name = f"compress {level:g}{' signed' if signed else ''}"
+            sizes = (
+                f"{zeros}; bytes: zstd_sparse {ours_b:,}, deflate {ref_b:,} "
+                f"(zstd_sparse/deflate {ours_b / ref_b:.3f})"
             )
-    return out
-
-
-def _markdown(rows, scale, raw) -> str:
-    head = (
-        f"Checkpoint compression, scale={scale}: state_dict {raw / 2**20:.0f} MiB raw fp32 "
-        f"(26 tables x {DIM} + MLPs), L1 (1, 1) pruning; torch {torch.__version__}.\n\n"
-    )
-    return head + markdown_table(rows, list(rows[0]))
+            rows.append(compare(f"{name} write", "s", samples, note=f"zstd on every core; {sizes}"))
+            if not signed:
+                matched = {OURS: samples["zstd 1 thread"], REF: samples[REF]}
+                rows.append(
+                    compare(f"{name} write, 1 thread each", "s", matched, note="threads matched")
+                )
+            reads = {k: [Sample(r.read_s) for r in results[k]] for k in (OURS, REF)}
+            rows.append(compare(f"{name} read", "s", reads, note=zeros))
+            gc.collect()
+    return rows
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--scale", choices=["kaggle", "small", "tiny"], default="small")
-    ap.add_argument("--out-dir", default=str(RESULTS))
-    ap.add_argument("--workdir", default=None, help="where temporary checkpoints go")
-    ap.add_argument(
-        "--no-reference-signed",
-        action="store_true",
-        help="skip torch.save+deflate on the signed-zero models",
-    )
-    args = ap.parse_args(argv)
-    run(args.scale, args.out_dir, args.workdir, reference_signed=not args.no_reference_signed)
+    main_for("compress", run, argv, __doc__.splitlines()[0], sorted(CAPS))
 
 
 if __name__ == "__main__":

@@ -1,44 +1,45 @@
-"""Evaluation speed: the sweep's test loop against the reference's, and dense vs COO forward time.
+"""Evaluation speed: one grid point's test loop, the sweep's way against the reference's.
 
     python -m benchmarks.evaluate --scale small   # tables capped at 20k rows, 200k test rows
     python -m benchmarks.evaluate --scale kaggle  # Kaggle table sizes (2.16 GB), 3.27M test rows
 
-*test loop*: samples/s of one grid point's evaluation as the sweep does it (``trainer.test`` of
-``DLRMModule`` over ``CriteoDataModule``-style batches sliced from memory-mapped arrays, exact AUC
-and the other metrics from torchmetrics) against a loop written the way the reference's
+lit_dlrm: ``trainer.test`` of ``DLRMModule`` over ``CriteoDataModule``-style batches sliced from
+memory-mapped arrays, in the main process (the data module's default, ``num_workers=0``), exact
+AUC and the other metrics from torchmetrics. Reference: a loop written the way the reference's
 ``evaluate_model_metrics.py`` evaluates: a per-sample dataset, a Python collate that builds each
-batch from lists, no ``no_grad``, predictions gathered into numpy, scikit-learn metrics last.
-Same arrays, same model, batch 16384; each side in a fresh process (peak RSS = its ``VmHWM``).
-The reference-style loop runs on the first ``--reference-rows`` rows; its rate is compared.
-
-*forward*: median forward time of the dense model and of the reference's COO path
-(:func:`callbacks.timing.coo_forward`) on one batch of 16384 (1024 at ``tiny``), tables pruned
-at L1 (1, 4) levels 0.0, 0.5 and 0.9.
+batch from lists, its DataLoader's 7 worker processes (``dlrm_utils.make_test_data_loader``), no
+``no_grad``, predictions gathered into numpy, scikit-learn metrics last. Same arrays, same model,
+same rows, batch 16384, both sides in this process, ``repeats`` times in ABBA order; the timer
+covers ``trainer.test`` whole (its setup included) and the reference's loop from its first batch
+(the workers start inside it). Same work: both sides' AUC must agree within 1e-5. Peak memory is
+this process's: the reference's workers are not counted.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks.memory import peak_rss_mib
+from benchmarks.harness import (
+    OURS,
+    REF,
+    REPEATS,
+    SLOW_REPEATS,
+    alternate,
+    check_same_work,
+    compare,
+    main_for,
+    timed,
+)
 from lit_dlrm.data.kaggle import KAGGLE_TABLE_SIZES
 
-# scale: (table cap, test rows, forward-timing batch, forward repeats)
-SCALES = {
-    "tiny": (500, 20_000, 1024, 2),
-    "small": (20_000, 200_000, 16_384, 10),
-    "kaggle": (None, 3_274_330, 16_384, 10),
-}
+# scale: (table cap, test rows)
+SCALES = {"tiny": (500, 20_000), "small": (20_000, 200_000), "kaggle": (None, 3_274_330)}
 BATCH = 16_384  # the reference's test batch
+REFERENCE_WORKERS = 7  # the reference's test DataLoader (PyTorch's dlrm_utils.py)
 
 
 def table_sizes(scale: str) -> list[int]:
@@ -70,13 +71,12 @@ def model_for(sizes: list[int]):
     return DLRMModule(sizes)
 
 
-def child_lit(directory: str, rows: int, sizes: list[int]) -> dict:
-    """The sweep's way: trainer.test over batches sliced from the memory-mapped arrays."""
+def lit_test(module, directory: str, rows: int) -> float:
+    """The sweep's way: trainer.test over batches sliced from the memory-mapped arrays -> AUC."""
     import lightning as L
 
     from lit_dlrm.data.datamodule import CriteoBatches, ShardedBatchSampler
 
-    module = model_for(sizes)
     loader = torch.utils.data.DataLoader(
         CriteoBatches(directory),
         batch_size=None,
@@ -89,9 +89,8 @@ def child_lit(directory: str, rows: int, sizes: list[int]) -> dict:
         accelerator="cpu",
         devices=1,
     )
-    start = time.perf_counter()
     (metrics,) = trainer.test(module, dataloaders=loader, verbose=False)
-    return {"seconds": time.perf_counter() - start, "rows": rows, "auc": metrics["test/auc"]}
+    return float(metrics["test/auc"])
 
 
 class PerSampleRows(torch.utils.data.Dataset):
@@ -121,15 +120,17 @@ def collate_like_reference(batch):
     return dense, sparse, label
 
 
-def child_reference(directory: str, rows: int, sizes: list[int]) -> dict:
-    """The reference's way: per-sample loading, no no_grad, scikit-learn metrics at the end."""
+def reference_test(model, directory: str, rows: int, workers: int) -> float:
+    """The reference's way: per-sample loading on ``workers`` processes, no no_grad,
+    scikit-learn metrics at the end -> AUC."""
     from sklearn import metrics as skm
 
-    model = model_for(sizes).model
     loader = torch.utils.data.DataLoader(
-        PerSampleRows(directory, rows), batch_size=BATCH, collate_fn=collate_like_reference
+        PerSampleRows(directory, rows),
+        batch_size=BATCH,
+        collate_fn=collate_like_reference,
+        num_workers=workers,
     )
-    start = time.perf_counter()
     scores, targets = [], []
     for dense, sparse, label in loader:
         scores.append(torch.sigmoid(model(dense, sparse)).detach().cpu().numpy())
@@ -140,98 +141,47 @@ def child_reference(directory: str, rows: int, sizes: list[int]) -> dict:
     for metric in (skm.precision_score, skm.recall_score, skm.f1_score, skm.accuracy_score):
         metric(targets, predicted)
     skm.log_loss(targets, scores)
-    return {"seconds": time.perf_counter() - start, "rows": rows, "auc": float(auc)}
+    return float(auc)
 
 
-def run_child(kind: str, directory: Path, rows: int, scale: str) -> dict:
-    command = [sys.executable, "-m", "benchmarks.evaluate", "--child", kind, str(directory)]
-    root = Path(__file__).resolve().parents[1]
-    out = subprocess.run(
-        [*command, str(rows), scale], check=True, capture_output=True, text=True, cwd=root
-    ).stdout
-    return json.loads(out.strip().splitlines()[-1])
-
-
-def forward_rows(scale: str) -> list[dict]:
-    from callbacks.timing import coo_forward, time_runs
-    from lit_dlrm.sparsity.prune import prune
-
-    sizes, (_, _, batch, repeats) = table_sizes(scale), SCALES[scale]
-    model = model_for(sizes).model.eval()
-    g = torch.Generator().manual_seed(1)
-    dense = torch.log1p(torch.randint(0, 1000, (batch, 13), generator=g).float())
-    sparse = torch.stack([torch.randint(0, n, (batch,), generator=g) for n in sizes], 1)
-    originals = [t.weight.data for t in model.emb_l]
-    rows = []
-    for level in (0.0, 0.5, 0.9):
-        copies = [torch.empty_like(t) for t in originals]
-        for table, pruned in zip(model.emb_l, prune(originals, "L1", (1, 4), level, copies)):
-            table.weight.data = pruned
-        with torch.no_grad():
-            dense_s = np.median(time_runs(lambda: model(dense, sparse), dense.device, 2, repeats))
-            coo_s = np.median(
-                time_runs(lambda: coo_forward(model, dense, sparse), dense.device, 2, repeats)
-            )
-        rows.append(
-            {
-                "stage": f"forward L1 (1, 4) {level}",
-                "unit": "s/batch",
-                "lit_dlrm": dense_s,
-                "reference": coo_s,
-                "ratio": coo_s / dense_s,
-                "note": "lit_dlrm = dense forward, reference = its COO path; ratio = COO / dense",
-            }
-        )
-    for table, original in zip(model.emb_l, originals):
-        table.weight.data = original
-    return rows
-
-
-def run(scale: str = "small", reference_rows: int = 200_000) -> list[dict]:
-    """Both stages at ``scale``; rows for benchmarks/run.py's table."""
-    test_rows = SCALES[scale][1]
+def run(scale: str = "small", repeats: int | None = None) -> list[dict]:
+    """The test loop at ``scale``, both sides on the same rows; rows of the harness's schema."""
+    repeats = repeats or (SLOW_REPEATS if scale == "kaggle" else REPEATS)[scale]
+    rows = SCALES[scale][1]
+    sizes = table_sizes(scale)
+    module = model_for(sizes)
+    workers = REFERENCE_WORKERS
     with tempfile.TemporaryDirectory() as tmp:
-        write_arrays(Path(tmp), table_sizes(scale), test_rows)
-        lit = run_child("lit", Path(tmp), test_rows, scale)
-        ref = run_child("reference", Path(tmp), min(reference_rows, test_rows), scale)
-    lit_rate, ref_rate = lit["rows"] / lit["seconds"], ref["rows"] / ref["seconds"]
-    rows = [
-        {
-            "stage": "test loop (one grid point)",
-            "unit": "samples/s",
-            "lit_dlrm": lit_rate,
-            "reference": ref_rate,
-            "ratio": lit_rate / ref_rate,
-            "lit_dlrm_peak_mib": lit["peak_mib"],
-            "reference_peak_mib": ref["peak_mib"],
-            "note": f"lit_dlrm over {lit['rows']:,} rows, "
-            f"reference-style loop over its first {ref['rows']:,}",
-        }
+        write_arrays(Path(tmp), sizes, rows)
+        torch.set_grad_enabled(True)  # the reference's loop runs without no_grad
+        samples = alternate(
+            {
+                OURS: lambda: timed(lambda: lit_test(module, tmp, rows), lambda auc: auc),
+                REF: lambda: timed(
+                    lambda: reference_test(module.model, tmp, rows, workers), lambda auc: auc
+                ),
+            },
+            repeats,
+        )
+    check_same_work("test loop", samples, lambda a, b: abs(a - b) <= 1e-5, "AUCs within 1e-5")
+    for side in samples.values():  # seconds -> samples/s
+        for s in side:
+            s.value = rows / s.value
+    return [
+        compare(
+            "test loop (one grid point)",
+            "samples/s",
+            samples,
+            better="higher",
+            note=f"{rows:,} rows, batch {BATCH}; lit_dlrm: trainer.test (setup included), "
+            f"0 loader workers; reference-style loop: {workers} loader workers (the "
+            "reference's; their memory not counted)",
+        )
     ]
-    return rows + forward_rows(scale)
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "--child":
-        kind, directory, rows, scale = argv[1], argv[2], int(argv[3]), argv[4]
-        torch.set_grad_enabled(True)
-        result = (child_lit if kind == "lit" else child_reference)(
-            directory, rows, table_sizes(scale)
-        )
-        result["peak_mib"] = peak_rss_mib()
-        print(json.dumps(result))
-        return
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", choices=sorted(SCALES), default="small")
-    parser.add_argument("--reference-rows", type=int, default=200_000)
-    args = parser.parse_args(argv)
-    for row in run(args.scale, args.reference_rows):
-        print(
-            f"{row['stage']:<28} lit_dlrm {row['lit_dlrm']:>12.4g}  "
-            f"reference {row['reference']:>12.4g}  "
-            f"ratio {row['ratio']:.2f}  ({row['unit']})"
-        )
+    main_for("evaluate", run, argv, __doc__.splitlines()[0], sorted(SCALES))
 
 
 if __name__ == "__main__":

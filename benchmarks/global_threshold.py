@@ -3,8 +3,8 @@
     python -m benchmarks.global_threshold --scale kaggle   # 26 tables, 33.8M rows (minutes)
     python -m benchmarks.global_threshold --scale small    # tables capped at 200k rows
 
-Tables as in benchmarks/sparsify.py (Kaggle row counts, width 16, DLRM's uniform init). Each
-(side, norm, block shape) runs in a fresh process; in it, after the tables are built:
+Tables as in benchmarks/sparsify.py (Kaggle row counts, width 16, DLRM's uniform init). Both
+sides run ``repeats`` times in ABBA order (:mod:`benchmarks.harness`), on L1 (1, 1) and L2 (1, 4):
 
 * `lit_dlrm`: `global_cuts` for the 20 default levels (3 counting passes over all tables), then
   one level (0.9) applied with `apply_cuts` into pruned buffers allocated (and paged in) before,
@@ -17,72 +17,63 @@ Tables as in benchmarks/sparsify.py (Kaggle row counts, width 16, DLRM's uniform
   whole. This is the lean way to do it naively: a stable `torch.sort` / `argsort` or
   `torch.kthvalue` of 540M scores adds int64 indices (4 GiB) and a copy on top.
 
-Both sides' per-table counts are compared in the parent (they must be equal). Peak memory is
-the process's VmHWM minus its RSS once the tables are built ("extra"), reset between the
-cuts and the apply (``/proc/self/clear_refs``) so each step's own peak is reported.
-Writes `benchmarks/results/global_threshold_<scale>.csv` and `.md` (atomically).
+Same work: both sides' per-table counts at every level must be equal on every run. Both sides
+define the cut alike (a threshold, ties to the tables in order, by index within a table) and
+compute the same float32 scores, so ties cannot make the counts differ. Peak memory: each step's
+as :func:`benchmarks.harness.measured` takes it.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks.memory import peak_rss_mib, reset_peak, rss_mib
-from benchmarks.sparsify import CAPS, DIM, REPO, build_tables, table_sizes
-from benchmarks.tables import markdown_table, seconds_row, write_results
+from benchmarks.harness import (
+    OURS,
+    REF,
+    REPEATS,
+    SLOW_REPEATS,
+    Sample,
+    alternate,
+    check_same_work,
+    compare,
+    main_for,
+    measured,
+    single,
+    spread,
+)
+from benchmarks.sparsify import CAPS, shared_tables
 from lit_dlrm.sparsity.global_threshold import global_cuts
 from lit_dlrm.sparsity.prune import apply_cuts, block_scores, cuts_for_levels, num_blocks
 from lit_dlrm.sweep.grid import DEFAULT_LEVELS
 
-RESULTS = Path(__file__).resolve().parent / "results"
 COMBOS = [("L1", (1, 1)), ("L2", (1, 4))]
 APPLY_LEVEL = 0.9
 
 
 def ours(tables, norm, block) -> dict:
     global_cuts([tables[-1][:64]], norm, block, DEFAULT_LEVELS)  # warm-up: thread pool, first calls
-    base = rss_mib()
-    reset_peak()
-    t0 = time.perf_counter()
-    series = global_cuts(tables, norm, block, DEFAULT_LEVELS)
-    cuts_s = time.perf_counter() - t0
-    cuts_mib = peak_rss_mib() - base
+    series, cuts_s, cuts_mib = measured(lambda: global_cuts(tables, norm, block, DEFAULT_LEVELS))
     counts = {str(lv): [c.k for c in cuts] for lv, cuts in series.cuts.items()}
-    t0 = time.perf_counter()
-    cuts_for_levels(tables, norm, block, DEFAULT_LEVELS)
-    per_table_s = time.perf_counter() - t0
+    _, per_table_s, _ = measured(lambda: cuts_for_levels(tables, norm, block, DEFAULT_LEVELS))
     out = [torch.zeros_like(t) for t in tables]  # reused buffers: allocated and paged in before
-    base = rss_mib()
-    reset = reset_peak()
-    t0 = time.perf_counter()
-    apply_cuts(tables, series.for_level(APPLY_LEVEL), norm, block, out=out)
-    apply_s = time.perf_counter() - t0
-    apply_mib = peak_rss_mib() - base
+    cuts = series.for_level(APPLY_LEVEL)
+    _, apply_s, apply_mib = measured(lambda: apply_cuts(tables, cuts, norm, block, out=out))
     return {
         "cuts_s": cuts_s,
         "cuts_mib": cuts_mib,
         "per_table_s": per_table_s,
         "apply_s": apply_s,
         "apply_mib": apply_mib,
-        "peak_reset": reset,
         "counts": counts,
     }
 
 
-def reference(tables, norm, block) -> dict:
-    """Concatenate every score, select the K-th smallest in place, count per table (docstring)."""
-    base = rss_mib()
-    reset_peak()
-    t0 = time.perf_counter()
+def reference_counts(tables, norm, block) -> dict[str, list[int]]:
+    """Concatenate every score, select the K-th smallest in place, count per table (docstring):
+    per level, the blocks each table loses."""
     nbs = [num_blocks(t.shape, block) for t in tables]
     scores = np.empty(sum(nbs), dtype=np.float32)  # (all blocks,)
     start = 0
@@ -115,90 +106,59 @@ def reference(tables, norm, block) -> dict:
             left -= take
             row.append(b + take)
         counts[str(float(lv))] = row
-    sec = time.perf_counter() - t0
-    return {"cuts_s": sec, "cuts_mib": peak_rss_mib() - base, "counts": counts}
+    return counts
 
 
-def run_stage(name: str, scale: str) -> dict:
-    torch.manual_seed(0)
-    tables = build_tables(table_sizes(scale))
-    side, norm, block = name.split()
-    h, w = block.split("x")
-    block = (int(h), int(w))
+def reference(tables, norm, block) -> dict:
+    counts, sec, mib = measured(lambda: reference_counts(tables, norm, block))
+    return {"cuts_s": sec, "cuts_mib": mib, "counts": counts}
+
+
+def run(scale: str = "small", repeats: int | None = None) -> list[dict]:
+    repeats = repeats or (SLOW_REPEATS if scale == "kaggle" else REPEATS)[scale]
+    tables = list(shared_tables(scale))
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    res = ours(tables, norm, block) if side == "lit_dlrm" else reference(tables, norm, block)
-    return {"stage": name, "tables_rss_mib": rss_mib(), **res}
-
-
-def _run_isolated(name: str, scale: str) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.global_threshold", "--child", name, "--scale", scale]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO)
-    if res.returncode != 0:
-        raise RuntimeError(f"stage {name!r} failed:\n{res.stderr[-4000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
-
-
-def run(
-    scale: str = "small", out_dir: str | os.PathLike | None = RESULTS, isolate: bool = True
-) -> list[dict]:
-    sizes = table_sizes(scale)
-    model_mib = sum(sizes) * DIM * 4 / 2**20
-    measure = (lambda n: _run_isolated(n, scale)) if isolate else (lambda n: run_stage(n, scale))  # noqa: E731
     rows = []
     for norm, block in COMBOS:
-        b = f"{block[0]}x{block[1]}"
-        o, r = measure(f"lit_dlrm {norm} {b}"), measure(f"reference {norm} {b}")
-        if o["counts"] != r["counts"]:
-            raise AssertionError(
-                f"{norm} {block}: per-table counts differ between lit_dlrm and the reference"
-            )
-        blocks = sum(o["counts"]["1.0"])
+        runs: dict[str, dict] = {}
+
+        def side(name, fn, norm=norm, block=block, runs=runs):
+            def one():
+                res = fn(tables, norm, block)
+                runs.setdefault(name, []).append(res)
+                return Sample(res["cuts_s"], res["cuts_mib"], res["counts"])
+
+            return one
+
+        samples = alternate({OURS: side(OURS, ours), REF: side(REF, reference)}, repeats)
+        stage = f"global cuts, 20 levels, {norm} {block}"
+        check_same_work(stage, samples, what="equal per-table counts at every level")
+        blocks = sum(samples[OURS][0].work["1.0"])
+        per_table = spread([r["per_table_s"] for r in runs[OURS]])[0]
         rows.append(
-            seconds_row(
-                f"global cuts, 20 levels, {norm} {block}",
-                o["cuts_s"],
-                r["cuts_s"],
-                o["cuts_mib"],
-                r["cuts_mib"],
-                f"{blocks:,} blocks; same per-table counts on both sides; per-table series "
-                f"(cuts_for_levels) {o['per_table_s']:.2f} s",
+            compare(
+                stage,
+                "s",
+                samples,
+                note=f"{blocks:,} blocks; reference: concatenated scores + numpy.partition; "
+                f"the per-table series (cuts_for_levels) takes {per_table:.3g} s (median)",
             )
         )
+        applied = [Sample(r["apply_s"], r["apply_mib"]) for r in runs[OURS]]
         rows.append(
-            seconds_row(
+            single(
                 f"apply one global level ({APPLY_LEVEL}), {norm} {block}",
-                o["apply_s"],
-                None,
-                o["apply_mib"],
-                None,
-                "apply_cuts into reused pruned buffers (one more copy of the tables, "
-                "allocated before, as Sparsify keeps them)"
-                + ("" if o["peak_reset"] else "; peak not reset"),
+                "s",
+                applied,
+                note="apply_cuts into reused pruned buffers (allocated before, as Sparsify "
+                "keeps them)",
             )
         )
-    text = (
-        f"Global threshold, scale={scale}: 26 tables x {DIM}, {model_mib:.0f} MiB fp32; torch "
-        f"{torch.__version__}, numpy {np.__version__}. ratio = reference / lit_dlrm. *_peak_mib = "
-        f"extra peak RSS over the loaded tables for that step, each side in a fresh process. "
-        f"Reference: concatenated scores + numpy.partition (all K at once, in place) + per-table "
-        f"counting.\n\n" + markdown_table(rows, list(rows[0]))
-    )
-    if out_dir is not None:
-        write_results(out_dir, f"global_threshold_{scale}", rows, text)
-    print(text)
     return rows
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--scale", choices=sorted(CAPS), default="small")
-    ap.add_argument("--out-dir", default=str(RESULTS))
-    ap.add_argument("--child", help=argparse.SUPPRESS)  # internal: run one stage, print JSON
-    args = ap.parse_args(argv)
-    if args.child:
-        print(json.dumps(run_stage(args.child, args.scale)))
-        return
-    run(args.scale, args.out_dir)
+    main_for("global_threshold", run, argv, __doc__.splitlines()[0], sorted(CAPS))
 
 
 if __name__ == "__main__":

@@ -1,38 +1,39 @@
 """Preprocessing benchmark: lit_dlrm's vectorised streaming preprocessing vs line-by-line Python.
 
 Generates a Kaggle-format `train.txt` with the synthetic writer (tables at the Kaggle sizes capped
-at --max-table-size), then, each in a fresh subprocess so peak RSS is that run's alone:
+at 100,000 rows), then runs, ``repeats`` times in rotated ABBA order, in this process:
   * lit_dlrm: `preprocess_text` (parse, clip, first-appearance ids, splits) into a cache directory;
   * line-by-line, dlrm style: the same rules coded the way facebookresearch/dlrm's data_utils.py
     codes them (count lines, preallocate, split on TAB, np.array per row, int(x, 16), a dict per
     feature, an element loop to renumber), on the first --line-rows rows (the rates are compared);
   * line-by-line, tight: the fastest plain per-line Python we wrote for the same rules.
-With --scale-check, lit_dlrm also runs on a 4x larger file (default 8M rows: the generated file
-repeated, so the same distinct values) to show that peak RSS does not grow with the row count.
-Prints a table; writes CSV + Markdown to benchmarks/results/.
+Same work: every side's labels, clipped integers and first-appearance ids of the baselines' rows
+must be equal. At ``kaggle``, lit_dlrm also runs on a 4x larger file (the generated file
+repeated, so the same distinct values) to show that its peak RSS does not grow with the rows.
 
-    python -m benchmarks.preprocess --rows 2000000 --scale-check    # from the checkout's root
+    python -m benchmarks.preprocess --scale small
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
-import subprocess
-import sys
+import hashlib
+import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.memory import peak_rss_mib
-from benchmarks.tables import write_results
-
-HERE = Path(__file__).resolve().parent
-
+from benchmarks.harness import (
+    OURS,
+    REF,
+    REPEATS,
+    Sample,
+    alternate,
+    check_same_work,
+    compare,
+    main_for,
+    measured,
+)
 
 # ------------------------------------------------------------------------------------------------
 # children (run in their own process)
@@ -41,13 +42,7 @@ HERE = Path(__file__).resolve().parent
 def child_lit(path: str, out: str) -> dict:
     from lit_dlrm.data.preprocess import PreprocessOptions, preprocess_text
 
-    t, c = time.perf_counter(), time.process_time()
-    meta = preprocess_text(path, Path(out), PreprocessOptions(), progress=False)
-    return {
-        "rows": meta["rows"],
-        "seconds": time.perf_counter() - t,
-        "cpu_seconds": time.process_time() - c,
-    }
+    return preprocess_text(path, Path(out), PreprocessOptions(), progress=False)
 
 
 def _count_lines(path: str, limit: int) -> int:
@@ -65,7 +60,6 @@ def child_dlrm_style(path: str, limit: int) -> dict:
     code): count lines, preallocate, per line: split, '' -> '0', np.array(..., int32) for the
     integers, int(x, 16) via map for the hashes, a dict per feature to collect values; then a
     second loop over the elements renumbering them by first appearance; negatives -> 0."""
-    t, c = time.perf_counter(), time.process_time()
     n = _count_lines(path, limit)
     y = np.zeros(n, dtype=np.int32)
     x_int = np.zeros((n, 13), dtype=np.int32)
@@ -90,13 +84,12 @@ def child_dlrm_style(path: str, limit: int) -> dict:
         for k, x in enumerate(x_cat[:, j]):
             x_cat[k, j] = dicts[j][x]
     x_int[x_int < 0] = 0
-    return {"rows": n, "seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - c}
+    return {"rows": n, "arrays": (y, x_int, x_cat)}
 
 
 def child_line_by_line(path: str, limit: int) -> dict:
     """A tighter line-by-line loop (list comprehensions, dict.setdefault): the fastest plain
     per-line Python we wrote for the same rules."""
-    t, c = time.perf_counter(), time.process_time()
     n = _count_lines(path, limit)
     y = np.zeros(n, dtype=np.uint8)
     x_int = np.zeros((n, 13), dtype=np.int32)
@@ -114,90 +107,21 @@ def child_line_by_line(path: str, limit: int) -> dict:
             x_cat[i] = [
                 d.setdefault(int(v, 16) if v else 0, len(d)) for d, v in zip(dicts, fields[14:])
             ]
-    return {"rows": n, "seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - c}
+    return {"rows": n, "arrays": (y, x_int, x_cat)}
 
 
-def run_child(args: list[str]) -> dict:
-    """Run this script in a fresh process; return its JSON result (with its own peak RSS, MiB)."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.preprocess", *args],
-        stdout=subprocess.PIPE,
-        cwd=HERE.parent,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"child {args} failed with status {proc.returncode}")
-    return json.loads(proc.stdout.decode().strip().splitlines()[-1])
-
-
-def make_file(rows: int, max_table_size: int, path: Path) -> float:
+def make_file(rows: int, max_table_size: int, path: Path) -> None:
     from lit_dlrm.data.synthetic import SyntheticConfig, write_tsv
 
-    t = time.perf_counter()
     write_tsv(SyntheticConfig(rows=rows, max_table_size=max_table_size, seed=1), path)
-    return time.perf_counter() - t
 
 
-def _row(impl: str, file_rows: int, r: dict) -> dict:
-    return {
-        "impl": impl,
-        "file_rows": file_rows,
-        "rows": r["rows"],
-        "seconds": round(r["seconds"], 2),
-        "rows_per_s": round(r["rows"] / r["seconds"]),
-        "cpu_seconds": round(r["cpu_seconds"], 2),
-        "rows_per_cpu_s": round(r["rows"] / r["cpu_seconds"]),
-        "peak_rss_mib": round(r["peak_rss_mib"], 1),
-    }
-
-
-def measure(
-    rows: int,
-    line_rows: int,
-    scale_check: bool,
-    scale_rows: int | None,
-    max_table_size: int,
-    workdir: str | None,
-    verbose: bool = True,
-) -> list[dict]:
-    """Generate the file, run each implementation in a fresh process; one dict per run."""
-    tmp = tempfile.TemporaryDirectory(dir=workdir)
-    work = Path(tmp.name)
-    copies = max(1, (scale_rows or 4 * rows) // rows)
-    sizes = [rows] + ([rows * copies] if scale_check else [])
-    rows_out = []
-    base = work / f"train-{rows}.txt"
-    gen = make_file(rows, max_table_size, base)
-    verbose and print(
-        f"generated {base.name}: {rows:,} rows, "
-        f"{base.stat().st_size / 2**20:,.0f} MiB in {gen:.1f} s",
-        flush=True,
-    )
-    for n in sizes:
-        f = work / f"train-{n}.txt"
-        if n != rows:  # the scale-check file: the base file repeated (same distinct values)
-            with open(f, "wb") as out_f:
-                for _ in range(copies):
-                    with open(base, "rb") as in_f:
-                        while chunk := in_f.read(64 << 20):
-                            out_f.write(chunk)
-        lit = run_child(["--child", "lit", str(f), str(work / f"cache-{n}")])
-        rows_out.append(_row("lit_dlrm", n, lit))
-        verbose and print(rows_out[-1], flush=True)
-        if n == rows:
-            for kind, label in (
-                ("dlrm", "line-by-line, dlrm data_utils style"),
-                ("line", "line-by-line, tight Python"),
-            ):
-                rows_out.append(
-                    _row(label, n, run_child(["--child", kind, str(f), str(line_rows)]))
-                )
-                verbose and print(rows_out[-1], flush=True)
-        if n != rows:
-            f.unlink()
-
-    tmp.cleanup()
-    return rows_out
+def digest(label, dense, sparse, n: int) -> str:
+    """What a side produced for the first ``n`` rows: labels, clipped integers, ids."""
+    h = hashlib.sha1()
+    for array in (label[:n], dense[:n], sparse[:n]):
+        h.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
+    return h.hexdigest()
 
 
 # scale: (file rows, rows for the line-by-line baselines, run the 4x scale check)
@@ -206,115 +130,82 @@ SCALES = {
     "small": (2_000_000, 200_000, False),
     "kaggle": (2_000_000, 200_000, True),
 }
+MAX_TABLE_SIZE = 100_000
 
 
-def run(scale: str = "small") -> list[dict]:
-    """Rows for benchmarks/run.py: lit_dlrm against each line-by-line baseline, the RSS check."""
+def run(scale: str = "small", repeats: int | None = None) -> list[dict]:
+    """lit_dlrm against each line-by-line baseline (and, at kaggle, the RSS check)."""
+    repeats = repeats or REPEATS[scale]
     rows, line_rows, scale_check = SCALES[scale]
-    out = measure(rows, line_rows, scale_check, None, 100_000, None, verbose=False)
-    lit, big = out[0], out[-1]
-    table = [
-        {
-            "stage": f"preprocess vs {r['impl']}",
-            "unit": "rows/s",
-            "lit_dlrm": lit["rows_per_s"],
-            "reference": r["rows_per_s"],
-            "ratio": lit["rows_per_s"] / r["rows_per_s"],
-            "lit_dlrm_peak_mib": lit["peak_rss_mib"],
-            "reference_peak_mib": r["peak_rss_mib"],
-            "note": f"{rows:,}-row Kaggle-format file; "
-            f"the baseline on its first {r['rows']:,} rows",
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        path = work / "train.txt"
+        make_file(rows, MAX_TABLE_SIZE, path)
+        runs = iter(range(10**9))
+
+        def lit(file=path, n=line_rows):
+            out = work / f"cache-{next(runs)}"
+            meta, seconds, peak = measured(lambda: child_lit(str(file), str(out)))
+            names = ("label", "dense", "sparse")
+            arrays = [np.load(out / f"{k}.npy", mmap_mode="r") for k in names]
+            shutil.rmtree(out)
+            return Sample(meta["rows"] / seconds, peak, digest(*arrays, n))
+
+        def baseline(fn):
+            def one():
+                out, seconds, peak = measured(lambda: fn(str(path), line_rows))
+                return Sample(out["rows"] / seconds, peak, digest(*out["arrays"], line_rows))
+
+            return one
+
+        sides = {
+            OURS: lit,
+            "dlrm": baseline(child_dlrm_style),
+            "tight": baseline(child_line_by_line),
         }
-        for r in out
-        if r["impl"].startswith("line")
-    ]
-    if scale_check:
-        table.append(
-            {
-                "stage": "preprocess peak RSS, 4x rows",
-                "unit": "MiB",
-                "lit_dlrm": big["peak_rss_mib"],
-                "reference": lit["peak_rss_mib"],
-                "ratio": lit["peak_rss_mib"] / big["peak_rss_mib"],
-                "note": f"lit_dlrm at {big['file_rows']:,} rows vs {lit['file_rows']:,} rows "
-                "(target: within 20%)",
-            }
-        )
+        samples = alternate(sides, repeats)
+        check_same_work("preprocess", samples, what="the same labels, integers and ids")
+        table = []
+        for name, label, target in (
+            ("dlrm", "line-by-line, dlrm data_utils style", 10.0),
+            ("tight", "line-by-line, tight Python", None),
+        ):
+            table.append(
+                compare(
+                    f"preprocess vs {label}",
+                    "rows/s",
+                    {OURS: samples[OURS], REF: samples[name]},
+                    better="higher",
+                    target=target,
+                    note=f"{rows:,}-row Kaggle-format file (lit_dlrm parses on 2 threads); "
+                    f"the baseline on its first {line_rows:,} rows (1 thread); both produce "
+                    "the same arrays there",
+                )
+            )
+        if scale_check:
+            big = work / "train-4x.txt"
+            with open(big, "wb") as out_f:
+                for _ in range(4):
+                    with open(path, "rb") as in_f:
+                        shutil.copyfileobj(in_f, out_f, 64 << 20)
+            peaks = alternate({OURS: lambda: lit(big), REF: lit}, repeats)
+            for s in peaks[OURS] + peaks[REF]:
+                s.value, s.peak_mib = s.peak_mib, None
+            table.append(
+                compare(
+                    "preprocess peak RSS, 4x rows",
+                    "MiB",
+                    peaks,
+                    target=1 / 1.2,
+                    note=f"lit_dlrm's extra peak at {4 * rows:,} rows (lit_dlrm column) vs "
+                    f"{rows:,} rows (reference column); target: within 20%",
+                )
+            )
     return table
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--rows", type=int, default=2_000_000)
-    ap.add_argument(
-        "--line-rows", type=int, default=200_000, help="rows given to the line-by-line baseline"
-    )
-    ap.add_argument(
-        "--scale-check", action="store_true", help="also run lit_dlrm on 4x --rows for peak RSS"
-    )
-    ap.add_argument(
-        "--scale-rows", type=int, default=None, help="rows of the scale check (default 4x --rows)"
-    )
-    ap.add_argument("--max-table-size", type=int, default=100_000)
-    ap.add_argument(
-        "--workdir", default=None, help="where the generated files go (default: a temp dir)"
-    )
-    ap.add_argument("--out-dir", default=str(HERE / "results"))
-    ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
-    a = ap.parse_args()
-
-    if a.child:
-        kind, path, extra = a.child
-        res = {
-            "lit": lambda: child_lit(path, extra),
-            "dlrm": lambda: child_dlrm_style(path, int(extra)),
-            "line": lambda: child_line_by_line(path, int(extra)),
-        }[kind]()
-        res["peak_rss_mib"] = peak_rss_mib()
-        print(json.dumps(res))
-        return
-
-    rows_out = measure(
-        a.rows, a.line_rows, a.scale_check, a.scale_rows, a.max_table_size, a.workdir
-    )
-    lit0 = rows_out[0]
-    base_rows = [r for r in rows_out if r["impl"].startswith("line")]
-    lines = [
-        f"# Preprocessing benchmark ({platform.machine()}, {os.cpu_count()} CPUs, "
-        f"{time.strftime('%Y-%m-%d')})",
-        "",
-        f"Kaggle-format file from the synthetic writer (tables capped at {a.max_table_size:,}); "
-        "each run in a fresh process.",
-        "",
-        "| implementation | file rows | rows processed | seconds | rows/s | CPU s "
-        "| rows per CPU s | peak RSS (MiB) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows_out:
-        lines.append(
-            f"| {r['impl']} | {r['file_rows']:,} | {r['rows']:,} | {r['seconds']} "
-            f"| {r['rows_per_s']:,} | "
-            f"{r['cpu_seconds']} | {r['rows_per_cpu_s']:,} | {r['peak_rss_mib']} |"
-        )
-    lines.append("")
-    for r in base_rows:
-        lines.append(
-            f"Speed-up over {r['impl']}: {lit0['rows_per_s'] / r['rows_per_s']:.1f}x in rows/s "
-            f"(target >= 10x); {lit0['rows_per_cpu_s'] / r['rows_per_cpu_s']:.1f}x per CPU second "
-            "(lit_dlrm parses on 2 threads)."
-        )
-    if a.scale_check:
-        big = rows_out[-1]
-        growth = big["peak_rss_mib"] / lit0["peak_rss_mib"] - 1
-        lines.append(
-            f"Peak RSS at {big['file_rows']:,} rows vs {lit0['file_rows']:,}: {growth:+.1%} "
-            "(target within 20%)."
-        )
-    text = "\n".join(lines) + "\n"
-    print("\n" + text)
-    write_results(a.out_dir, "preprocess", rows_out, text)
+def main(argv=None) -> None:
+    main_for("preprocess", run, argv, __doc__.splitlines()[0], sorted(SCALES))
 
 
 if __name__ == "__main__":

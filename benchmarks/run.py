@@ -1,194 +1,152 @@
-"""Every benchmark side by side with the reference approach, in one table.
+"""Every benchmark side by side with the reference approach, one results file per run.
 
-    python -m benchmarks.run --scale small          # a few minutes (from the checkout's root)
-    python -m benchmarks.run --scale kaggle         # Kaggle table sizes, synthetic weights and data
-    python -m benchmarks.run --scale small --only sparsify evaluate  # rerun two, keep the others
-    python -m benchmarks.run --scale kaggle --only compact  # compact tables: bytes, forward time
+    python -m benchmarks.run --scale small                      # all of them: run_small.md
+    python -m benchmarks.run --scale kaggle --only sparsify     # one piece: run_kaggle_sparsify.md
+    python -m benchmarks.readme                                 # README blocks from the files
 
-Each stage is measured against its reference in the same run (these machines are noisy, so only
-ratios measured side by side are worth quoting). The table (stage, lit_dlrm, reference, ratio,
-peak memory of each, physical floor) is printed and written to
-``benchmarks/results/run_<scale>.csv`` and ``.md``. At ``--scale kaggle`` the table ends with an
-estimate of a full 80-point sweep, lit_dlrm's and the reference's, from the measured per-point
-times.
+Each stage runs both sides ``repeats`` times in ABBA order and checks that they did the same work
+(:mod:`benchmarks.harness`). A run writes one results file, ``run_<scale>.md`` (and ``.csv``), or
+``run_<scale>_<names>.md`` with ``--only``, headed by its command, date, commit, machine and its
+own duration; it never splices rows of earlier runs. When sparsify, compress, evaluate and compact
+run together, the table ends with an estimate of a full sweep from the measured medians:
+lit_dlrm's 80 points (56 tests), the reference's 60 (it skips L2 (1, 1)). At the end the README's
+result blocks are rewritten from the committed results files (:mod:`benchmarks.readme`).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import os
-import platform
 import sys
 import time
-from pathlib import Path
-
-import torch
 
 from benchmarks import (
     compact,
     compress,
     evaluate,
     global_threshold,
+    int_lookup,
     preprocess,
     quantize,
+    readme,
     sparsify,
     train_throughput,
 )
-from benchmarks.tables import markdown_table, write_results
-
-HERE = Path(__file__).resolve().parent
+from benchmarks.harness import (
+    NOTES,
+    REPEATS,
+    RESULTS,
+    command_line,
+    cpu_seconds,
+    write_results,
+)
 
 BENCHMARKS = {
     "preprocess": preprocess.run,
     "train": train_throughput.run,
     "sparsify": sparsify.run,
     "compress": compress.run,
-    "evaluate": evaluate.run,
-    "compact": compact.run,
     "global": global_threshold.run,
     "quantize": quantize.run,
+    "evaluate": evaluate.run,
+    "compact": compact.run,
+    "int_lookup": int_lookup.run,
 }
-# tables written before the benchmark column: a stage's first word -> its benchmark
-LEGACY = {
-    "compress": "compress",
-    "test": "evaluate",
-    "forward": "evaluate",
-    "preprocess": "preprocess",
-    "floor": "sparsify",
-    "one": "sparsify",
-    "grid": "sparsify",
-    "train": "train",
-    "full": "estimate",
-}
-COLUMNS = [
-    "benchmark",
-    "stage",
-    "unit",
-    "lit_dlrm",
-    "reference",
-    "ratio",
-    "lit_dlrm_peak_mib",
-    "reference_peak_mib",
-    "floor",
-    "note",
-]
+# the benchmarks that read sparsify.shared_tables (one build for all, run one after another)
+SHARED_TABLES = {"sparsify", "compress", "global", "quantize"}
+TESTED_POINTS = 56  # of the sweep's 80: level 0/1 and L2 (1, 1) reuse identical masks
 
 
 def sweep_estimate(rows: list[dict], scale: str) -> list[dict]:
-    """A full 80-point sweep at this scale, lit_dlrm's way and the reference's, from the stages.
+    """A full sweep at this scale from the measured medians, or [] without the stages it needs.
 
-    lit_dlrm: 56 tested points (level 0/1 and L2 (1,1) reuse), each = sparsify one point + both
-    size measurements + one test loop over the test split + the timing (3 paths x 11 runs, the
-    compact tables built once when the compact benchmark ran). Reference: 80 points, each =
-    DataNormSparsifier step + deflate + its evaluation loop + 2 x 100 runs.
+    Per point, lit_dlrm: sparsify (its grid / 80) + zstd_sparse and deflate writes (it measures
+    the reference's size too) + one test loop over the test split + 11 runs of the dense, COO and
+    compact forwards + the compact build. Reference: its DataNormSparsifier point + deflate + its
+    test loop + 100 runs of the dense and COO forwards; 60 points.
     """
-    by_stage = {r["stage"]: r for r in rows}
-    writes = [
-        r
-        for r in rows
-        if r["stage"].startswith("compress")
-        and r["stage"].endswith(" write")
-        and "signed" not in r["stage"]
-    ]
-    needed = ["one point L1 (1, 4)", "test loop (one grid point)", "forward L1 (1, 4) 0.5"]
-    if not writes or not all(name in by_stage for name in needed):
+    by = {r["stage"]: r for r in rows}
+    writes = [r for r in rows if r["benchmark"] == "compress" and r["stage"].endswith(" write")]
+    writes = [r for r in writes if "signed" not in r["stage"]]  # zstd on every core, +0.0
+    grid = by.get("grid: lit_dlrm 80 points, reference 60")
+    loop = by.get("test loop (one grid point)")
+    forward = by.get("forward compact L1 (1, 4) 0.5 batch 16384")
+    coo = by.get("forward COO L1 (1, 4) 0.5 batch 16384")
+    build = by.get("compact build L1 (1, 4) 0.5")
+    if not (writes and grid and loop and forward and coo and build):
         return []
-    point, loop, forward = (by_stage[n] for n in needed)
-    ours_zip = sum(r["lit_dlrm"] for r in writes) / len(writes)  # mean over the measured levels
+    zstd = sum(r["lit_dlrm"] for r in writes) / len(writes)
     deflate = sum(r["reference"] for r in writes) / len(writes)
     test_rows = evaluate.SCALES[scale][1]
+    dense_s, coo_s = coo["lit_dlrm"], coo["reference"]
     ours = (
-        point["lit_dlrm"]
-        + ours_zip
-        + deflate
-        + test_rows / loop["lit_dlrm"]
-        + 11 * (forward["lit_dlrm"] + forward["reference"])
+        TESTED_POINTS
+        * (
+            zstd
+            + deflate
+            + test_rows / loop["lit_dlrm"]
+            + build["lit_dlrm"]
+            + 11 * (dense_s + coo_s + forward["lit_dlrm"])
+        )
+        + grid["lit_dlrm"]
     )
-    build, compact_forward = (
-        by_stage.get("compact build L1 (1, 4) 0.5"),
-        by_stage.get("forward compact L1 (1, 4) 0.5 batch 16384"),
-    )
-    if (
-        build and compact_forward
-    ):  # the sweep's third timing path: build the compact tables, time them
-        ours += build["lit_dlrm"] + 11 * compact_forward["lit_dlrm"]
-    theirs = (
-        point["reference"]
-        + deflate
-        + test_rows / loop["reference"]
-        + 100 * (forward["lit_dlrm"] + forward["reference"])
+    points = sparsify.REFERENCE_POINTS
+    theirs = grid["reference"] + points * (
+        deflate + test_rows / loop["reference"] + 100 * (dense_s + coo_s)
     )
     return [
         {
             "benchmark": "estimate",
-            "stage": "full sweep, 80 points (estimate)",
+            "stage": f"full sweep: lit_dlrm 80 points ({TESTED_POINTS} tests), reference {points}",
             "unit": "s",
-            "lit_dlrm": 56 * ours,
-            "reference": 80 * theirs,
-            "ratio": 80 * theirs / (56 * ours),
-            "note": "per point: sparsify + deflate (+ zstd for lit_dlrm) "
-            "+ one pass over the test split + dense/COO timing "
-            "(+ compact build and timing for lit_dlrm, when measured); "
-            "lit_dlrm tests 56 distinct masks, the reference 80 points",
+            "lit_dlrm": ours,
+            "reference": theirs,
+            "ratio": theirs / ours,
+            "note": "from the medians above: per point sparsify + deflate (+ zstd_sparse and the "
+            "compact tables for lit_dlrm) + one pass over the test split + forward timing "
+            "(11 runs each for lit_dlrm, 100 for the reference)",
         }
     ]
 
 
-def kept_rows(table: Path, rerun: set[str]) -> list[dict]:
-    """Rows of an earlier table at this scale from benchmarks not rerun now (``--only``)."""
-    if not table.exists():
-        return []
-    with open(table, newline="") as fh:
-        old = [
-            {"benchmark": LEGACY.get(row["stage"].split()[0]), **row} for row in csv.DictReader(fh)
-        ]
-    old = [row for row in old if row["benchmark"] not in rerun and row["benchmark"] != "estimate"]
-    numbers = ("lit_dlrm", "reference", "ratio", "lit_dlrm_peak_mib", "reference_peak_mib", "floor")
-    return [
-        {k: (float(v) if k in numbers and v != "" else v or None) for k, v in row.items()}
-        for row in old
-    ]
-
-
-def fmt(value) -> str:
-    if value is None or value == "":
-        return ""
-    if isinstance(value, float):
-        return f"{value:,.3g}" if abs(value) < 1000 else f"{value:,.0f}"
-    return str(value)
-
-
-def write(rows: list[dict], scale: str, out: Path) -> Path:
-    header = (
-        f"# lit_dlrm vs the reference approach, scale `{scale}`\n\n"
-        f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{time.strftime('%Y-%m-%d')}; `python -m benchmarks.run --scale {scale}`. "
-        "ratio > 1: lit_dlrm is better (faster, or more samples/s); "
-        "for forward rows it is COO time over dense time; "
-        "for compact rows dense over compact (bytes or time: "
-        "compact tables cost at most 10% more forward time while the ratio is >= 0.91).\n\n"
-    )
-    return write_results(
-        out, f"run_{scale}", rows, header + markdown_table(rows, COLUMNS, fmt), COLUMNS
-    )
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", choices=["tiny", "small", "kaggle"], default="small")
-    parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), default=sorted(BENCHMARKS))
-    parser.add_argument("--out-dir", type=Path, default=HERE / "results")
+    parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=None)
+    parser.add_argument("--repeats", type=int, default=None, help="default: per scale (>= 3)")
+    parser.add_argument("--out-dir", default=str(RESULTS))
+    parser.add_argument(
+        "--no-readme", action="store_true", help="leave the README's result blocks as they are"
+    )
     args = parser.parse_args(argv)
+    if args.repeats is not None and args.repeats < 1:
+        parser.error(f"--repeats: expected >= 1, got {args.repeats}")
+    names = args.only or list(BENCHMARKS)
+    start, cpu = time.perf_counter(), cpu_seconds()
     rows: list[dict] = []
-    for name in args.only:
-        start = time.perf_counter()
-        rows += [{"benchmark": name, **row} for row in BENCHMARKS[name](args.scale)]
-        print(f"{name}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
-    rows = kept_rows(args.out_dir / f"run_{args.scale}.csv", set(args.only)) + rows
+    for i, name in enumerate(names):
+        t0, c0 = time.perf_counter(), cpu_seconds()
+        rows += [{"benchmark": name, **r} for r in BENCHMARKS[name](args.scale, args.repeats)]
+        if not SHARED_TABLES.intersection(names[i + 1 :]):  # none left reads them: free them
+            sparsify.shared_tables.cache_clear()
+        wall, used = time.perf_counter() - t0, cpu_seconds() - c0
+        print(f"{name}: {wall:.0f} s wall, {used:.0f} s CPU", file=sys.stderr, flush=True)
     rows += sweep_estimate(rows, args.scale)
-    path = write(rows, args.scale, args.out_dir)
-    print(path.read_text())
+    stem = f"run_{args.scale}" + ("" if args.only is None else "_" + "-".join(args.only))
+    text = write_results(
+        stem,
+        f"lit_dlrm vs the reference approach, scale `{args.scale}`",
+        rows,
+        command_line("benchmarks.run", argv),
+        args.repeats or REPEATS[args.scale],
+        args.out_dir,
+        time.perf_counter() - start,
+        NOTES,
+        cpu_seconds() - cpu,
+    )
+    print(text)
+    if not args.no_readme:
+        readme.update()
     return rows
 
 

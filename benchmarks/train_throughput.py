@@ -1,23 +1,35 @@
 """Training throughput: ``trainer.fit`` of ``DLRMModule`` against a plain PyTorch loop.
 
-Same model (the Kaggle architecture, tables capped at ``--cap`` rows), same optimiser (SGD lr 0.1
-with sparse embedding gradients, the reference recipe), same in-memory batches, same number of
-steps, in the same process, alternating which goes first. Lightning's side includes everything
-``DLRMModule`` does per step (loss logging and the running training metrics). Reported: samples/s
-of each and the ratio; the target is that Lightning costs at most 10%.
+Same model (the Kaggle architecture, tables capped at the scale's cap), same initial weights, same
+optimiser (SGD lr 0.1 with sparse embedding gradients, the reference recipe), same in-memory
+batches, same number of steps, in the same process, ``repeats`` times in ABBA order. The
+Lightning side is timed over the whole ``trainer.fit`` call (its setup and teardown included;
+building the ``Trainer`` is not), with everything ``DLRMModule`` does per step (loss logging, the
+running training metrics); the plain loop from its first step to its last. Same work: both sides
+end with the same weights (every parameter's sum within 1e-4 relative). Target: Lightning costs
+at most 10% (ratio >= 0.9).
 
-    python -m benchmarks.train_throughput [--scale small]
+    python -m benchmarks.train_throughput --scale small
 """
 
 from __future__ import annotations
 
-import argparse
-import time
+import copy
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 
+from benchmarks.harness import (
+    OURS,
+    REF,
+    REPEATS,
+    alternate,
+    check_same_work,
+    compare,
+    main_for,
+    timed,
+)
 from lit_dlrm.data.kaggle import KAGGLE_TABLE_SIZES
 from lit_dlrm.module import DLRMModule
 
@@ -36,102 +48,93 @@ def random_batches(
     ]
 
 
-def plain_loop(module: DLRMModule, batches: list[tuple]) -> float:
-    """Seconds for one pass of a hand-written training loop over ``batches``."""
+def plain_loop(module: DLRMModule, batches: list[tuple]) -> None:
+    """One pass of a hand-written training loop over ``batches``."""
     model = module.model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=module.hparams.lr)
-    start = time.perf_counter()
     for dense, sparse, labels in batches:
         optimizer.zero_grad()
         loss = F.binary_cross_entropy_with_logits(model(dense, sparse), labels)
         loss.backward()
         optimizer.step()
-    return time.perf_counter() - start
 
 
-class Timer(L.Callback):
-    def on_train_start(self, trainer, pl_module):
-        self.start = time.perf_counter()
-
-    def on_train_end(self, trainer, pl_module):
-        self.seconds = time.perf_counter() - self.start
-
-
-def lightning_fit(module: DLRMModule, batches: list[tuple]) -> float:
-    """Seconds of ``trainer.fit`` over ``batches`` (one epoch, no validation, no checkpoint)."""
-    timer = Timer()
+def lightning_fit(module: DLRMModule, batches: list[tuple]):
+    """``trainer.fit`` over ``batches`` (one epoch, no validation, no checkpoint); the Trainer is
+    built here, the returned callable is what is timed."""
     trainer = L.Trainer(
         max_epochs=1,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[timer],
         accelerator="cpu",
         devices=1,
     )
-    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
-    return timer.seconds
+    loader = torch.utils.data.DataLoader(batches, batch_size=None)
+    return lambda: trainer.fit(module, train_dataloaders=loader)
 
 
-def measure(batch_size: int, steps: int, cap: int, rounds: int = 3) -> dict:
-    sizes = [min(n, cap) for n in KAGGLE_TABLE_SIZES]
-    batches = random_batches(sizes, batch_size, steps)
-    best = {"lightning": float("inf"), "plain": float("inf")}
-    for r in range(rounds):  # alternate the order; keep each side's best round
-        torch.manual_seed(0)
-        module = DLRMModule(sizes, optimizer="sgd", lr=0.1)
-        for name in ("plain", "lightning") if r % 2 == 0 else ("lightning", "plain"):
-            run = plain_loop if name == "plain" else lightning_fit
-            best[name] = min(best[name], run(module, batches))
-    samples = batch_size * steps
-    return {
-        "batch_size": batch_size,
-        "steps": steps,
-        "lightning_samples_s": samples / best["lightning"],
-        "plain_samples_s": samples / best["plain"],
-        "lightning_over_plain": best["plain"] / best["lightning"],
-    }
+def sums(module: DLRMModule) -> list[float]:
+    return [float(p.detach().double().sum()) for p in module.model.parameters()]
 
 
-# scale: (table cap, batch sizes, steps at batch 128; a quarter of them at 2048). Enough steps
-# that the once-per-epoch costs (the epoch-end metrics) weigh as little as in a real epoch.
+def close(a: list[float], b: list[float]) -> bool:
+    return all(abs(x - y) <= 1e-4 * max(1.0, abs(x)) for x, y in zip(a, b))
+
+
+# scale: (table cap, {batch size: steps}). Enough steps that the once-per-epoch costs (the
+# epoch-end metrics) weigh as little as in a real epoch.
 SCALES = {
-    "tiny": (2_000, [128], 20),
-    "small": (100_000, [128, 2048], 1200),
-    "kaggle": (100_000, [128, 2048], 2000),
+    "tiny": (2_000, {128: 20}),
+    "small": (100_000, {128: 1200, 2048: 300}),
+    "kaggle": (100_000, {128: 2000, 2048: 500}),
 }
 
 
-def run(scale: str = "small") -> list[dict]:
-    """Rows for benchmarks/run.py: Lightning vs the plain loop, per batch size."""
-    cap, batch_sizes, steps = SCALES[scale]
+def run(scale: str = "small", repeats: int | None = None) -> list[dict]:
+    """Lightning vs the plain loop, per batch size; rows of the harness's schema."""
+    repeats = repeats or REPEATS[scale]
+    cap, steps_of = SCALES[scale]
+    sizes = [min(n, cap) for n in KAGGLE_TABLE_SIZES]
+    torch.manual_seed(0)
+    initial = DLRMModule(sizes, optimizer="sgd", lr=0.1)
     rows = []
-    for batch_size in batch_sizes:
-        m = measure(batch_size, steps if batch_size <= 128 else steps // 4, cap)
+    for batch_size, steps in steps_of.items():
+        batches = random_batches(sizes, batch_size, steps)
+
+        def ours(batches=batches):
+            module = copy.deepcopy(initial)
+            fit = lightning_fit(module, batches)
+            return timed(fit, lambda _: sums(module))
+
+        def reference(batches=batches):
+            module = copy.deepcopy(initial)
+            return timed(lambda: plain_loop(module, batches), lambda _: sums(module))
+
+        samples = alternate({OURS: ours, REF: reference}, repeats)
+        check_same_work(
+            f"train batch {batch_size}", samples, close, "the same weights (sums within 1e-4)"
+        )
+        for side in samples.values():
+            for s in side:
+                s.value = batch_size * steps / s.value
         rows.append(
-            {
-                "stage": f"train batch {batch_size}",
-                "unit": "samples/s",
-                "lit_dlrm": m["lightning_samples_s"],
-                "reference": m["plain_samples_s"],
-                "ratio": m["lightning_over_plain"],
-                "note": f"trainer.fit vs a plain PyTorch loop, tables capped at {cap:,}, SGD, "
-                f"{m['steps']} steps",
-            }
+            compare(
+                f"train batch {batch_size}",
+                "samples/s",
+                samples,
+                better="higher",
+                target=0.9,
+                note=f"trainer.fit (whole call) vs a plain PyTorch loop, tables capped at "
+                f"{cap:,}, SGD, {steps} steps",
+            )
         )
     return rows
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", choices=sorted(SCALES), default="small")
-    args = parser.parse_args(argv)
-    for row in run(args.scale):
-        print(
-            f"{row['stage']}: lightning {row['lit_dlrm']:.0f} samples/s, "
-            f"plain loop {row['reference']:.0f}, ratio {row['ratio']:.3f}"
-        )
+    main_for("train_throughput", run, argv, __doc__.splitlines()[0], sorted(SCALES))
 
 
 if __name__ == "__main__":

@@ -1,76 +1,107 @@
-"""The benchmark harnesses run end to end at a tiny scale (their figures are not checked)."""
+"""The benchmark harness: ABBA order, spreads, same-work checks (which fail when the sides
+differ), one results writer; and a few benchmarks end to end at a tiny scale (figures unchecked)."""
 
-import importlib.util
-from pathlib import Path
+import pytest
+import torch
 
-SCHEMA = {
-    "stage",
-    "unit",
-    "lit_dlrm",
-    "reference",
-    "ratio",
-    "lit_dlrm_peak_mib",
-    "reference_peak_mib",
-    "floor",
-    "note",
-}
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+from benchmarks import harness, run, sparsify
+from benchmarks.harness import OURS, REF, Sample, WorkMismatch
 
 
-def load(name):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def test_alternate_runs_the_sides_abba():
+    order = []
+    sides = {name: (lambda n=name: order.append(n) or Sample(1.0)) for name in (OURS, REF)}
+    samples = harness.alternate(sides, 4)
+    assert order == [OURS, REF, REF, OURS, OURS, REF, REF, OURS]
+    assert [len(v) for v in samples.values()] == [4, 4]
 
 
-def test_sparsify_benchmark_tiny(tmp_path):
-    rows = load("sparsify").run("tiny", out_dir=tmp_path, isolate=False)
-    assert [r["stage"] for r in rows][-1] == "grid (80 points)" and len(rows) == 6
-    assert all(set(r) == SCHEMA for r in rows)
-    assert all(r["lit_dlrm"] > 0 and r["reference"] > 0 for r in rows[1:])
-    assert (tmp_path / "sparsify_tiny.csv").exists() and (tmp_path / "sparsify_tiny.md").exists()
+def test_compare_reports_medians_spreads_ratio_and_a_missed_target():
+    samples = {
+        OURS: [Sample(v, 10.0) for v in (1.0, 3.0, 2.0)],
+        REF: [Sample(v, 20.0) for v in (4.0, 5.0, 6.0)],
+    }
+    row = harness.compare("s", "s", samples, target=3.0)
+    assert (row[OURS], row[f"{OURS}_min"], row[f"{OURS}_max"]) == (2.0, 1.0, 3.0)
+    assert row["ratio"] == 2.5 and row["target"] == "ratio >= 3: missed"
+    assert row["lit_dlrm_peak_mib"] == 10.0 and row["runs"] == 3
+    rate = harness.compare("r", "rows/s", samples, better="higher", target=0.3)
+    assert rate["ratio"] == 0.4 and rate["target"].endswith("met")
+    assert "2 [1, 3]" in harness.markdown_table([row])
 
 
-def test_compress_benchmark_tiny(tmp_path):
-    rows = load("compress").run("tiny", out_dir=tmp_path, workdir=str(tmp_path), levels=(0.0, 1.0))
-    assert all(set(r) == SCHEMA for r in rows) and len(rows) == 8  # 2 levels x 2 zeros x write/read
-    assert rows[0]["stage"] == "compress 0 write" and rows[0]["reference"] > 0
-    assert (tmp_path / "compress_tiny.csv").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["compress_tiny.csv", "compress_tiny.md"]
+def test_same_work_check_fails_when_a_side_differs():
+    same = {OURS: [Sample(1, work=[1, 2])], REF: [Sample(1, work=[1, 2])]}
+    harness.check_same_work("stage", same)
+    other = {OURS: [Sample(1, work=[1, 2])], REF: [Sample(1, work=[1, 3])]}
+    with pytest.raises(WorkMismatch, match="run 0 of reference"):
+        harness.check_same_work("stage", other)
 
 
-def test_harness_runs_every_benchmark_into_one_table(tmp_path):
-    rows = load("run").main(
-        ["--scale", "tiny", "--only", "train", "evaluate", "--out-dir", str(tmp_path)]
+def test_sparsify_fails_when_the_reference_prunes_other_blocks(monkeypatch):
+    real = sparsify.reference_point
+
+    def wrong(tables, norm, block, work):
+        sample = real(tables, norm, block, work)
+        sample.work = sample.work[1:] + sample.work[:1]
+        return sample
+
+    monkeypatch.setattr(sparsify, "reference_point", wrong)
+    with pytest.raises(WorkMismatch, match="one point L1"):
+        sparsify.run("tiny", 1)
+
+
+def test_sparsify_lets_ties_at_the_cut_differ_and_nothing_else():
+    dense = [torch.tensor([[1.0], [2.0], [-2.0], [3.0], [0.5]])]  # scores 1 2 2 3 0.5, cut 2
+
+    def pruned(*rows):
+        t = dense[0].clone()
+        t[list(rows)] = 0
+        return [t]
+
+    work = sparsify.mask_work(dense, "L1", (1, 1))
+    lower = work(pruned(4, 0, 1))  # lit_dlrm: the lower index of the tie at 2
+    assert work(pruned(4, 0, 2)) == lower  # the other tied block: allowed
+    assert work(pruned(4, 1, 2)) != lower  # keeps 1 (below the cut), prunes both ties
+    assert work(pruned(4, 0, 3)) != lower  # a block above the cut: another cut score
+    assert work(pruned(4, 0)) != lower  # fewer zeros
+
+
+def test_a_peak_counts_memory_reused_from_an_earlier_run():
+    n = 4 << 20  # 16 MiB of float32
+    for _ in range(3):  # freed memory the heap keeps, which a run could reuse unseen
+        a, b = torch.ones(n), torch.ones(n)
+        del a, b
+    _, _, peak = harness.measured(lambda: float((torch.ones(n) + 1).sum()))  # two 16 MiB live
+    assert peak is not None and peak >= 0.9 * 32
+
+
+def test_results_file_has_its_run_table_and_one_table_of_rows(tmp_path):
+    rows = [{"benchmark": "b", **harness.compare("s", "s", {OURS: [Sample(1.0)]})}]
+    text = harness.write_results("x", "title", rows, "python -m benchmarks.x", 5, tmp_path, 12.0)
+    assert (tmp_path / "x.md").read_text() == text and (tmp_path / "x.csv").exists()
+    for field in ("| command | `python -m benchmarks.x` |", "| commit |", "| duration | 12 s |"):
+        assert field in text
+    assert "CPUs, torch" in text
+
+
+def test_run_writes_one_file_per_run_with_the_reference_grid_of_60(tmp_path):
+    rows = run.main(
+        ["--scale", "tiny", "--only", "sparsify", "--repeats", "2", "--out-dir", str(tmp_path)]
+        + ["--no-readme"]
     )
-    stages = [r["stage"] for r in rows]
-    assert "train batch 128" in stages and "test loop (one grid point)" in stages
-    assert all(r["lit_dlrm"] > 0 and r["reference"] > 0 for r in rows)
-    table = (tmp_path / "run_tiny.md").read_text()
-    assert table.count("\n| ") == len(rows) + 1  # a header and one line per stage
-    assert (tmp_path / "run_tiny.csv").exists()
+    grid = next(r for r in rows if r["stage"].startswith("grid"))
+    points = [r for r in rows if r["stage"].startswith("one point") and r["reference"]]
+    assert len(points) == 3 and sparsify.REFERENCE_POINTS == 60
+    assert grid["reference"] == pytest.approx(20 * sum(r["reference"] for r in points))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "run_tiny_sparsify.csv",
+        "run_tiny_sparsify.md",
+    ]
 
 
-def test_global_threshold_benchmark_tiny(tmp_path):
-    rows = load("global_threshold").run(
-        "tiny", out_dir=tmp_path, isolate=False
-    )  # counts compared inside
-    assert all(set(r) == SCHEMA for r in rows) and len(rows) == 4
-    assert rows[0]["lit_dlrm"] > 0 and rows[0]["reference"] > 0
-    assert (tmp_path / "global_threshold_tiny.md").exists()
-
-
-def test_quantize_benchmark_tiny(tmp_path):
-    rows = load("quantize").run("tiny", out_dir=tmp_path, isolate=False)
-    assert all(set(r) == SCHEMA for r in rows) and len(rows) == 2
-    assert all(r["lit_dlrm"] > 0 and r["reference"] > 0 for r in rows)
-
-
-def test_int_lookup_benchmark_tiny(tmp_path):
-    rows = load("int_lookup").run("tiny", out_dir=tmp_path)
-    assert {r["path"] for r in rows} == {"float32", "int8", "int4"} and len(rows) == 6
-    assert all(r["min_s"] <= r["median_s"] <= r["max_s"] for r in rows)
-    assert (tmp_path / "int_lookup_tiny.csv").exists() and (
-        tmp_path / "int_lookup_tiny.md"
-    ).exists()
+@pytest.mark.parametrize("name", ["compress", "quantize", "global_threshold", "train_throughput"])
+def test_benchmark_runs_at_tiny_scale_with_its_checks(name):
+    module = __import__(f"benchmarks.{name}", fromlist=["run"])
+    rows = module.run("tiny", 2)
+    assert rows and all(r["lit_dlrm"] > 0 and r["runs"] == 2 for r in rows)
