@@ -9,7 +9,10 @@ negatives kept, cat uint32 raw hashes with missing -> 0), already cut into days.
     write_dlrm_bin         data_loader_terabyte.numpy_to_binary: int32 [y, X_int, X_cat] rows,
                            train = days but the last, test/val = the last day's halves (ceil)
     write_torchrec_npy     torchrec BinaryCriteoUtils.tsv_to_npys (+ sparse_to_contiguous)
-    write_multihot         dlrm torchrec_dlrm materialize_synthetic_multihot_dataset (np.savez)
+    write_multihot         dlrm torchrec_dlrm materialize_synthetic_multihot_dataset (np.savez):
+                           the library's writer (`formats.write_multihot_day`, which the synthetic
+                           Terabyte generator uses); the tests check its bags against the one-hot
+                           ids of `write_torchrec_npy`
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
+from lit_dlrm.data.formats import torchrec_dense, write_multihot_day
 
 
 def first_appearance_ids(days_cat: list[np.ndarray], start: int = 0) -> list[np.ndarray]:
@@ -88,13 +93,6 @@ def write_dlrm_bin(directory: Path, prefix: Path) -> Path:
     return directory / "train_data.bin"
 
 
-def torchrec_dense(x_int: np.ndarray) -> np.ndarray:
-    """tsv_to_npys' dense values: x - min + 2 over the whole file, then log, float32."""
-    d = x_int.astype(np.int32).copy()
-    d -= d.min() - 2
-    return np.log(d, dtype=np.float32)
-
-
 def write_torchrec_npy(directory: Path, days, contiguous: bool) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     sparse = [c.astype(np.int64) for _, _, c in days]
@@ -108,28 +106,9 @@ def write_torchrec_npy(directory: Path, days, contiguous: bool) -> Path:
     return directory
 
 
-def multihot_tables(hashes: list[int], sizes: list[int], seed: int = 0) -> list[np.ndarray]:
-    """One (hash, size) lookup table per feature, as its Multihot class: id -> a bag of `size`
-    ids; here column 0 is the id itself, so a bag of size 1 is the one-hot id."""
-    rng = np.random.default_rng(seed)
-    tables = []
-    for h, s in zip(hashes, sizes):
-        t = rng.integers(0, h, size=(h, s), dtype=np.int64)
-        t[:, 0] = np.arange(h)
-        tables.append(t.astype(np.int32))
-    return tables
-
-
-def write_multihot(directory: Path, npy_dir: Path, tables: list[np.ndarray]) -> Path:
-    """materialize_synthetic_multihot_dataset with --copy_labels_and_dense."""
-    directory.mkdir(parents=True, exist_ok=True)
-    d = 0
-    while (npy_dir / f"day_{d}_sparse.npy").is_file():
-        sparse = np.load(npy_dir / f"day_{d}_sparse.npy", mmap_mode="r")
-        members = {str(j): t[sparse[:, j] % len(t)] for j, t in enumerate(tables)}
-        np.savez(directory / f"day_{d}_sparse_multi_hot.npz", **members)
-        for part in ("labels", "dense"):
-            name = f"day_{d}_{part}.npy"
-            (directory / name).write_bytes((npy_dir / name).read_bytes())
-        d += 1
+def write_multihot(directory: Path, days, tables: list[np.ndarray]) -> Path:
+    """MLPerf's multi-hot set of the raw days (materialize_synthetic_multihot_dataset with
+    --copy_labels_and_dense over tsv_to_npys' output)."""
+    for d, (y, x_int, cat) in enumerate(days):
+        write_multihot_day(directory, d, y, x_int, cat, tables)
     return directory

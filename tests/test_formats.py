@@ -10,6 +10,7 @@ import torch
 from lit_dlrm.bags import Bags
 from lit_dlrm.data import CriteoDataModule, CriteoFormatError, SyntheticConfig, read_file, write_tsv
 from lit_dlrm.data.datamodule import CriteoBatches, dense_features
+from lit_dlrm.data.formats import multihot_tables, torchrec_dense
 
 DAY_ROWS = [700, 900, 500, 601]  # the last day is split (odd: ceil goes to the first half)
 MOD = 97  # dlrm's max_ind_range / TorchRec's hashes: small, so that ids collide
@@ -105,7 +106,7 @@ def test_torchrec_npy_is_tsv_to_npys_of_the_raw_rows(raw, tmp_path):
     start, mid = n - DAY_ROWS[-1], n - DAY_ROWS[-1] + (DAY_ROWS[-1] + 1) // 2
     # TorchRec's halves: val first, test second (dlrm's are the other way round)
     assert dm.meta["splits"] == {"train": [0, start], "val": [start, mid], "test": [mid, n]}
-    dense = np.concatenate([fw.torchrec_dense(x) for _, x, _ in raw["days"]])
+    dense = np.concatenate([torchrec_dense(x) for _, x, _ in raw["days"]])
     cat = raw["block"].cat.astype(np.int64) % MOD
     text = text_rows(raw, 0, n, max_ind_range=MOD)
     for split, (a, b) in dm.meta["splits"].items():
@@ -136,8 +137,8 @@ def test_torchrec_contiguous_ids_are_the_text_path_ids_plus_2(raw, tmp_path):
 def test_multihot_bags_hold_the_one_hot_id_first(raw, tmp_path):
     npy = fw.write_torchrec_npy(tmp_path / "npy", raw["days"], contiguous=False)
     sizes = [3, 1, 2] + [1] * 23
-    tables = fw.multihot_tables([MOD] * 26, sizes)
-    directory = fw.write_multihot(tmp_path / "multihot", npy, tables)
+    tables = multihot_tables([MOD] * 26, sizes)
+    directory = fw.write_multihot(tmp_path / "multihot", raw["days"], tables)
     dm = module(raw, "torchrec_multihot", directory, num_embeddings_per_feature=[MOD] * 26)
     one_hot = module(raw, "torchrec_npy", npy, max_ind_range=MOD)
     for split in ("train", "val", "test"):
@@ -187,8 +188,9 @@ def test_dense_features_of_dlrm_bin_match_dlrm_loader():
 
 
 def test_worker_processes_read_the_same_batches(raw, tmp_path):
-    npy = fw.write_torchrec_npy(tmp_path / "npy", raw["days"], contiguous=False)
-    directory = fw.write_multihot(tmp_path / "mh", npy, fw.multihot_tables([MOD] * 26, [2] * 26))
+    directory = fw.write_multihot(
+        tmp_path / "mh", raw["days"], multihot_tables([MOD] * 26, [2] * 26)
+    )
     dm = module(raw, "torchrec_multihot", directory, num_workers=1)
     main = next(iter(module(raw, "torchrec_multihot", directory).dataloader("val")))
     got = next(iter(dm.dataloader("val")))

@@ -30,6 +30,11 @@ every earlier day is train. dlrm_bin's splits are its three files.
 The "cache" of these sources is an index: meta.json naming the files, byte offsets, shapes and
 the splits (built by `ensure_cache`, so atomic and keyed on the files' fingerprints).
 `FileBatches` reads batches through it. Errors name the file and what was expected.
+
+Writing (for the synthetic Terabyte generator, `terabyte.write_days`): `write_multihot_day` writes
+one day of MLPerf's multi-hot set from raw rows by the tools' rules: TorchRec's `tsv_to_npys`
+dense and labels (`torchrec_dense`), and `materialize_synthetic_multihot_dataset`'s bags, looked
+up in MLPerf's one-hot -> multi-hot tables (`multihot_tables`, `multihot_bags`).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..bags import Bags
+from ..paths import atomic_write
 from .criteo import CriteoFormatError
 from .datamodule import dense_features
 from .kaggle import NUM_DENSE, NUM_SPARSE
@@ -402,3 +408,91 @@ class FileBatches(Dataset):
         if self.modulus is not None:
             sparse %= self.modulus
         return dense_t, torch.from_numpy(sparse), label_t
+
+
+# ----------------------------------------------------------------------------------------------
+# writing MLPerf's multi-hot set (TorchRec's dense and labels beside it)
+
+# MLPerf DLRM-DCNv2's bag sizes of C1..C26 (the --multi_hot_sizes of its materialisation script).
+# fmt: off
+MLPERF_MULTI_HOT_SIZES = (
+    3, 2, 1, 2, 6, 1, 1, 1, 1, 7, 3, 8, 1, 6, 9, 5, 1, 1, 1, 12, 100, 27, 10, 3, 1, 1,
+)
+# fmt: on
+
+
+def torchrec_dense(dense: np.ndarray) -> np.ndarray:
+    """TorchRec `tsv_to_npys`' dense values of one day file: raw counts int (n, 13) as the text
+    parser gives them (missing 0, negatives kept) -> float32 log(x - m + 2), m the smallest value
+    of the whole array."""
+    d = np.asarray(dense, dtype=np.int32).copy()
+    d -= d.min() - 2
+    return np.log(d, dtype=np.float32)
+
+
+def multihot_tables(num_embeddings: list[int], sizes: list[int]) -> list[np.ndarray]:
+    """MLPerf's one-hot -> multi-hot lookup tables (its `Multihot`, "uniform"): per feature j an
+    int32 (num_embeddings[j], sizes[j]) table whose column 0 is the id itself (so a bag of size 1
+    is the one-hot id) and whose other columns are ids drawn uniformly from [0, num_embeddings[j]),
+    feature after feature from one `RandomState(0)`: the draws of its `np.random.seed(0)` and
+    `np.random.randint`. Memory: 4 bytes x sum of num_embeddings[j] x sizes[j].
+
+    Raises ValueError when the lengths differ or a size or table size is < 1.
+    """
+    if len(num_embeddings) != len(sizes):
+        raise ValueError(
+            f"multi-hot sizes: expected one per table ({len(num_embeddings)}), got {len(sizes)}"
+        )
+    if min(sizes, default=1) < 1 or min(num_embeddings, default=1) < 1:
+        raise ValueError(
+            f"multi-hot sizes and table sizes must be >= 1, got sizes {list(sizes)} "
+            f"and table sizes {list(num_embeddings)}"
+        )
+    rng = np.random.RandomState(0)
+    tables = []
+    for n, s in zip(num_embeddings, sizes):
+        ids = np.arange(n)[:, None]
+        drawn = rng.randint(0, n, size=(n, s - 1))
+        tables.append(np.concatenate([ids, drawn], axis=1).astype(np.int32))
+    return tables
+
+
+def multihot_bags(sparse: np.ndarray, tables: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """`materialize_synthetic_multihot_dataset`'s lookup: member str(j) = tables[j][sparse[:, j] %
+    len(tables[j])], int32 (n, bag size j); sparse: raw ids or hashes, int (n, len(tables))."""
+    sparse = np.asarray(sparse)
+    return {str(j): t[sparse[:, j].astype(np.int64) % len(t)] for j, t in enumerate(tables)}
+
+
+def write_multihot_day(
+    directory: str | os.PathLike,
+    day: int,
+    label: np.ndarray,
+    dense: np.ndarray,
+    sparse: np.ndarray,
+    tables: list[np.ndarray],
+) -> list[Path]:
+    """One day of MLPerf's multi-hot set from raw rows (label (n,), dense int (n, 13) with missing
+    0, sparse raw hashes (n, 26)): `day_{day}_dense.npy` (`torchrec_dense`), `day_{day}_labels.npy`
+    (int32 (n, 1)), then `day_{day}_sparse_multi_hot.npz` (np.savez, uncompressed, of
+    `multihot_bags`), as TorchRec's and MLPerf's scripts write them. Each file appears whole or not
+    at all, the npz last, so a day that `torchrec_multihot` finds is complete. Returns the paths."""
+    directory = Path(directory)
+    arrays = {
+        f"day_{day}_dense.npy": torchrec_dense(dense),
+        f"day_{day}_labels.npy": np.asarray(label, dtype=np.int32).reshape(-1, 1),
+        f"day_{day}_sparse_multi_hot.npz": multihot_bags(sparse, tables),
+    }
+    paths = []
+    for name, a in arrays.items():
+
+        def write(tmp: Path, a=a) -> None:
+            with open(tmp, "wb") as f:  # a file object: numpy adds no suffix
+                if isinstance(a, dict):
+                    np.savez(f, **a)
+                else:
+                    np.save(f, a)
+
+        atomic_write(directory / name, write)
+        paths.append(directory / name)
+    return paths

@@ -1,5 +1,6 @@
 """Criteo Terabyte from its raw day files, with facebookresearch/dlrm's rules; and a Terabyte-shaped
-synthetic writer (the same day-file layout, labels from the planted teacher).
+synthetic writer (the same day-file layout, labels from the planted teacher; optionally the same
+rows as MLPerf's multi-hot set beside them).
 
 Input: a directory holding `day_0` .. `day_{D-1}` (D >= 2, consecutive), each plain text or gzip
 (`day_3` or `day_3.gz`, recognised by its bytes), Kaggle-format lines: label, I1..I13, C1..C26.
@@ -44,7 +45,14 @@ from pathlib import Path
 import numpy as np
 
 from ..paths import atomic_write
-from .criteo import CriteoFormatError, ParsedBlock, ParseStats, iter_blocks, sniff_format
+from .criteo import (
+    MISSING_DENSE,
+    CriteoFormatError,
+    ParsedBlock,
+    ParseStats,
+    iter_blocks,
+    sniff_format,
+)
 from .kaggle import NUM_DENSE, NUM_SPARSE
 from .preprocess import (
     VOCABULARY,
@@ -513,10 +521,16 @@ def write_days(
     max_table_size: int = 20_000,
     seed: int = 0,
     compress: bool = False,
+    multi_hot: list[int] | None = None,
 ) -> list[Path]:
     """Write `day_0` .. `day_{days-1}` (`.gz` when `compress`) of `rows_per_day` Kaggle-format
     lines each into `out_dir`; rows and labels from the planted teacher (`Teacher`) over
-    `TerabyteSyntheticConfig`. Each file appears complete or not at all. Returns the paths."""
+    `TerabyteSyntheticConfig`. With `multi_hot` (a bag size per table, e.g.
+    `formats.MLPERF_MULTI_HOT_SIZES`), the same rows also as MLPerf's multi-hot set beside them
+    (`formats.write_multihot_day`: `day_{i}_sparse_multi_hot.npz` + TorchRec's dense and labels,
+    what `--data.source=torchrec_multihot` reads), hashes reduced modulo the capped table sizes;
+    this holds a day of rows and the lookup tables in memory. Each file appears complete or not at
+    all. Returns the paths written, day files first."""
     from .criteo import write_kaggle_tsv
 
     if days < 2 or rows_per_day < 1:
@@ -525,9 +539,14 @@ def write_days(
     config = TerabyteSyntheticConfig(
         rows=days * rows_per_day, max_table_size=max_table_size, seed=seed
     )
+    tables = None
+    if multi_hot is not None:
+        from .formats import multihot_tables
+
+        tables = multihot_tables(config.table_sizes(), list(multi_hot))
     blocks = Teacher.from_config(config).blocks()
     carry: list[ParsedBlock] = []
-    paths = []
+    paths, multi_hot_paths = [], []
 
     def take(n: int) -> Iterator[ParsedBlock]:
         while n > 0:
@@ -542,21 +561,49 @@ def write_days(
 
     for d in range(days):
         path = out_dir / (f"day_{d}.gz" if compress else f"day_{d}")
+        day = take(rows_per_day) if tables is None else list(take(rows_per_day))
 
-        def write(tmp: Path) -> None:
+        def write(tmp: Path, day=day) -> None:
             tmp.write_bytes(b"")
-            for b in take(rows_per_day):
+            for b in day:
                 write_kaggle_tsv(tmp, b.label, b.dense, b.cat, append=True, compress=compress)
 
         atomic_write(path, write)
         paths.append(path)
-    return paths
+        if tables is not None:
+            from .formats import write_multihot_day
+
+            dense = np.concatenate([b.dense for b in day])
+            dense[dense == MISSING_DENSE] = 0  # as the text parser gives it
+            label, cat = (np.concatenate([getattr(b, k) for b in day]) for k in ("label", "cat"))
+            multi_hot_paths += write_multihot_day(out_dir, d, label, dense, cat, tables)
+    return paths + multi_hot_paths
 
 
-def _main(argv: list[str] | None = None) -> None:
+def _bag_sizes(text: str) -> list[int]:
+    """--multi-hot: "mlperf" or NUM_SPARSE comma-separated bag sizes."""
+    from .formats import MLPERF_MULTI_HOT_SIZES
+
+    if text == "mlperf":
+        return list(MLPERF_MULTI_HOT_SIZES)
+    try:
+        sizes = [int(x) for x in text.split(",")]
+    except ValueError:
+        sizes = []
+    if len(sizes) != NUM_SPARSE or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected 'mlperf' or {NUM_SPARSE} comma-separated bag sizes >= 1, got {text!r}"
+        )
+    return sizes
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m lit_dlrm.data.terabyte write OUT_DIR ...`: `write_days` from the command line;
+    prints {"days", "rows", "bytes" (of every file written)} as JSON."""
     ap = argparse.ArgumentParser(
         prog="python -m lit_dlrm.data.terabyte",
-        description="Write synthetic Criteo Terabyte day files (day_0 .. day_N, Kaggle format).",
+        description="Write synthetic Criteo Terabyte day files (day_0 .. day_N, Kaggle format), "
+        "optionally also as MLPerf's multi-hot set.",
     )
     sub = ap.add_subparsers(dest="command", required=True)
     w = sub.add_parser("write", help="write synthetic day files into OUT_DIR")
@@ -571,6 +618,14 @@ def _main(argv: list[str] | None = None) -> None:
     )
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--gzip", action="store_true", help="write day_N.gz")
+    w.add_argument(
+        "--multi-hot",
+        type=_bag_sizes,
+        metavar="SIZES",
+        help=f"also write the rows as MLPerf's multi-hot set (day_N_sparse_multi_hot.npz, "
+        f"TorchRec's day_N_dense.npy / day_N_labels.npy): {NUM_SPARSE} comma-separated bag sizes "
+        "(C1..C26), or 'mlperf' for MLPerf DLRM-DCNv2's",
+    )
     a = ap.parse_args(argv)
     paths = write_days(
         a.out_dir,
@@ -579,10 +634,11 @@ def _main(argv: list[str] | None = None) -> None:
         max_table_size=a.max_table_size,
         seed=a.seed,
         compress=a.gzip,
+        multi_hot=a.multi_hot,
     )
     size = sum(p.stat().st_size for p in paths)
-    print(json.dumps({"days": len(paths), "rows": a.days * a.rows_per_day, "bytes": size}))
+    print(json.dumps({"days": a.days, "rows": a.days * a.rows_per_day, "bytes": size}))
 
 
 if __name__ == "__main__":
-    _main()
+    main()
