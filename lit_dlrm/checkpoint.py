@@ -2,10 +2,11 @@
 
 Reading (:func:`load_state_dict`, :func:`architecture`, :func:`check_resumable`) takes three
 layouts, all through ``torch.load(..., weights_only=True)``: a lit_dlrm Lightning checkpoint
-(``{"state_dict": {"model.emb_l.0.weight": ...}, ...}``), a facebookresearch/dlrm ``--save-model``
-file (its numpy scalars let in by :data:`NUMPY_ALLOW_LIST`, nothing else) and a bare state_dict;
-and the sweep's ``.lds`` files (recognised by their magic bytes, read without pickle, quantised
-tables dequantised).
+(``{"state_dict": {"model.emb_l.0.weight": ...}, ...}``; ``--model.backend=torchrec``'s
+``model.ebc.embedding_bags.t0.weight`` read as ``emb_l.0.weight``), a facebookresearch/dlrm
+``--save-model`` file (its numpy scalars let in by :data:`NUMPY_ALLOW_LIST`, nothing else) and a
+bare state_dict; and the sweep's ``.lds`` files (recognised by their magic bytes, read without
+pickle, quantised tables dequantised).
 Anything else raises :class:`CheckpointError` naming the file (and the refused global, if any).
 
 Writing: :class:`AtomicCheckpointIO` leaves a whole checkpoint or none under every name, and
@@ -30,6 +31,7 @@ from torch import Tensor
 
 from lit_dlrm.model import interaction_size
 from lit_dlrm.paths import atomic_write
+from lit_dlrm.sharded.keys import from_torchrec
 from lit_dlrm.sparsity.compression import is_compressed_file, load_compressed
 from lit_dlrm.sparsity.quantize import load_quantized_state_dict
 
@@ -100,6 +102,7 @@ def _dlrm_state(obj, path: Path) -> dict[str, Tensor]:
         raise CheckpointError(f"{path}: holds no state_dict (got {type(obj).__name__})")
     if any(key.startswith("model.") for key in state):  # lit_dlrm's LightningModule prefix
         state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    state = from_torchrec(state)  # a --model.backend=torchrec checkpoint's table keys
     if not any(key.startswith("emb_l.") for key in state):
         raise CheckpointError(
             f"{path}: not a DLRM state_dict (no 'emb_l.*' keys; found e.g. {sorted(state)[:3]})"

@@ -28,11 +28,24 @@ from lit_dlrm.model import DLRM, Interaction
 from lit_dlrm.sparse_sync import average_sparse_grads, ignore_in_ddp
 
 Optimizer = Literal["sgd", "adagrad"]
+Backend = Literal["torch", "torchrec"]
 # A learning-rate schedule: given the optimiser, the scheduler (stepped once per optimiser step).
 Schedule = Callable[[torch.optim.Optimizer], LRScheduler]
 
 
 PROGRESS_BAR = ("auc", "log_loss")  # the validation metrics on the progress bar
+
+
+def torchrec_network() -> type[DLRM]:
+    """:class:`lit_dlrm.sharded.model.TorchRecDLRM`, or an error saying how to install TorchRec."""
+    try:
+        from lit_dlrm.sharded.model import TorchRecDLRM
+    except ImportError as err:
+        raise ImportError(
+            f"model.backend=torchrec needs TorchRec, which failed to import ({err}); install it "
+            "as the README's 'Scaling out' section says"
+        ) from err
+    return TorchRecDLRM
 
 
 class DLRMModule(L.LightningModule):
@@ -54,6 +67,11 @@ class DLRMModule(L.LightningModule):
             --model.lr_scheduler.warmup_steps=...``. Built once on a probe optimiser here, so
             bad arguments fail at construction. ``ReduceLROnPlateau`` is refused (it needs a
             metric at every step).
+        backend: ``"torch"`` (``nn.EmbeddingBag`` tables, :class:`DLRM`) or ``"torchrec"`` (a
+            TorchRec ``EmbeddingBagCollection``, :class:`lit_dlrm.sharded.model.TorchRecDLRM`,
+            which TorchRec's ``DistributedModelParallel`` can shard; an optional install).
+            Same network, same logits; the state-dict keys of the tables differ
+            (:mod:`lit_dlrm.sharded.keys`), and checkpoints read as the reference's either way.
 
     Only the optimisers that take the tables' sparse gradients are offered (``optimizer``);
     the schedule scales their learning rates and leaves the gradients alone.
@@ -70,10 +88,13 @@ class DLRMModule(L.LightningModule):
         optimizer: Optimizer = "sgd",
         lr: float = 0.1,
         lr_scheduler: Schedule | None = None,
+        backend: Backend = "torch",
     ) -> None:
         super().__init__()
         if optimizer not in ("sgd", "adagrad"):
             raise ValueError(f"model.optimizer: expected 'sgd' or 'adagrad', got {optimizer!r}")
+        if backend not in ("torch", "torchrec"):
+            raise ValueError(f"model.backend: expected 'torch' or 'torchrec', got {backend!r}")
         if not lr > 0:
             raise ValueError(f"model.lr: expected a positive learning rate, got {lr}")
         for name, value in (
@@ -125,7 +146,8 @@ class DLRMModule(L.LightningModule):
                 sizes = list(self.trainer.datamodule.table_sizes)
                 self.save_hyperparameters({**self.hparams, "table_sizes": sizes})
             h = self.hparams
-            self.model = DLRM(
+            network = torchrec_network() if h.backend == "torchrec" else DLRM
+            self.model = network(
                 h.table_sizes, h.num_dense, h.embedding_dim, h.bottom_mlp, h.top_mlp, h.interaction
             )
         if self._sync_tables:  # before DDP wraps the module (lit_dlrm.sparse_sync)
@@ -145,7 +167,13 @@ class DLRMModule(L.LightningModule):
                 f"got {self.trainer.log_every_n_steps}"
             )
         # Under DDP the tables' sparse gradients are averaged by lit_dlrm.sparse_sync, not by DDP.
-        self._sync_tables = stage == "fit" and dist.is_available() and dist.is_initialized()
+        # (TorchRec's tables have dense gradients, which DDP all-reduces like the MLPs'.)
+        self._sync_tables = (
+            stage == "fit"
+            and self.hparams.backend == "torch"
+            and dist.is_available()
+            and dist.is_initialized()
+        )
 
     def forward(self, dense: Tensor, sparse: Tensor) -> Tensor:
         return self.model(dense, sparse)
