@@ -28,6 +28,7 @@ from lit_dlrm.model import DLRM, Interaction
 from lit_dlrm.sparse_sync import average_sparse_grads, ignore_in_ddp
 
 Optimizer = Literal["sgd", "adagrad"]
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad}  # --model.optimizer
 Backend = Literal["torch", "torchrec"]
 # A learning-rate schedule: given the optimiser, the scheduler (stepped once per optimiser step).
 Schedule = Callable[[torch.optim.Optimizer], LRScheduler]
@@ -146,10 +147,16 @@ class DLRMModule(L.LightningModule):
                 sizes = list(self.trainer.datamodule.table_sizes)
                 self.save_hyperparameters({**self.hparams, "table_sizes": sizes})
             h = self.hparams
-            network = torchrec_network() if h.backend == "torchrec" else DLRM
-            self.model = network(
-                h.table_sizes, h.num_dense, h.embedding_dim, h.bottom_mlp, h.top_mlp, h.interaction
-            )
+            args = (h.table_sizes, h.num_dense, h.embedding_dim, h.bottom_mlp, h.top_mlp)
+            if h.backend == "torch":
+                self.model = DLRM(*args, h.interaction)
+            else:  # tables left unallocated for a strategy that shards them (lit_dlrm.sharded)
+                sharded = self._trainer is not None and getattr(
+                    self.trainer.strategy, "shards_tables", False
+                )
+                self.model = torchrec_network()(
+                    *args, h.interaction, table_device="meta" if sharded else None
+                )
         if self._sync_tables:  # before DDP wraps the module (lit_dlrm.sparse_sync)
             ignore_in_ddp(self, [f"model.emb_l.{i}.weight" for i in range(len(self.model.emb_l))])
 
@@ -244,9 +251,15 @@ class DLRMModule(L.LightningModule):
             super().optimizer_step(*args, **kwargs)
 
     def make_optimizer(self) -> torch.optim.Optimizer:
-        """A fresh ``--model.optimizer`` over all parameters (sparse-gradient safe)."""
-        kind = torch.optim.Adagrad if self.hparams.optimizer == "adagrad" else torch.optim.SGD
-        return kind(self.parameters(), lr=self.hparams.lr)
+        """A fresh ``--model.optimizer`` over all parameters (sparse-gradient safe); for sharded
+        tables, over the MLPs, joined with the tables' fused optimiser (lit_dlrm.sharded.optim)."""
+        h = self.hparams
+        fused = getattr(self.model, "fused_optimizer", None)  # TorchRec's DMP has one
+        if fused is not None:
+            from lit_dlrm.sharded.optim import combined_optimizer
+
+            return combined_optimizer(self, fused, OPTIMIZERS[h.optimizer], h.lr)
+        return OPTIMIZERS[h.optimizer](self.parameters(), lr=h.lr)
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict:
         """The optimiser alone without ``lr_scheduler``, else Lightning's dict with the

@@ -74,6 +74,7 @@ class TorchRecDLRM(DLRM):
                 table_sizes, num_dense, embedding_dim, bottom_mlp, top_mlp, interaction
             )
         del self.emb_l
+        self.embedding_dim = embedding_dim  # the width of each table's slice of the pooled output
         self.to_empty(device="cpu")
         device = torch.device(table_device or "cpu")
         self.ebc = EmbeddingBagCollection(table_configs(table_sizes, embedding_dim), device=device)
@@ -95,7 +96,3 @@ class TorchRecDLRM(DLRM):
         """sparse (B, T) ids -> T tensors (B, d), as :meth:`DLRM.embed`."""
         pooled = self.ebc(to_kjt(sparse)).values()  # (B, T * d), tables in key order
         return list(pooled.split(self.embedding_dim, dim=1))
-
-    @property
-    def embedding_dim(self) -> int:
-        return self.ebc.embedding_bag_configs()[0].embedding_dim
