@@ -74,7 +74,6 @@ class TorchRecDLRM(DLRM):
                 table_sizes, num_dense, embedding_dim, bottom_mlp, top_mlp, interaction
             )
         del self.emb_l
-        self.embedding_dim = embedding_dim  # the width of each table's slice of the pooled output
         self.to_empty(device="cpu")
         device = torch.device(table_device or "cpu")
         self.ebc = EmbeddingBagCollection(table_configs(table_sizes, embedding_dim), device=device)
@@ -93,6 +92,7 @@ class TorchRecDLRM(DLRM):
                 config.init_fn(weight)
 
     def embed(self, sparse: Tensor) -> list[Tensor]:
-        """sparse (B, T) ids -> T tensors (B, d), as :meth:`DLRM.embed`."""
-        pooled = self.ebc(to_kjt(sparse)).values()  # (B, T * d), tables in key order
-        return list(pooled.split(self.embedding_dim, dim=1))
+        """sparse (B, T) ids -> T tensors (B, d), as :meth:`DLRM.embed`. Read by key: a sharded
+        collection orders its output by shard, not by feature."""
+        pooled = self.ebc(to_kjt(sparse)).to_dict()
+        return [pooled[feature_name(k)] for k in range(sparse.shape[1])]

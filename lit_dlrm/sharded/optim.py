@@ -11,6 +11,8 @@ needs TorchRec.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
@@ -24,8 +26,12 @@ def attach_table_optimizer(tables: nn.Module, kind: Optimizer, lr: float) -> Non
     """Give every parameter of ``tables`` (an ``EmbeddingBagCollection``, before sharding) the
     fused optimiser ``kind`` at ``lr``: ``torch.optim.SGD`` becomes FBGEMM's EXACT_SGD,
     ``torch.optim.Adagrad`` its EXACT_ADAGRAD (one accumulator per weight, as torch's; TorchRec's
-    ``RowWiseAdagrad``, one per row, is another optimiser and not used)."""
-    apply_optimizer_in_backward(kind, tables.parameters(), {"lr": lr})
+    ``RowWiseAdagrad``, one per row, is another optimiser and not used), with torch's ``eps``."""
+    kwargs = {"lr": lr}
+    eps = inspect.signature(kind).parameters.get("eps")
+    if eps is not None:  # torch's default (Adagrad: 1e-10), not FBGEMM's (1e-8)
+        kwargs["eps"] = eps.default
+    apply_optimizer_in_backward(kind, tables.parameters(), kwargs)
 
 
 def combined_optimizer(

@@ -42,8 +42,13 @@ def shard(
     attach_table_optimizer(model.ebc, OPTIMIZERS[optimizer], lr)
     sharders = [EmbeddingBagCollectionSharder()]
     world = dist.get_world_size()
+    # Column-wise: one slice of the dimension per rank (TorchRec's default floor, 128 columns,
+    # would leave Criteo's 16-wide tables whole).
     constraints = {
-        config.name: ParameterConstraints(sharding_types=[sharding_type])
+        config.name: ParameterConstraints(
+            sharding_types=[sharding_type],
+            min_partition=max(1, config.embedding_dim // world),
+        )
         for config in model.ebc.embedding_bag_configs()
     }
     planner = EmbeddingShardingPlanner(
