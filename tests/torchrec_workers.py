@@ -17,8 +17,8 @@ from lit_dlrm.sharded.strategy import shard
 
 def train_sharded(rank, world, init_file, arch, sharding_type, optimizer, lr, steps, out):
     """Shard a DLRM (seed 0) ``sharding_type``, train it on this rank's share of ``steps``
-    (dense, sparse, labels) batches with ``optimizer``, save it sharded into ``out``, and
-    record the columns of each table this rank held in ``out/held.{rank}.pt``."""
+    (dense, sparse, labels) batches with ``optimizer`` (the lr halved after every step), save it
+    sharded into ``out``, and record the shard offsets this rank held in ``out.held.{rank}.pt``."""
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.manual_seed(0)
     whole = DLRM(**arch).state_dict()
@@ -27,12 +27,19 @@ def train_sharded(rank, world, init_file, arch, sharding_type, optimizer, lr, st
     )
     load_whole(network, to_torchrec(whole))
     opt = combined_optimizer(network, network.fused_optimizer, OPTIMIZERS[optimizer], lr)
+    schedule = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)  # tables too
     for dense, sparse, labels in steps:
         mine = slice(rank * len(labels) // world, (rank + 1) * len(labels) // world)
-        loss = F.binary_cross_entropy_with_logits(network(dense[mine], sparse[mine]), labels[mine])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+
+        def closure(dense=dense[mine], sparse=sparse[mine], labels=labels[mine]):
+            """Lightning's order: forward, zero_grad, backward, all inside ``step``."""
+            loss = F.binary_cross_entropy_with_logits(network(dense, sparse), labels)
+            opt.zero_grad()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        schedule.step()
     state = network.state_dict()
     held = {
         key: [tuple(s.metadata.shard_offsets) for s in value.local_shards()]

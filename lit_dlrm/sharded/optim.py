@@ -4,9 +4,12 @@ the MLPs, joined so that Lightning, checkpoints and LR schedules see one optimis
 The tables' optimiser runs inside the backward pass (FBGEMM), attached to the tables with
 ``apply_optimizer_in_backward`` before ``DistributedModelParallel`` shards them
 (:func:`attach_table_optimizer`); :func:`combined_optimizer` then gives a ``CombinedOptimizer``
-whose ``param_groups`` hold both: a schedule that sets ``lr`` there drives the tables too (the
-fused optimiser passes its group's ``lr`` to FBGEMM at every ``step``). Importing this module
-needs TorchRec.
+whose ``param_groups`` hold both: a schedule that sets ``lr`` there drives the tables too. FBGEMM
+takes the table's ``lr`` at the forward pass, and the fused optimiser hands it over at ``step``
+(and ``zero_grad``); the tables come first in the ``CombinedOptimizer``, so ``step(closure)``
+(Lightning's call, which runs the forward inside the closure) sets it before the forward. A
+hand-written loop must call ``step`` or ``zero_grad`` before the forward, or the tables lag the
+schedule by one step. Importing this module needs TorchRec.
 """
 
 from __future__ import annotations
