@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import glob
 import pickle
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from torch import Tensor
 
 from lit_dlrm.model import interaction_size
 from lit_dlrm.paths import atomic_write
+from lit_dlrm.sharded.checkpoint import is_sharded
 from lit_dlrm.sharded.keys import from_torchrec
 from lit_dlrm.sparsity.compression import is_compressed_file, load_compressed
 from lit_dlrm.sparsity.quantize import load_quantized_state_dict
@@ -65,7 +67,13 @@ def _load(path: Path, mmap: bool = False):
     """``torch.load(path, weights_only=True)`` with the numpy allow-list, or :func:`_load_lds`
     for a file that starts like an ``.lds`` file; errors name the file."""
     if path.is_dir():
-        raise CheckpointError(f"{path}: is a directory, expected a checkpoint file")
+        hint = (
+            " (a sharded checkpoint: make it one file with "
+            "`python -m lit_dlrm.sharded.checkpoint DIR FILE`)"
+            if is_sharded(path)
+            else ""
+        )
+        raise CheckpointError(f"{path}: is a directory, expected a checkpoint file{hint}")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     if is_compressed_file(path):
@@ -256,5 +264,5 @@ class BestCheckpoint(ModelCheckpoint):
             if p
         }
         for path in Path(self.dirpath).glob(glob.escape(prefix) + "*" + self.FILE_EXTENSION):
-            if path.resolve() not in known:
-                path.unlink()
+            if path.resolve() not in known:  # a file, or a sharded checkpoint's directory
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
