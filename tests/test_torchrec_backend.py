@@ -129,3 +129,12 @@ def test_cli_trains_the_torchrec_backend_and_the_checkpoint_sweeps(tmp_path, tin
     assert "model.ebc.embedding_bags.t0.weight" in saved["state_dict"]
     module = DLRMModule.from_weights(str(last))
     assert isinstance(module.model, DLRM) and not isinstance(module.model, TorchRecDLRM)
+
+
+def test_strategy_refuses_what_it_would_ignore():
+    from lit_dlrm.sharded.strategy import TorchRecStrategy
+
+    with pytest.raises(ValueError, match=r"sharding_type: expected .*got 'rows'"):
+        TorchRecStrategy(sharding_type="rows")
+    with pytest.raises(TypeError, match="find_unused_parameters"):  # DMP's DDP, not Lightning's
+        TorchRecStrategy(find_unused_parameters=True)

@@ -23,7 +23,11 @@ def train_sharded(rank, world, init_file, arch, sharding_type, optimizer, lr, st
     torch.manual_seed(0)
     whole = DLRM(**arch).state_dict()
     network = shard(
-        TorchRecDLRM(**arch, table_device="meta"), sharding_type, torch.device("cpu"), optimizer, lr
+        TorchRecDLRM(**arch, table_device="meta"),
+        sharding_type,
+        torch.device("cpu"),
+        OPTIMIZERS[optimizer],
+        lr,
     )
     load_whole(network, to_torchrec(whole))
     opt = combined_optimizer(network, network.fused_optimizer, OPTIMIZERS[optimizer], lr)

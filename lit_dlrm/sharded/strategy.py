@@ -14,6 +14,7 @@ so the LightningModule is not wrapped again. The tables train with the fused
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -21,6 +22,7 @@ import lightning as L
 import torch.distributed as dist
 from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
+from torch.distributed.constants import default_pg_timeout
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
@@ -29,17 +31,18 @@ from torchrec.distributed.types import ShardingEnv
 from lit_dlrm.module import OPTIMIZERS
 from lit_dlrm.sharded import checkpoint as sharded_checkpoint
 from lit_dlrm.sharded.model import TorchRecDLRM
-from lit_dlrm.sharded.optim import attach_table_optimizer
+from lit_dlrm.sharded.optim import Optimizer, attach_table_optimizer
 
 ShardingType = Literal["table_wise", "column_wise", "row_wise"]
 
 
 def shard(
-    model: TorchRecDLRM, sharding_type: ShardingType, device, optimizer: str, lr: float
+    model: TorchRecDLRM, sharding_type: ShardingType, device, kind: Optimizer, lr: float
 ) -> DistributedModelParallel:
     """``model`` in DMP over the default process group, every table ``sharding_type``, the
-    tables' fused ``optimizer`` at ``lr`` attached; each rank holds its shards only."""
-    attach_table_optimizer(model.ebc, OPTIMIZERS[optimizer], lr)
+    tables' fused optimiser ``kind`` (a torch or TorchRec optimiser class) at ``lr`` attached;
+    each rank holds its shards only."""
+    attach_table_optimizer(model.ebc, kind, lr)
     sharders = [EmbeddingBagCollectionSharder()]
     world = dist.get_world_size()
     # Column-wise: one slice of the dimension per rank (TorchRec's default floor, 128 columns,
@@ -71,18 +74,27 @@ class TorchRecStrategy(DDPStrategy):
         sharding_type: how every table is split over the processes: ``"table_wise"`` (whole
             tables), ``"column_wise"`` (the embedding dimension split) or ``"row_wise"`` (the
             rows split; FBGEMM runs it on CUDA only).
-        **kwargs: :class:`DDPStrategy`'s.
+        process_group_backend, timeout, start_method: :class:`DDPStrategy`'s. Its options for
+            the DDP wrapper are not offered: DMP wraps the MLPs in DDP with its own.
     """
 
     shards_tables = True  # read by DLRMModule.configure_model: build the tables on meta
 
-    def __init__(self, sharding_type: ShardingType = "table_wise", **kwargs) -> None:
+    def __init__(
+        self,
+        sharding_type: ShardingType = "table_wise",
+        process_group_backend: str | None = None,
+        timeout: timedelta | None = default_pg_timeout,
+        start_method: Literal["popen", "spawn", "fork", "forkserver"] = "popen",
+    ) -> None:
         if sharding_type not in ("table_wise", "column_wise", "row_wise"):
             raise ValueError(
                 "trainer.strategy.sharding_type: expected 'table_wise', 'column_wise' or "
                 f"'row_wise', got {sharding_type!r}"
             )
-        super().__init__(**kwargs)
+        super().__init__(
+            process_group_backend=process_group_backend, timeout=timeout, start_method=start_method
+        )
         self.sharding_type = sharding_type
         self._loading: Path | None = None  # the sharded checkpoint being restored
 
@@ -110,7 +122,7 @@ class TorchRecStrategy(DDPStrategy):
                 )
             h = module.hparams
             module.model = shard(
-                module.model, self.sharding_type, self.root_device, h.optimizer, h.lr
+                module.model, self.sharding_type, self.root_device, OPTIMIZERS[h.optimizer], h.lr
             )
 
     def _setup_model(self, model: nn.Module) -> nn.Module:
