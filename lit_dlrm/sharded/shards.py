@@ -18,9 +18,7 @@ def load_whole(network: nn.Module, state: dict[str, Tensor]) -> None:
         if key not in state:
             raise KeyError(f"state dict: no {key!r}, which the sharded network holds")
         whole = state[key]
-        if tuple(whole.shape) != tuple(
-            held.shape if not isinstance(held, ShardedTensor) else held.size()
-        ):
+        if tuple(whole.shape) != tuple(held.size()):  # a ShardedTensor's size is the whole one
             raise ValueError(
                 f"{key}: shape {tuple(whole.shape)}, the network's is {tuple(held.size())}"
             )
