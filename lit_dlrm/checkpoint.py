@@ -2,10 +2,11 @@
 
 Reading (:func:`load_state_dict`, :func:`architecture`, :func:`check_resumable`) takes three
 layouts, all through ``torch.load(..., weights_only=True)``: a lit_dlrm Lightning checkpoint
-(``{"state_dict": {"model.emb_l.0.weight": ...}, ...}``), a facebookresearch/dlrm ``--save-model``
-file (its numpy scalars let in by :data:`NUMPY_ALLOW_LIST`, nothing else) and a bare state_dict;
-and the sweep's ``.lds`` files (recognised by their magic bytes, read without pickle, quantised
-tables dequantised).
+(``{"state_dict": {"model.emb_l.0.weight": ...}, ...}``; ``--model.backend=torchrec``'s
+``model.ebc.embedding_bags.t0.weight`` read as ``emb_l.0.weight``), a facebookresearch/dlrm
+``--save-model`` file (its numpy scalars let in by :data:`NUMPY_ALLOW_LIST`, nothing else) and a
+bare state_dict; and the sweep's ``.lds`` files (recognised by their magic bytes, read without
+pickle, quantised tables dequantised).
 Anything else raises :class:`CheckpointError` naming the file (and the refused global, if any).
 
 Writing: :class:`AtomicCheckpointIO` leaves a whole checkpoint or none under every name, and
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import glob
 import pickle
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,8 @@ from torch import Tensor
 
 from lit_dlrm.model import interaction_size
 from lit_dlrm.paths import atomic_write
+from lit_dlrm.sharded.checkpoint import is_sharded
+from lit_dlrm.sharded.keys import from_torchrec
 from lit_dlrm.sparsity.compression import is_compressed_file, load_compressed
 from lit_dlrm.sparsity.quantize import load_quantized_state_dict
 
@@ -63,7 +67,13 @@ def _load(path: Path, mmap: bool = False):
     """``torch.load(path, weights_only=True)`` with the numpy allow-list, or :func:`_load_lds`
     for a file that starts like an ``.lds`` file; errors name the file."""
     if path.is_dir():
-        raise CheckpointError(f"{path}: is a directory, expected a checkpoint file")
+        hint = (
+            " (a sharded checkpoint: make it one file with "
+            "`python -m lit_dlrm.sharded.checkpoint DIR FILE`)"
+            if is_sharded(path)
+            else ""
+        )
+        raise CheckpointError(f"{path}: is a directory, expected a checkpoint file{hint}")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     if is_compressed_file(path):
@@ -100,6 +110,7 @@ def _dlrm_state(obj, path: Path) -> dict[str, Tensor]:
         raise CheckpointError(f"{path}: holds no state_dict (got {type(obj).__name__})")
     if any(key.startswith("model.") for key in state):  # lit_dlrm's LightningModule prefix
         state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    state = from_torchrec(state)  # a --model.backend=torchrec checkpoint's table keys
     if not any(key.startswith("emb_l.") for key in state):
         raise CheckpointError(
             f"{path}: not a DLRM state_dict (no 'emb_l.*' keys; found e.g. {sorted(state)[:3]})"
@@ -253,5 +264,5 @@ class BestCheckpoint(ModelCheckpoint):
             if p
         }
         for path in Path(self.dirpath).glob(glob.escape(prefix) + "*" + self.FILE_EXTENSION):
-            if path.resolve() not in known:
-                path.unlink()
+            if path.resolve() not in known:  # a file, or a sharded checkpoint's directory
+                shutil.rmtree(path) if path.is_dir() else path.unlink()

@@ -52,6 +52,7 @@ from lit_dlrm.module import DLRMModule
 from lit_dlrm.paths import atomic_write, check_directory
 from lit_dlrm.predict import score_file
 from lit_dlrm.schedules import WarmupPolyDecay
+from lit_dlrm.sharded import checkpoint as sharded_checkpoint
 from lit_dlrm.sparsity.compact import compact_model
 from lit_dlrm.sparsity.quantize import quantized_model
 from lit_dlrm.sweep.driver import run_sweep
@@ -169,7 +170,11 @@ class TrainCLI(CLI):
         # Path options checked before the data and the model are built, each error naming its
         # option.
         try:
-            if self.config.ckpt_path:
+            if self.config.ckpt_path and sharded_checkpoint.is_sharded(self.config.ckpt_path):
+                sharded_checkpoint.check_resumable(
+                    self.config.ckpt_path, self.config.model.as_dict()
+                )
+            elif self.config.ckpt_path:
                 check_resumable(self.config.ckpt_path, self.config.model.as_dict())
             check_directory("--checkpoint.dirpath", self.config.checkpoint.dirpath)
         except ValueError as err:

@@ -28,11 +28,25 @@ from lit_dlrm.model import DLRM, Interaction
 from lit_dlrm.sparse_sync import average_sparse_grads, ignore_in_ddp
 
 Optimizer = Literal["sgd", "adagrad"]
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad}  # --model.optimizer
+Backend = Literal["torch", "torchrec"]
 # A learning-rate schedule: given the optimiser, the scheduler (stepped once per optimiser step).
 Schedule = Callable[[torch.optim.Optimizer], LRScheduler]
 
 
 PROGRESS_BAR = ("auc", "log_loss")  # the validation metrics on the progress bar
+
+
+def torchrec_network() -> type[DLRM]:
+    """:class:`lit_dlrm.sharded.model.TorchRecDLRM`, or an error saying how to install TorchRec."""
+    try:
+        from lit_dlrm.sharded.model import TorchRecDLRM
+    except ImportError as err:
+        raise ImportError(
+            f"model.backend=torchrec needs TorchRec, which failed to import ({err}); install it "
+            "as the README's 'Scaling out' section says"
+        ) from err
+    return TorchRecDLRM
 
 
 class DLRMModule(L.LightningModule):
@@ -54,6 +68,11 @@ class DLRMModule(L.LightningModule):
             --model.lr_scheduler.warmup_steps=...``. Built once on a probe optimiser here, so
             bad arguments fail at construction. ``ReduceLROnPlateau`` is refused (it needs a
             metric at every step).
+        backend: ``"torch"`` (``nn.EmbeddingBag`` tables, :class:`DLRM`) or ``"torchrec"`` (a
+            TorchRec ``EmbeddingBagCollection``, :class:`lit_dlrm.sharded.model.TorchRecDLRM`,
+            which TorchRec's ``DistributedModelParallel`` can shard; an optional install).
+            Same network, same logits; the state-dict keys of the tables differ
+            (:mod:`lit_dlrm.sharded.keys`), and checkpoints read as the reference's either way.
 
     Only the optimisers that take the tables' sparse gradients are offered (``optimizer``);
     the schedule scales their learning rates and leaves the gradients alone.
@@ -70,10 +89,13 @@ class DLRMModule(L.LightningModule):
         optimizer: Optimizer = "sgd",
         lr: float = 0.1,
         lr_scheduler: Schedule | None = None,
+        backend: Backend = "torch",
     ) -> None:
         super().__init__()
         if optimizer not in ("sgd", "adagrad"):
             raise ValueError(f"model.optimizer: expected 'sgd' or 'adagrad', got {optimizer!r}")
+        if backend not in ("torch", "torchrec"):
+            raise ValueError(f"model.backend: expected 'torch' or 'torchrec', got {backend!r}")
         if not lr > 0:
             raise ValueError(f"model.lr: expected a positive learning rate, got {lr}")
         for name, value in (
@@ -125,9 +147,16 @@ class DLRMModule(L.LightningModule):
                 sizes = list(self.trainer.datamodule.table_sizes)
                 self.save_hyperparameters({**self.hparams, "table_sizes": sizes})
             h = self.hparams
-            self.model = DLRM(
-                h.table_sizes, h.num_dense, h.embedding_dim, h.bottom_mlp, h.top_mlp, h.interaction
-            )
+            args = (h.table_sizes, h.num_dense, h.embedding_dim, h.bottom_mlp, h.top_mlp)
+            if h.backend == "torch":
+                self.model = DLRM(*args, h.interaction)
+            else:  # tables left unallocated for a strategy that shards them (lit_dlrm.sharded)
+                sharded = self._trainer is not None and getattr(
+                    self.trainer.strategy, "shards_tables", False
+                )
+                self.model = torchrec_network()(
+                    *args, h.interaction, table_device="meta" if sharded else None
+                )
         if self._sync_tables:  # before DDP wraps the module (lit_dlrm.sparse_sync)
             ignore_in_ddp(self, [f"model.emb_l.{i}.weight" for i in range(len(self.model.emb_l))])
 
@@ -145,7 +174,13 @@ class DLRMModule(L.LightningModule):
                 f"got {self.trainer.log_every_n_steps}"
             )
         # Under DDP the tables' sparse gradients are averaged by lit_dlrm.sparse_sync, not by DDP.
-        self._sync_tables = stage == "fit" and dist.is_available() and dist.is_initialized()
+        # (TorchRec's tables have dense gradients, which DDP all-reduces like the MLPs'.)
+        self._sync_tables = (
+            stage == "fit"
+            and self.hparams.backend == "torch"
+            and dist.is_available()
+            and dist.is_initialized()
+        )
 
     def forward(self, dense: Tensor, sparse: Tensor) -> Tensor:
         return self.model(dense, sparse)
@@ -216,9 +251,15 @@ class DLRMModule(L.LightningModule):
             super().optimizer_step(*args, **kwargs)
 
     def make_optimizer(self) -> torch.optim.Optimizer:
-        """A fresh ``--model.optimizer`` over all parameters (sparse-gradient safe)."""
-        kind = torch.optim.Adagrad if self.hparams.optimizer == "adagrad" else torch.optim.SGD
-        return kind(self.parameters(), lr=self.hparams.lr)
+        """A fresh ``--model.optimizer`` over all parameters (sparse-gradient safe); for sharded
+        tables, over the MLPs, joined with the tables' fused optimiser (lit_dlrm.sharded.optim)."""
+        h = self.hparams
+        fused = getattr(self.model, "fused_optimizer", None)  # TorchRec's DMP has one
+        if fused is not None:
+            from lit_dlrm.sharded.optim import combined_optimizer
+
+            return combined_optimizer(self, fused, OPTIMIZERS[h.optimizer], h.lr)
+        return OPTIMIZERS[h.optimizer](self.parameters(), lr=h.lr)
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict:
         """The optimiser alone without ``lr_scheduler``, else Lightning's dict with the

@@ -1,0 +1,141 @@
+"""TorchRec's sharded tables on 2 CPU ranks (gloo): training sharded equals training in one
+process, table-wise and column-wise, with the fused SGD and Adagrad under an LR schedule; the
+sharded checkpoint converts to one file; the training CLI trains, tests and resumes sharded.
+Skipped without TorchRec, except under ``CI=true`` (``.ci/run`` installs it), where a missing
+TorchRec fails."""
+
+import os
+import subprocess
+import sys
+
+import lightning as L
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+if os.environ.get("CI") == "true":
+    import torchrec  # noqa: F401 (CI installs it: missing there is a failure, not a skip)
+else:
+    pytest.importorskip("torchrec")
+
+from conftest import REPO  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+from torchrec_workers import train_sharded  # noqa: E402
+
+from lit_dlrm.checkpoint import datamodule_options, load_state_dict  # noqa: E402
+from lit_dlrm.data import CriteoDataModule  # noqa: E402
+from lit_dlrm.model import DLRM  # noqa: E402
+from lit_dlrm.module import OPTIMIZERS, DLRMModule  # noqa: E402
+from lit_dlrm.sharded.checkpoint import is_sharded, to_one_file  # noqa: E402
+
+ARCH = dict(table_sizes=[30, 1, 50, 7], embedding_dim=8, bottom_mlp=[8], top_mlp=[8])
+
+
+def batches(count=3, size=32):
+    g = torch.Generator().manual_seed(5)
+    return [
+        (
+            torch.rand(size, 13, generator=g),
+            torch.stack(
+                [torch.randint(0, n, (size,), generator=g) for n in ARCH["table_sizes"]], 1
+            ),
+            torch.randint(0, 2, (size,), generator=g).float(),
+        )
+        for _ in range(count)
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "sharding_type, optimizer",
+    [("table_wise", "sgd"), ("column_wise", "adagrad")],
+)
+def test_two_ranks_train_as_one_process(tmp_path, sharding_type, optimizer):
+    steps, lr = batches(), 0.1
+    out = tmp_path / "sharded.ckpt"
+    mp.spawn(
+        train_sharded,
+        args=(2, str(tmp_path / "init"), ARCH, sharding_type, optimizer, lr, steps, str(out)),
+        nprocs=2,
+    )
+    held = [torch.load(f"{out}.held.{rank}.pt") for rank in range(2)]
+    for key in held[0]:  # where the planner put each table: both ranks hold some
+        shards = held[0][key] + held[1][key]
+        assert len(shards) == (2 if sharding_type == "column_wise" else 1), (key, shards)
+    assert all(any(h.values()) for h in held)
+
+    torch.manual_seed(0)
+    ref = DLRM(**ARCH)
+    opt = OPTIMIZERS[optimizer](ref.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    for dense, sparse, labels in steps:  # the whole batch, in one process
+        loss = F.binary_cross_entropy_with_logits(ref(dense, sparse), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        schedule.step()
+    one = load_state_dict(to_one_file(out, tmp_path / "one.ckpt"))
+    expected = ref.state_dict()
+    assert sorted(one) == sorted(expected)
+    for key, value in expected.items():
+        torch.testing.assert_close(one[key], value, msg=lambda m, key=key: f"{key}: {m}")
+
+
+def run_train(args: list[str], cwd) -> None:
+    """scripts/train.py in 2 gloo processes with TorchRecStrategy; fails with its output."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "train.py"),
+            "--model.backend=torchrec",
+            "--trainer.strategy=lit_dlrm.sharded.strategy.TorchRecStrategy",
+            *args,  # after the strategy's class, which its options need
+            "--trainer.devices=2",
+            "--trainer.accelerator=cpu",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.limit_train_batches=3",
+            "--trainer.limit_val_batches=1",
+        ],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+
+
+@pytest.mark.slow
+def test_cli_trains_tests_and_resumes_sharded(tmp_path, tiny_data_args):
+    common = [*tiny_data_args, "--trainer.strategy.sharding_type=column_wise"]
+    run_train([*common, "--trainer.max_epochs=1"], tmp_path)
+    run_dir = tmp_path / "runs" / "train" / "version_0"
+    (best,) = (run_dir / "checkpoints").glob("best-*.ckpt")
+    assert is_sharded(best) and is_sharded(run_dir / "checkpoints" / "last.ckpt")
+    sharded_test_auc = scalar(run_dir, "test/auc")  # over the whole test split, 2 ranks
+
+    # the same checkpoint in one file, tested in one process with the torch backend
+    one = to_one_file(best, tmp_path / "one.ckpt")
+    module = DLRMModule.from_weights(str(one))
+    data = CriteoDataModule(**datamodule_options(one))
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    (metrics,) = trainer.test(module, datamodule=data, verbose=False)
+    assert metrics["test/auc"] == pytest.approx(sharded_test_auc, abs=1e-6)
+
+    run_train(
+        [*common, "--trainer.max_epochs=2", f"--ckpt_path={run_dir}/checkpoints/last.ckpt"],
+        tmp_path,
+    )
+    resumed = torch.load(run_dir / "checkpoints" / "last.ckpt" / "meta.pt", weights_only=True)
+    assert resumed["epoch"] == 1 and resumed["global_step"] == 6
+
+
+def scalar(run_dir, tag: str) -> float:
+    """The last value of TensorBoard scalar ``tag`` in ``run_dir``."""
+    values = []
+    for events in sorted(run_dir.glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        if tag in acc.Tags()["scalars"]:
+            values += [s.value for s in acc.Scalars(tag)]
+    return values[-1]

@@ -1,0 +1,55 @@
+"""The ranks of test_torchrec_sharded.py's 2-process checks (gloo, CPU), in a module light
+enough for spawned processes to import fast."""
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from lit_dlrm.model import DLRM
+from lit_dlrm.module import OPTIMIZERS
+from lit_dlrm.sharded import checkpoint as sharded_checkpoint
+from lit_dlrm.sharded.keys import to_torchrec
+from lit_dlrm.sharded.model import TorchRecDLRM
+from lit_dlrm.sharded.optim import combined_optimizer
+from lit_dlrm.sharded.shards import load_whole
+from lit_dlrm.sharded.strategy import shard
+
+
+def train_sharded(rank, world, init_file, arch, sharding_type, optimizer, lr, steps, out):
+    """Shard a DLRM (seed 0) ``sharding_type``, train it on this rank's share of ``steps``
+    (dense, sparse, labels) batches with ``optimizer`` (the lr halved after every step), save it
+    sharded into ``out``, and record the shard offsets this rank held in ``out.held.{rank}.pt``."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    whole = DLRM(**arch).state_dict()
+    network = shard(
+        TorchRecDLRM(**arch, table_device="meta"),
+        sharding_type,
+        torch.device("cpu"),
+        OPTIMIZERS[optimizer],
+        lr,
+    )
+    load_whole(network, to_torchrec(whole))
+    opt = combined_optimizer(network, network.fused_optimizer, OPTIMIZERS[optimizer], lr)
+    schedule = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)  # tables too
+    for dense, sparse, labels in steps:
+        mine = slice(rank * len(labels) // world, (rank + 1) * len(labels) // world)
+
+        def closure(dense=dense[mine], sparse=sparse[mine], labels=labels[mine]):
+            """Lightning's order: forward, zero_grad, backward, all inside ``step``."""
+            loss = F.binary_cross_entropy_with_logits(network(dense, sparse), labels)
+            opt.zero_grad()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        schedule.step()
+    state = network.state_dict()
+    held = {
+        key: [tuple(s.metadata.shard_offsets) for s in value.local_shards()]
+        for key, value in state.items()
+        if hasattr(value, "local_shards")
+    }
+    sharded_checkpoint.save({"state_dict": state}, out)
+    torch.save(held, f"{out}.held.{rank}.pt")
+    dist.destroy_process_group()
