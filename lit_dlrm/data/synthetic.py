@@ -270,7 +270,6 @@ class Teacher:
                 extras={"prob": prob.astype(np.float32)},
             )
 
-
     def auc_decomposition(self, start: int, stop: int) -> dict[str, float]:
         """AUC on rows [start, stop) (labels as `blocks` draws them) of the teacher's logit cut
         down: "dense_only" (the dense term), "main_effects" (dense + the categories' own effects,
