@@ -90,7 +90,11 @@ def main(argv: list[str] | None = None) -> None:
     levels, activation = summarise(results)
     fmt = lambda v: "" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
     markdown = (
-        header(f"The sweep's studies on the '{args.teacher}' teacher, test AUC", argv)
+        header(
+            f"The sweep's studies on the '{args.teacher}' teacher, test AUC",
+            argv,
+            "benchmarks.studies",
+        )
         + " The default model (1 epoch, configs/train.yaml), swept with configs/sweep.yaml;"
         " level 0 is the unpruned model; empty: not in the studies' grid.\n\n"
         + markdown_table(levels, list(levels[0]), fmt)

@@ -35,12 +35,12 @@ TEACHERS = ("default", "interactions")
 INTERACTIONS = ("dot", "cat")
 
 
-def header(title: str, argv: list[str]) -> str:
+def header(title: str, argv: list[str], module: str) -> str:
     """The first line of a results file: what, the command, date, commit and machine."""
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
     ).stdout.strip()
-    command = shlex.join([f"python -m {__spec__.name if __spec__ else 'benchmarks'}", *argv])
+    command = " ".join(["python -m", module, shlex.join(argv)]).strip()
     return (
         f"{title}. Command: `{command}`; {datetime.date.today()}, commit {commit or 'unknown'}; "
         f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}."
@@ -122,10 +122,15 @@ def main(argv: list[str] | None = None) -> None:
     rows = measure(args.teacher, args.max_epochs, args.out)
     fmt = lambda v: "" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
     markdown = (
-        header("Synthetic teacher: AUC decomposition and trained DLRM, test split", argv)
+        header(
+            "Synthetic teacher: AUC decomposition and trained DLRM, test split",
+            argv,
+            "benchmarks.teacher",
+        )
         + " Default data (2M rows, tables capped at 20,000); DLRM: configs/train.yaml's recipe"
         " (Adagrad, lr 0.02, batch 2048), the best validation checkpoint; `cat` = the same model"
-        " without the pairwise products.\n\n"
+        " without the pairwise products. Each DLRM row is one training run, made by this command or"
+        " an earlier one into --out and reused.\n\n"
         + markdown_table(rows, ["teacher", "ranking", "auc", "log_loss"], fmt)
     )
     columns = ["teacher", "ranking", "auc", "log_loss", "positive_rate"]
