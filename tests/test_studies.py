@@ -19,7 +19,7 @@ STUDIES = (
     "--sweep.studies=["
     "{threshold: [global]},"
     "{weight_bits: [8, 4]},"
-    "{activation_sparsity: [0.8], sparsity_level: [0.0, 0.9]},"
+    "{activation_sparsity: [0.95], sparsity_level: [0.0, 0.9]},"
     "{finetune_steps: [40], sparsity_level: [0.9]}]"
 )
 GRID = [
@@ -36,7 +36,7 @@ POINTS = (
     [("per_table", 32, 0.0, 0, lv) for lv in (0.0, 0.9, 1.0)]
     + [("global", 32, 0.0, 0, lv) for lv in (0.0, 0.9, 1.0)]
     + [("per_table", bits, 0.0, 0, lv) for bits in (8, 4) for lv in (0.0, 0.9, 1.0)]
-    + [("per_table", 32, 0.8, 0, lv) for lv in (0.0, 0.9)]
+    + [("per_table", 32, 0.95, 0, lv) for lv in (0.0, 0.9)]
     + [("per_table", 32, 0.0, 40, 0.9)]
 )
 
@@ -111,9 +111,10 @@ def test_each_dimension_changes_what_it_should(run, table_bytes):
             abs(at(m, ("per_table", bits, 0.0, 0), 0.0, "roc_auc") - at(m, ref, 0.0, "roc_auc"))
             < 0.02
         )
-    # activation sparsity changes quality alone (table level 0) and combined (0.9)
+    # activation sparsity changes quality alone (table level 0) and combined (0.9; 0.95 of z, since
+    # at table level 0.9 most of z is zero already and 0.8 can remove nothing but zeros)
     for level in (0.0, 0.9):
-        assert at(m, ("per_table", 32, 0.8, 0), level, "log_loss") != at(m, ref, level, "log_loss")
+        assert at(m, ("per_table", 32, 0.95, 0), level, "log_loss") != at(m, ref, level, "log_loss")
     # fine-tuning an untrained pruned model can only help on this data
     tuned = ("per_table", 32, 0.0, 40)
     assert at(m, tuned, 0.9, "log_loss") < at(m, ref, 0.9, "log_loss")
@@ -135,7 +136,7 @@ def test_report_has_one_run_per_series_and_the_followups_plot(run):
     assert results[results.finetune_steps == 0].roc_auc_before_finetune.isna().all()
     runs = sorted(p.name for p in (run / "tensorboard").iterdir())
     assert runs == sorted(
-        ["L2_1x4", "L2_1x4_global", "L2_1x4_int8", "L2_1x4_int4", "L2_1x4_act0.8", "L2_1x4_ft40"]
+        ["L2_1x4", "L2_1x4_global", "L2_1x4_int8", "L2_1x4_int4", "L2_1x4_act0.95", "L2_1x4_ft40"]
     )
     acc = EventAccumulator(str(run / "tensorboard" / "L2_1x4_int8"))
     acc.Reload()

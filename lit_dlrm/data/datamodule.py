@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from ..paths import check_directory
 from .kaggle import NUM_DENSE
 from .preprocess import PreprocessOptions, cached_text
-from .synthetic import SyntheticConfig, binary_metrics, cached_synthetic
+from .synthetic import SyntheticConfig, TeacherName, binary_metrics, cached_synthetic
 
 log = logging.getLogger("lit_dlrm.data")
 
@@ -180,6 +180,8 @@ class CriteoDataModule(LightningDataModule):
         min_frequency: values seen fewer times share one id per feature (1: off).
         on_bad_line: "error" (stop at the first malformed line) or "skip" (drop and count).
         synthetic_rows, max_table_size: size of the synthetic data set and its table cap.
+        teacher: the synthetic teacher's preset (`synthetic.TEACHERS`): "default" or
+            "interactions" (pairwise terms about half the signal instead of a quarter).
         seed: synthetic data and train shuffling.
         has_label: Kaggle text only: force labelled/unlabelled (None: detect).
         progress: show a progress bar while preprocessing (None: when attached to a terminal).
@@ -204,6 +206,7 @@ class CriteoDataModule(LightningDataModule):
         on_bad_line: Literal["error", "skip"] = "error",
         synthetic_rows: int = SyntheticConfig.rows,
         max_table_size: int = SyntheticConfig.max_table_size,
+        teacher: TeacherName = SyntheticConfig.teacher,
         seed: int = 0,
         has_label: bool | None = None,
         progress: bool | None = None,
@@ -258,7 +261,7 @@ class CriteoDataModule(LightningDataModule):
             max_ind_range=max_ind_range, min_frequency=min_frequency, on_bad_line=on_bad_line
         )
         self.synthetic = SyntheticConfig(
-            rows=synthetic_rows, max_table_size=max_table_size, seed=seed
+            rows=synthetic_rows, max_table_size=max_table_size, seed=seed, teacher=teacher
         )
         self.has_label, self.progress = has_label, progress
         self.sub_sample_rate, self.preprocess_workers = sub_sample_rate, preprocess_workers

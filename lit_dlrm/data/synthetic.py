@@ -18,13 +18,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from .criteo import MISSING_DENSE, ParsedBlock, write_kaggle_tsv
 from .kaggle import KAGGLE_POSITIVE_RATE, KAGGLE_TABLE_SIZES, NUM_DENSE, NUM_SPARSE
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 BLOCK_ROWS = 1 << 17  # generation is deterministic per block of this many rows
 
 # Kaggle-like missing rates: I1..I13, C1..C26.
@@ -40,20 +41,52 @@ _NEGATIVE_RATE_I2 = 0.03  # Kaggle's I2 has a few small negative values
 
 
 @dataclass(frozen=True)
+class TeacherScales:
+    """The teacher's shape: how much of the click signal sits in each kind of term."""
+
+    interaction_pairs: int  # pairs of categorical features with a rank-r dot-product term
+    interaction_scale: float  # scale of one pair's term (frequent values)
+    dense_cat_pairs: int  # category-specific slopes of a dense feature
+    dense_cat_scale: float
+    interaction_rank: int = 4
+    zipf_exponent: float = 1.1
+    dense_scale: float = 0.5  # std of the linear dense term
+    category_scale: float = 0.2  # typical per-feature std of category effects (frequent values)
+    rare_reference: float = 5e-4  # p_ref in s(p) = sqrt(p / (p + p_ref))
+
+
+# The presets, selected by name (`--data.teacher`). They share the dense term and the main
+# effects; the pairwise terms take about a quarter ("default") or a half ("interactions") of the
+# logit's variance. The reasoning: docs/design.md.
+TEACHERS: dict[str, TeacherScales] = {
+    "default": TeacherScales(
+        interaction_pairs=12, interaction_scale=0.3, dense_cat_pairs=4, dense_cat_scale=0.2
+    ),
+    "interactions": TeacherScales(
+        interaction_pairs=16, interaction_scale=0.4, dense_cat_pairs=8, dense_cat_scale=0.4
+    ),
+}
+TeacherName = Literal["default", "interactions"]
+
+
+@dataclass(frozen=True)
 class SyntheticConfig:
     rows: int = 2_000_000
     max_table_size: int = 20_000
     seed: int = 0
+    teacher: TeacherName = "default"  # a name in TEACHERS
     positive_rate: float = KAGGLE_POSITIVE_RATE
-    zipf_exponent: float = 1.1
-    dense_scale: float = 0.5  # std of the linear dense term
-    category_scale: float = 0.2  # typical per-feature std of category effects (frequent values)
-    interaction_pairs: int = 6
-    interaction_rank: int = 4
-    interaction_scale: float = 0.15  # std of one pair's term (frequent values)
-    dense_cat_pairs: int = 0  # category-specific slopes of a dense feature
-    dense_cat_scale: float = 0.3
-    rare_reference: float = 5e-4  # p_ref in s(p) = sqrt(p / (p + p_ref))
+
+    def __post_init__(self) -> None:
+        if self.teacher not in TEACHERS:
+            raise ValueError(
+                f"data.teacher: expected one of {', '.join(map(repr, TEACHERS))}, "
+                f"got {self.teacher!r}"
+            )
+
+    @property
+    def scales(self) -> TeacherScales:
+        return TEACHERS[self.teacher]
 
     def table_sizes(self) -> list[int]:
         return [min(t, self.max_table_size) for t in KAGGLE_TABLE_SIZES]
@@ -88,11 +121,12 @@ class Teacher:
 
     @classmethod
     def from_config(cls, config: SyntheticConfig) -> Teacher:
+        sc = config.scales
         rng = np.random.default_rng([config.seed, 7919])
         t = cls(config=config)
         for size in config.table_sizes():
             ranks = np.arange(1, size + 1, dtype=np.float64)
-            p = ranks**-config.zipf_exponent
+            p = ranks**-sc.zipf_exponent
             p /= p.sum()
             t.probs.append(p)
             cdf = np.cumsum(p)
@@ -102,8 +136,8 @@ class Teacher:
                 np.uint32
             ) + np.uint32(1)
             t.hashes.append(h)
-            strength = _strength(p, config.rare_reference)
-            sigma = config.category_scale * rng.uniform(0.3, 1.7) * (1.0 if size > 2 else 0.5)
+            strength = _strength(p, sc.rare_reference)
+            sigma = sc.category_scale * rng.uniform(0.3, 1.7) * (1.0 if size > 2 else 0.5)
             eff = np.empty(size + 1)
             eff[:size] = sigma * strength * rng.standard_normal(size)
             eff[size] = sigma * rng.standard_normal()  # the missing value: a frequent "category"
@@ -111,39 +145,47 @@ class Teacher:
         # interactions between mid-sized features (100..6000 values: think ad category x site
         # category), whose values are seen often enough for a dot product of embeddings to learn
         big = [j for j, s in enumerate(config.table_sizes()) if 100 <= s <= 6000]
-        r = config.interaction_rank
-        while len(t.pairs) < config.interaction_pairs:
+        r = sc.interaction_rank
+        while len(t.pairs) < sc.interaction_pairs:
             a, b = sorted(rng.choice(big, size=2, replace=False).tolist())
             if (a, b) not in t.pairs:
                 t.pairs.append((a, b))
-        scale = np.sqrt(config.interaction_scale / np.sqrt(r))
+        scale = np.sqrt(sc.interaction_scale / np.sqrt(r))
         for j in sorted({k for ab in t.pairs for k in ab}):
             size = len(t.probs[j])
-            s = np.r_[_strength(t.probs[j], config.rare_reference), 1.0]
-            t.vectors[j] = scale * s[:, None] * rng.standard_normal((size + 1, r))
+            s = np.r_[_strength(t.probs[j], sc.rare_reference), 1.0]
+            t.vectors[j] = t._centred(j, scale * s[:, None] * rng.standard_normal((size + 1, r)))
         # dense x categorical: a category-specific slope of one dense feature
-        for _ in range(config.dense_cat_pairs):
+        for _ in range(sc.dense_cat_pairs):
             i = int(rng.integers(NUM_DENSE))
             j = int(rng.choice(big))
-            st = np.r_[_strength(t.probs[j], config.rare_reference), 1.0]
-            t.slopes.append((i, j, config.dense_cat_scale * st * rng.standard_normal(len(st))))
+            st = np.r_[_strength(t.probs[j], sc.rare_reference), 1.0]
+            w = t._centred(j, sc.dense_cat_scale * st * rng.standard_normal(len(st)))
+            t.slopes.append((i, j, w))
         # dense: standardise log1p of the typical counts, a linear part and a few nonlinear pairs
         pilot = np.log1p(
             np.clip(_dense_raw(np.random.default_rng([config.seed, 104729]), 50_000), 0, None)
         )
         t.dense_center, t.dense_spread = pilot.mean(axis=0), pilot.std(axis=0) + 1e-6
         w = rng.standard_normal(NUM_DENSE)
-        t.dense_w = config.dense_scale * w / np.linalg.norm(w) * np.sqrt(2.0)
+        t.dense_w = sc.dense_scale * w / np.linalg.norm(w) * np.sqrt(2.0)
         for _ in range(4):
             a, b = rng.choice(NUM_DENSE, size=2, replace=False).tolist()
             t.dense_pairs.append((a, b, float(rng.normal(0, 0.3))))
         return t
 
+    def _centred(self, j: int, values: np.ndarray) -> np.ndarray:
+        """`values` (T_j + 1, ...) of feature j minus their mean over j's value distribution
+        (missing included), so that a term they enter averages to 0 over j: a pure interaction,
+        none of which a model of main effects can take up."""
+        q = np.r_[(1 - _SPARSE_MISSING[j]) * self.probs[j], _SPARSE_MISSING[j]]
+        return values - np.tensordot(q, values, axes=1)
+
     # -- rows ------------------------------------------------------------------------------------
 
-    def _block(self, index: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _block(self, index: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Raw rows of block `index`: dense int32 (n,13) with MISSING_DENSE, cat codes int64 (n,26)
-        (T_j = missing), logit float64 (n,) without bias, and uniforms (n,) for the labels."""
+        (T_j = missing) and uniforms (n,) for the labels."""
         c = self.config
         rng = np.random.default_rng([c.seed, GENERATOR_VERSION, index])
         dense = _dense_raw(rng, n)
@@ -154,7 +196,7 @@ class Teacher:
             cj[rng.random(n) < _SPARSE_MISSING[j]] = len(self.cdfs[j])
             codes[:, j] = cj
         u = rng.random(n)
-        return dense.astype(np.int32), codes, self.logit(dense, codes), u
+        return dense.astype(np.int32), codes, u
 
     def _z(self, dense: np.ndarray) -> np.ndarray:
         x = np.log1p(np.clip(dense, 0, None).astype(np.float64))  # what the model sees
@@ -169,23 +211,34 @@ class Teacher:
             out += v * np.tanh(z[:, a]) * z[:, b]
         return out
 
-    def logit(self, dense: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        """Teacher logit without the bias. dense: raw ints (n,13); codes: (n,26), T_j = missing."""
-        out = self.dense_term(dense)
+    def terms(self, dense: np.ndarray, codes: np.ndarray) -> dict[str, np.ndarray]:
+        """The logit's parts (n,) each, without the bias: "dense" (`dense_term`), "main" (one
+        effect per category value) and "pairwise" (the categorical pairs' dot products and the
+        dense slopes per category; each averages to 0 over either of its features).
+        dense: raw ints (n, 13); codes: (n, 26), T_j = missing."""
+        main = np.zeros(len(codes))
         for j in range(NUM_SPARSE):
-            out += self.effects[j][codes[:, j]]
+            main += self.effects[j][codes[:, j]]
+        pairwise = np.zeros(len(codes))
         for a, b in self.pairs:
-            out += np.einsum("nr,nr->n", self.vectors[a][codes[:, a]], self.vectors[b][codes[:, b]])
+            pairwise += np.einsum(
+                "nr,nr->n", self.vectors[a][codes[:, a]], self.vectors[b][codes[:, b]]
+            )
         if self.slopes:
             z = self._z(dense)
             for i, j, w in self.slopes:
-                out += z[:, i] * w[codes[:, j]]
-        return out
+                pairwise += z[:, i] * w[codes[:, j]]
+        return {"dense": self.dense_term(dense), "main": main, "pairwise": pairwise}
+
+    def logit(self, dense: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """Teacher logit without the bias (n,): the sum of `terms`."""
+        return sum(self.terms(dense, codes).values())
 
     def solve_bias(self) -> float:
         """Bias that makes the mean click probability `positive_rate` on the first block."""
         n = min(self.config.rows, BLOCK_ROWS) or 1
-        _, _, logit, _ = self._block(0, max(n, 50_000))
+        dense, codes, _ = self._block(0, max(n, 50_000))
+        logit = self.logit(dense, codes)
         lo, hi = -20.0, 20.0
         for _ in range(60):
             mid = (lo + hi) / 2
@@ -202,8 +255,8 @@ class Teacher:
         self.solve_bias()
         for index, start in enumerate(range(0, c.rows, BLOCK_ROWS)):
             n = min(BLOCK_ROWS, c.rows - start)
-            dense, codes, logit, u = self._block(index, n)
-            prob = _sigmoid(logit + self.bias)
+            dense, codes, u = self._block(index, n)
+            prob = _sigmoid(self.logit(dense, codes) + self.bias)
             cat = np.zeros((n, NUM_SPARSE), dtype=np.uint32)
             for j in range(NUM_SPARSE):
                 h = np.r_[self.hashes[j], np.uint32(0)]  # missing -> raw 0, as the parser gives
@@ -216,6 +269,28 @@ class Teacher:
                 first_line=start + 1,
                 extras={"prob": prob.astype(np.float32)},
             )
+
+    def auc_decomposition(self, start: int, stop: int) -> dict[str, float]:
+        """AUC on rows [start, stop) (labels as `blocks` draws them) of the teacher's logit cut
+        down: "dense_only" (the dense term), "main_effects" (dense + the categories' own effects,
+        no pairwise term) and "bayes" (the whole logit: the Bayes-optimal ranking). Solves the
+        bias first; regenerates only the blocks that hold the rows."""
+        self.solve_bias()
+        parts: dict[str, list[np.ndarray]] = {"dense": [], "main": [], "pairwise": [], "label": []}
+        for index in range(start // BLOCK_ROWS, -(-stop // BLOCK_ROWS)):
+            first = index * BLOCK_ROWS
+            dense, codes, u = self._block(index, min(BLOCK_ROWS, self.config.rows - first))
+            lo, hi = max(start - first, 0), min(stop - first, len(u))
+            terms = self.terms(dense[lo:hi], codes[lo:hi])
+            for k, v in terms.items():
+                parts[k].append(v)
+            parts["label"].append(u[lo:hi] < _sigmoid(sum(terms.values()) + self.bias))
+        d, m, p, y = (np.concatenate(parts[k]) for k in ("dense", "main", "pairwise", "label"))
+        return {
+            "dense_only": roc_auc(d, y),
+            "main_effects": roc_auc(d + m, y),
+            "bayes": roc_auc(d + m + p, y),
+        }
 
 
 def _dense_raw(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -250,7 +325,13 @@ def write_tsv(config: SyntheticConfig, path: str | Path) -> Path:
 
 
 def config_dict(config: SyntheticConfig) -> dict:
-    return {"generator_version": GENERATOR_VERSION, **asdict(config)}
+    """Everything the rows depend on: the generator's version, the config (the preset's name
+    included) and the preset's scales."""
+    return {
+        "generator_version": GENERATOR_VERSION,
+        **asdict(config),
+        "scales": asdict(config.scales),
+    }
 
 
 def roc_auc(score: np.ndarray, label: np.ndarray) -> float:
@@ -278,7 +359,8 @@ def cached_synthetic(config: SyntheticConfig, cache_dir, options) -> tuple[Path,
     """The cache directory of the synthetic data set, generated on first use.
 
     Built through the same `build_arrays` core as Kaggle text, plus `prob.npy` (the teacher's
-    probabilities) and meta["teacher"]: the teacher's AUC / log loss on every split.
+    probabilities) and meta["teacher"]: the preset's name, the teacher's AUC / log loss on every
+    split ("metrics") and on val and test its `Teacher.auc_decomposition` ("auc_decomposition").
     """
     from .preprocess import build_arrays, cache_key, ensure_cache
 
@@ -292,22 +374,21 @@ def cached_synthetic(config: SyntheticConfig, cache_dir, options) -> tuple[Path,
         prob = np.load(tmp / "prob.npy", mmap_mode="r")
         label = np.load(tmp / "label.npy", mmap_mode="r")
         meta["teacher"] = {
+            "name": config.teacher,
             "bias": teacher.bias,
             "pairs": teacher.pairs,
             "metrics": {
                 s: binary_metrics(prob[a:b], label[a:b]) for s, (a, b) in meta["splits"].items()
             },
-            "dense_only_auc": {},  # the ceiling of a model of the dense features alone
+            "auc_decomposition": {
+                s: teacher.auc_decomposition(a, b)
+                for s, (a, b) in meta["splits"].items()
+                if s != "train" and b > a and 0 < label[a:b].sum() < b - a
+            },
         }
-        dense = np.load(tmp / "dense.npy", mmap_mode="r")
-        for s, (a, b) in meta["splits"].items():
-            if s != "train" and b > a and 0 < label[a:b].sum() < b - a:
-                meta["teacher"]["dense_only_auc"][s] = roc_auc(
-                    teacher.dense_term(dense[a:b]), label[a:b]
-                )
         return meta
 
-    name = f"synthetic-{config.rows}-{config.max_table_size}-s{config.seed}-{key}"
+    name = f"synthetic-{config.teacher}-{config.rows}-{config.max_table_size}-s{config.seed}-{key}"
     return ensure_cache(
         cache_dir, name, key, build, {"source": "synthetic", "input": cfg, "options": opts}
     )

@@ -1,0 +1,143 @@
+"""The synthetic teacher's AUC decomposition next to trained DLRMs, for every teacher preset.
+
+    python -m benchmarks.teacher                              # both presets, the default recipe
+    python -m benchmarks.teacher --teacher default --max_epochs 1 3
+
+For each preset (``--data.teacher``), on the test split of the default-sized data: the AUC of the
+teacher's logit cut down (``Teacher.auc_decomposition``: dense term only; dense + the categories'
+own effects, no pairwise term; the whole logit, the Bayes-optimal ranking, with its log loss),
+then DLRM trained by ``lit-dlrm-train`` with the default recipe (``configs/train.yaml``; the best
+validation checkpoint, scored on the test split) with ``--model.interaction=dot`` and ``cat``.
+``cat`` is the "interaction switched off" baseline: the same inputs, tables and MLPs, the bottom
+output and the 26 embeddings concatenated without their pairwise products (facebookresearch/dlrm's
+``--arch-interaction-op=cat``). Each run trains into ``--out`` and is reused when it finished
+there (delete it to retrain). Writes ``benchmarks/results/teacher.md`` (and ``.csv``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from benchmarks.tables import markdown_table, write_results
+
+RESULTS = Path(__file__).resolve().parent / "results"
+OUT = Path("benchmarks/out/teacher")
+TEACHERS = ("default", "interactions")
+INTERACTIONS = ("dot", "cat")
+
+
+def header(title: str, argv: list[str], module: str) -> str:
+    """The first line of a results file: what, the command, date, commit and machine."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    command = " ".join(["python -m", module, shlex.join(argv)]).strip()
+    return (
+        f"{title}. Command: `{command}`; {datetime.date.today()}, commit {commit or 'unknown'}; "
+        f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}."
+    )
+
+
+def run_dir(teacher: str, interaction: str, max_epochs: int, out: Path = OUT) -> Path:
+    return out / f"{teacher}-{interaction}-e{max_epochs}"
+
+
+def test_metrics(directory: Path) -> dict[str, float] | None:
+    """test/auc and test/log_loss of the finished training run under ``directory`` (None: none)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for events in sorted(directory.glob("train/version_*")):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        if "test/auc" in acc.Tags()["scalars"]:
+            return {k: acc.Scalars(f"test/{k}")[-1].value for k in ("auc", "log_loss")}
+    return None
+
+
+def trained(teacher: str, interaction: str, max_epochs: int = 1, out: Path = OUT) -> Path:
+    """The run directory of DLRM trained by ``lit-dlrm-train`` (default recipe, but for the
+    preset, the interaction and the epochs) on ``teacher``'s data; trained unless finished."""
+    from lit_dlrm import cli
+
+    directory = run_dir(teacher, interaction, max_epochs, out)
+    if test_metrics(directory) is None:
+        cli.train(
+            [
+                f"--data.teacher={teacher}",
+                f"--model.interaction={interaction}",
+                f"--trainer.max_epochs={max_epochs}",
+                f"--trainer.logger.init_args.save_dir={directory}",
+                "--trainer.enable_progress_bar=false",
+            ]
+        )
+    return directory
+
+
+def best_checkpoint(directory: Path) -> Path:
+    """The best validation checkpoint of the training run under ``directory``."""
+    (best,) = sorted(directory.glob("train/version_*/checkpoints/best-*.ckpt"))[-1:]
+    return best
+
+
+def measure(teachers: list[str], epochs: list[int], out: Path) -> list[dict]:
+    from lit_dlrm.data import CriteoDataModule
+
+    rows = []
+    for teacher in teachers:
+        data = CriteoDataModule(teacher=teacher)
+        data.setup()
+        cut = data.meta["teacher"]["auc_decomposition"]["test"]
+        bayes = data.teacher_metrics("test")
+        row = {"teacher": teacher}
+        rows += [
+            {**row, "ranking": "teacher: dense term only", "auc": cut["dense_only"]},
+            {**row, "ranking": "teacher: main effects (no pairwise)", "auc": cut["main_effects"]},
+            {**row, "ranking": "teacher: Bayes (whole logit)", **bayes},
+        ]
+        for max_epochs in epochs:
+            for interaction in INTERACTIONS:
+                metrics = test_metrics(trained(teacher, interaction, max_epochs, out))
+                what = f"DLRM {interaction}, {max_epochs} epoch{'s' * (max_epochs > 1)}"
+                rows.append({**row, "ranking": what, **metrics})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", nargs="+", choices=TEACHERS, default=list(TEACHERS))
+    parser.add_argument("--max_epochs", nargs="+", type=int, default=[1])
+    parser.add_argument("--out", type=Path, default=OUT, help="training runs (reused)")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    rows = measure(args.teacher, args.max_epochs, args.out)
+    fmt = lambda v: "" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+    markdown = (
+        header(
+            "Synthetic teacher: AUC decomposition and trained DLRM, test split",
+            argv,
+            "benchmarks.teacher",
+        )
+        + " Default data (2M rows, tables capped at 20,000); DLRM: configs/train.yaml's recipe"
+        " (Adagrad, lr 0.02, batch 2048), the best validation checkpoint; `cat` = the same model"
+        " without the pairwise products. Each DLRM row is one training run, made by this command or"
+        " an earlier one into --out and reused.\n\n"
+        + markdown_table(rows, ["teacher", "ranking", "auc", "log_loss"], fmt)
+    )
+    columns = ["teacher", "ranking", "auc", "log_loss", "positive_rate"]
+    path = write_results(args.results, "teacher", rows, markdown, columns)
+    print(markdown)
+    print(f"written: {path}")
+
+
+if __name__ == "__main__":
+    main()
