@@ -1,36 +1,47 @@
 """Time to the first batch from each processed format, through `CriteoDataModule`.
 
-Writes one synthetic data set (--rows rows over --days days, tables capped at --max-table-size)
-in each format's file layout: dlrm's Terabyte day .npz (np.savez_compressed), its MLPerf binary
-files, TorchRec's per-day npy and MLPerf's multi-hot npz (bags of --bag ids per feature). Only
-the layout matters here; that each format's values are its tool's is tests/test_formats.py's job.
-Then, for each source, --repeats times:
+Writes one synthetic data set (the scale's rows over 4 days, tables capped by the scale) in each
+format's file layout: dlrm's Terabyte day .npz (np.savez_compressed), its MLPerf binary files,
+TorchRec's per-day npy (raw and contiguous ids) and MLPerf's multi-hot npz (bags of 3 copies of
+each id). Only the layout matters here; that each format's values are its tool's is
+tests/test_formats.py's job. Then ``repeats`` times, the sources in ABBA order
+(:mod:`benchmarks.harness`), in this process:
   cold: an empty cache directory: build the cache (dlrm_terabyte: decompress and convert) or the
         index (the others: read headers, nothing copied), setup, first shuffled train batch;
-  warm: the cache or index exists: a fresh DataModule's setup and first shuffled train batch.
-Reports the median, min and max seconds of each. Writes Markdown to benchmarks/results/.
+  warm: (after all cold runs) a fresh DataModule on a cache or index a cold run built: setup and
+        first shuffled train batch.
+Same work: every run of a source gives the same first batch, and every source the same labels
+and ids (as written: contiguous ids less their offset, a bag's first id), i.e. the same train
+rows in the same shuffled order; else :class:`benchmarks.harness.WorkMismatch`.
 
-    python -m benchmarks.first_batch --rows 1000000 --repeats 5       # from the checkout's root
+    python -m benchmarks.first_batch --scale small
+    python -m benchmarks.run --scale small --only first_batch   # the same rows, in run_small_*.md
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import platform
+import hashlib
 import shutil
-import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from lit_dlrm.paths import atomic_write
+from benchmarks.harness import (
+    REPEATS,
+    Sample,
+    alternate,
+    check_same_work,
+    main_for,
+    measured,
+    single,
+)
 
-HERE = Path(__file__).resolve().parent
+# scale: (rows, the synthetic set's table cap)
+SCALES = {"tiny": (3_000, 200), "small": (400_000, 100_000), "kaggle": (2_000_000, 1_000_000)}
+DAYS, BAG, BATCH_SIZE = 4, 3, 2048
+CONTIGUOUS_OFFSET = 2  # TorchRec's contiguous ids: 0 and 1 unused
 
 
 def write_formats(root: Path, rows: int, days: int, max_table_size: int, bag: int) -> dict:
@@ -53,7 +64,8 @@ def write_formats(root: Path, rows: int, days: int, max_table_size: int, bag: in
         np.save(npy / f"day_{i}_dense.npy", np.log(x + 2, dtype=np.float32))
         np.save(npy / f"day_{i}_labels.npy", y.astype(np.int32).reshape(-1, 1))
         np.save(npy / f"day_{i}_sparse.npy", c.astype(np.int64))
-        np.save(npy / f"day_{i}_sparse_contig_freq.npy", c.astype(np.int64) + 2)
+        contig = c.astype(np.int64) + CONTIGUOUS_OFFSET
+        np.save(npy / f"day_{i}_sparse_contig_freq.npy", contig)
         bags = {str(j): np.repeat(c[:, j : j + 1], bag, axis=1) for j in range(26)}
         np.savez(mh / f"day_{i}_sparse_multi_hot.npz", **bags)
         for part in ("dense", "labels"):
@@ -73,82 +85,93 @@ def write_formats(root: Path, rows: int, days: int, max_table_size: int, bag: in
     }
 
 
-def first_batch(source: str, path: Path, options: dict, cache: Path, batch_size: int) -> float:
+def fingerprint(source: str, batch) -> tuple[str, str]:
+    """(labels and ids as written, the whole batch) of a first batch, as digests: the first is
+    equal across formats, the second across runs of one format."""
+    from lit_dlrm.bags import Bags
+
+    dense, sparse, label = batch
+    if isinstance(sparse, Bags):  # table after table, each row's bag of BAG copies
+        ids = sparse.values.reshape(sparse.lengths.shape[0], -1, BAG)[..., 0].t()
+        whole = (dense, sparse.values, sparse.lengths, label)
+    else:
+        ids = sparse - (CONTIGUOUS_OFFSET if source == "torchrec_npy_contiguous" else 0)
+        whole = (dense, sparse, label)
+    rows = hashlib.sha1()
+    for t in (label.to(torch.int64), ids.to(torch.int64)):
+        rows.update(t.contiguous().numpy().tobytes())
+    batch_hash = hashlib.sha1()
+    for t in whole:
+        batch_hash.update(t.contiguous().numpy().tobytes())
+    return rows.hexdigest(), batch_hash.hexdigest()
+
+
+def first_batch(source: str, path: Path, options: dict, cache: Path) -> Sample:
+    """Seconds (and extra peak) from a new DataModule to its first shuffled train batch."""
     from lit_dlrm.data import CriteoDataModule
 
-    t = time.perf_counter()
-    dm = CriteoDataModule(
-        source=source, path=str(path), cache_dir=str(cache), batch_size=batch_size, **options
-    )
-    dm.prepare_data()
-    dm.setup()
-    next(iter(dm.train_dataloader()))
-    return time.perf_counter() - t
-
-
-def header(argv: list[str]) -> list[str]:
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
-        ).stdout.strip()
-    except OSError:
-        commit = "unknown"
-    return [
-        "# Time to the first batch from each processed format",
-        "",
-        f"- command: `{' '.join(['python -m benchmarks.first_batch', *argv])}`",
-        f"- date: {time.strftime('%Y-%m-%d %H:%M:%S %z')}",
-        f"- commit: {commit or 'unknown'}",
-        f"- machine: {platform.machine()}, {platform.processor() or 'cpu'}, "
-        f"{os.cpu_count()} cores, Python {platform.python_version()}",
-        "",
-    ]
-
-
-def main(argv: list[str] | None = None) -> list[dict]:
-    argv = sys.argv[1:] if argv is None else argv
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rows", type=int, default=400_000)
-    p.add_argument("--days", type=int, default=4)
-    p.add_argument("--max-table-size", type=int, default=100_000)
-    p.add_argument("--bag", type=int, default=3, help="ids per bag of the multi-hot set")
-    p.add_argument("--batch-size", type=int, default=2048)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--out", type=Path, default=HERE / "results" / "first_batch.md")
-    args = p.parse_args(argv)
-    if args.repeats < 5:
-        p.error(f"--repeats: at least 5 for a median with its spread, got {args.repeats}")
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        formats = write_formats(root, args.rows, args.days, args.max_table_size, args.bag)
-        for source, (path, options) in formats.items():
-            cold, warm = [], []
-            for r in range(args.repeats):
-                cache = root / f"cache-{source}-{r}"
-                cold.append(first_batch(source, path, options, cache, args.batch_size))
-                warm.append(first_batch(source, path, options, cache, args.batch_size))
-            row = {"source": source}
-            for name, xs in (("cold", cold), ("warm", warm)):
-                row[f"{name}_median_s"] = statistics.median(xs)
-                row[f"{name}_min_s"], row[f"{name}_max_s"] = min(xs), max(xs)
-            rows.append(row)
-            print(row, flush=True)
-    cols = list(rows[0])
-    lines = header(argv) + [
-        f"{args.rows} rows over {args.days} days; {args.repeats} repeats each. cold: empty "
-        "cache directory (cache or index built); warm: cache or index present.",
-        "",
-        "| " + " | ".join(cols) + " |",
-        "|" + "---|" * len(cols),
-    ]
-    for r in rows:
-        lines.append(
-            "| " + " | ".join(f"{r[c]:.3f}" if c != "source" else r[c] for c in cols) + " |"
+    def load():
+        dm = CriteoDataModule(
+            source=source, path=str(path), cache_dir=str(cache), batch_size=BATCH_SIZE, **options
         )
-    atomic_write(args.out, lambda part: part.write_text("\n".join(lines) + "\n"))
-    print("\n".join(lines))
-    return rows
+        dm.prepare_data()
+        dm.setup()
+        return next(iter(dm.train_dataloader()))
+
+    batch, seconds, peak = measured(load)
+    return Sample(seconds, peak, fingerprint(source, batch))
+
+
+def run(scale: str = "small", repeats: int | None = None) -> list[dict]:
+    """Cold and warm first-batch seconds of each source (lit_dlrm alone: no reference side)."""
+    repeats = repeats or REPEATS[scale]
+    rows, max_table_size = SCALES[scale]
+    with tempfile.TemporaryDirectory(prefix="first-batch-") as tmp:
+        root = Path(tmp)
+        formats = write_formats(root, rows, DAYS, max_table_size, BAG)
+        caches: dict[str, list[Path]] = {source: [] for source in formats}
+
+        def cold(source: str):
+            def one() -> Sample:
+                cache = root / f"cache-{source}-{len(caches[source])}"
+                caches[source].append(cache)
+                return first_batch(source, *formats[source], cache)
+
+            return one
+
+        def warm(source: str):
+            built = iter(caches[source])
+            return lambda: first_batch(source, *formats[source], next(built))
+
+        cold_runs = alternate({source: cold(source) for source in formats}, repeats)
+        warm_runs = alternate({source: warm(source) for source in formats}, repeats)
+    check_same_work(
+        "first batch",
+        {**cold_runs, **{f"{s} warm": r for s, r in warm_runs.items()}},
+        same=lambda a, b: a[0] == b[0],
+        what="the same labels and ids in every format (the same train rows, shuffled alike)",
+    )
+    table = []
+    for source in formats:
+        runs = {"cold": cold_runs[source], "warm": warm_runs[source]}
+        check_same_work(f"first batch from {source}", runs, what="the same batch on every run")
+        for kind, note in (
+            ("cold", "empty cache directory: cache (dlrm_terabyte) or index built"),
+            ("warm", "a fresh DataModule on the cache or index a cold run built"),
+        ):
+            table.append(
+                single(
+                    f"first batch from {source}, {kind}",
+                    "s",
+                    runs[kind],
+                    note=f"{note}; {rows:,} rows over {DAYS} days, batch {BATCH_SIZE}",
+                )
+            )
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    main_for("first_batch", run, argv, __doc__.splitlines()[0], sorted(SCALES))
 
 
 if __name__ == "__main__":

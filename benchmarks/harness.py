@@ -15,6 +15,7 @@ duration), so that the README block copied from it carries them too.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import os
@@ -22,6 +23,7 @@ import platform
 import resource
 import shlex
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -319,23 +321,26 @@ def main_for(
     argv: Sequence[str] | None,
     description: str,
     scales: Sequence[str] = ("tiny", "small", "kaggle"),
+    options: Callable[[argparse.ArgumentParser], list[str]] | None = None,
+    notes: str | None = None,
 ) -> str:
-    """The command line of one benchmark: ``--scale``, ``--repeats``, ``--out-dir``; runs it and
-    writes ``<name>_<scale>.md``."""
-    import argparse
-    import sys
-
+    """The command line of one benchmark: ``--scale``, ``--repeats``, ``--out-dir``, and the
+    benchmark's own ``options`` (a function adding them to the parser and returning their
+    ``dest`` names, passed to ``run`` as keywords); runs it and writes ``<name>_<scale>.md``, with
+    ``notes`` (default :data:`NOTES`) above its table."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--scale", choices=list(scales), default="small")
     parser.add_argument("--repeats", type=int, default=None, help="default: per scale (>= 3)")
     parser.add_argument("--out-dir", default=str(RESULTS))
+    extra = options(parser) if options else []
     args = parser.parse_args(argv)
     repeats = args.repeats or REPEATS[args.scale]
     if repeats < 1:
         parser.error(f"--repeats: expected >= 1, got {repeats}")
     start, cpu = time.perf_counter(), cpu_seconds()
-    rows = [{"benchmark": name, **r} for r in run(args.scale, args.repeats)]
+    kwargs = {dest: getattr(args, dest) for dest in extra}
+    rows = [{"benchmark": name, **r} for r in run(args.scale, args.repeats, **kwargs)]
     text = write_results(
         f"{name}_{args.scale}",
         f"{name}, scale `{args.scale}`",
@@ -344,7 +349,7 @@ def main_for(
         repeats,
         args.out_dir,
         time.perf_counter() - start,
-        NOTES,
+        NOTES if notes is None else notes,
         cpu_seconds() - cpu,
     )
     print(text)

@@ -1,35 +1,38 @@
 """Terabyte preprocessing: lit_dlrm's per-day pipeline against facebookresearch/dlrm's own code,
 on the same raw day files, in the same run.
 
-Writes synthetic Terabyte day files (`python -m lit_dlrm.data.terabyte write`'s generator), then
-runs, each in a fresh process (repeated; median, min and max of the wall time):
-  * lit_dlrm, 1 worker and N workers (`cached_terabyte`: parse, hash, ids, down-sampling off,
-    assembly into the memory-mapped cache);
+Writes synthetic Terabyte day files (`python -m lit_dlrm.data.terabyte write`'s generator; the
+scale sets days, rows per day and the generator's table cap), then runs four sides ``repeats``
+times in ABBA order (:mod:`benchmarks.harness`), each run a fresh process on fresh hard links to
+the day files:
+  * lit_dlrm, 1 worker and ``--workers`` workers (`cached_terabyte`: parse, hash, ids,
+    down-sampling off, assembly into the memory-mapped cache);
   * dlrm's `data_utils.getCriteoAdData(..., criteo_kaggle=False, memory_map=False)` (its Terabyte
     path) serially and with `dataset_multiprocessing=True` (one process per day), imported from a
-    dlrm checkout and run by a Python with NumPy < 2 (dlrm's code needs it). Its stdout, one line
-    per row in the serial path, goes to /dev/null.
-Both sides use the same `--max-ind-range`; after each dlrm run its `terabyte_processed.npz` is
-compared with lit_dlrm's cache (ids, dense, labels must be equal), so both did the same work.
-Peak RSS is the whole process tree's (children included), sampled every 10 ms.
+    dlrm checkout (``--dlrm``) and run by a Python with NumPy < 2 (``--dlrm-python``; dlrm's code
+    needs it). Its stdout, one line per row in the serial path, goes to /dev/null.
+Both sides hash with MLPerf's `max_ind_range` (40,000,000). Same work: every run's labels, dense
+integers and ids (lit_dlrm's cache, dlrm's `terabyte_processed.npz`) must be equal, else the run
+fails (:class:`benchmarks.harness.WorkMismatch`). Rows/s from the seconds measured inside each
+process; peak: the whole process tree's RSS (children included, absolute), sampled every 10 ms.
 
-To get dlrm and its Python:
-    git clone https://github.com/facebookresearch/dlrm /tmp/dlrm
-    python3 -m venv /tmp/dlrm-venv && /tmp/dlrm-venv/bin/pip install "numpy<2"
-    python -m benchmarks.preprocess_terabyte --dlrm /tmp/dlrm \\
-        --dlrm-python /tmp/dlrm-venv/bin/python
-Without --dlrm only lit_dlrm's rows are measured. Results: benchmarks/results/preprocess_terabyte.*
+    python -m benchmarks.preprocess_terabyte --scale small --dlrm DLRM_CHECKOUT \\
+        --dlrm-python DLRM_VENV/bin/python
+
+where DLRM_CHECKOUT is `git clone https://github.com/facebookresearch/dlrm` and DLRM_VENV a venv
+with `pip install "numpy<2"`. Without ``--dlrm`` only lit_dlrm's rows are measured. Day files and
+caches go to a temporary directory (``TMPDIR``). Also run by ``python -m benchmarks.run --only
+preprocess_terabyte`` (same options).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
-import platform
 import shlex
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,9 +42,35 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.tables import markdown_table, write_results
+from benchmarks.harness import (
+    OURS,
+    REF,
+    REPEATS,
+    REPO,
+    SLOW_REPEATS,
+    Sample,
+    WorkMismatch,
+    alternate,
+    check_same_work,
+    compare,
+    main_for,
+    single,
+)
 
-HERE = Path(__file__).resolve().parent
+MAX_IND_RANGE = 40_000_000  # MLPerf's
+NOTES = (
+    "ratio: of the medians; > 1 means lit_dlrm is better (lit_dlrm / reference, rows/s). Every "
+    "run is a fresh process; rows/s from the seconds measured inside it; peak MiB: the whole "
+    "process tree's RSS (absolute, children included), sampled every 10 ms. Every run of every "
+    "side is checked to have written the same labels, dense integers and ids; a run that did not "
+    "fails the benchmark."
+)
+# scale: (day files, the last one test/val; rows per day; the generator's table cap)
+SCALES = {
+    "tiny": (2, 500, 100_000),
+    "small": (4, 50_000, 100_000),
+    "kaggle": (4, 500_000, 2_000_000),
+}
 
 DLRM_CHILD = """
 import json, sys, time
@@ -57,13 +86,14 @@ sys.stderr.write(json.dumps({"seconds": time.perf_counter() - t}) + "\\n")
 """
 
 
-def lit_child(days_dir: str, cache: str, max_ind_range: int, workers: int) -> None:
+def lit_child(days_dir: str, cache: str, workers: str) -> None:
+    """The lit_dlrm side, in its own process: prints {"seconds", "rows", "dir"} as JSON."""
     from lit_dlrm.data.preprocess import PreprocessOptions
     from lit_dlrm.data.terabyte import cached_terabyte
 
     t = time.perf_counter()
-    opts = PreprocessOptions(max_ind_range=max_ind_range or None)
-    d, meta = cached_terabyte(days_dir, cache, opts, workers=workers, progress=False)
+    opts = PreprocessOptions(max_ind_range=MAX_IND_RANGE)
+    d, meta = cached_terabyte(days_dir, cache, opts, workers=int(workers), progress=False)
     seconds = time.perf_counter() - t
     print(json.dumps({"seconds": seconds, "rows": meta["rows"], "dir": str(d)}))
 
@@ -85,8 +115,9 @@ def _tree_rss_kib(pid: int) -> int:
 
 
 def run_measured(cmd: list[str], env: dict | None = None, stdout=subprocess.PIPE) -> tuple:
-    """(completed process, peak RSS of its process tree in MiB, sampled every 10 ms)."""
-    proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE, env=env, cwd=HERE.parent)
+    """(stdout, stderr, peak RSS of the process tree in MiB, sampled every 10 ms); raises
+    RuntimeError with the command and its stderr's tail when it fails."""
+    proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE, env=env, cwd=REPO)
     peak, stop = [0], threading.Event()
 
     def sample():
@@ -100,160 +131,137 @@ def run_measured(cmd: list[str], env: dict | None = None, stdout=subprocess.PIPE
     stop.set()
     sampler.join()
     if proc.returncode != 0:
-        raise SystemExit(f"{shlex.join(cmd)} failed ({proc.returncode}):\n{err.decode()[-2000:]}")
+        raise RuntimeError(f"{shlex.join(cmd)} failed ({proc.returncode}):\n{err.decode()[-2000:]}")
     return out, err, peak[0] / 1024
 
 
-def fresh_days(raw: Path, work: Path) -> Path:
-    """A new directory with hard links to the day files (dlrm writes its files beside them)."""
-    d = Path(tempfile.mkdtemp(dir=work, prefix="days-"))
-    for p in raw.iterdir():
-        os.link(p, d / p.name)
-    return d
+def digest(label, dense, sparse) -> str:
+    """What a side produced: its labels, dense integers and ids, as int64."""
+    h = hashlib.sha1()
+    for array in (label, dense, sparse):
+        h.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
+    return h.hexdigest()
 
 
-def check_same(dlrm_npz: Path, lit_dir: Path) -> None:
-    """dlrm's processed .npz holds the same ids, dense values and labels as lit_dlrm's cache."""
-    with np.load(dlrm_npz) as z:
-        pairs = {"X_cat": "sparse", "X_int": "dense", "y": "label"}
-        for k, ours in pairs.items():
-            mine = np.load(lit_dir / f"{ours}.npy")
-            if not np.array_equal(z[k].astype(np.int64), mine.astype(np.int64)):
-                raise SystemExit(
-                    f"dlrm's {k} differs from lit_dlrm's {ours}.npy: not the same work"
-                )
+def add_options(parser: argparse.ArgumentParser) -> list[str]:
+    """This benchmark's own options (for :func:`benchmarks.harness.main_for` and
+    ``benchmarks.run``); returns their ``dest`` names."""
+    group = parser.add_argument_group("preprocess_terabyte")
+    actions = [
+        group.add_argument(
+            "--workers", type=int, default=os.cpu_count() or 1, help="lit_dlrm's N workers"
+        ),
+        group.add_argument("--dlrm", default=None, help="a facebookresearch/dlrm checkout"),
+        group.add_argument(
+            "--dlrm-python", default="python3", help="a Python with numpy<2 for dlrm's code"
+        ),
+    ]
+    return [a.dest for a in actions]
 
 
-def measure(
-    days: int,
-    rows_per_day: int,
-    max_table_size: int,
-    max_ind_range: int,
-    repeats: int,
-    workers: int,
-    dlrm: str | None,
-    dlrm_python: str,
-    workdir: str | None,
-    verbose: bool = True,
+def run(
+    scale: str = "small",
+    repeats: int | None = None,
+    workers: int | None = None,
+    dlrm: str | None = None,
+    dlrm_python: str = "python3",
 ) -> list[dict]:
+    """lit_dlrm (1 and ``workers`` workers) against dlrm's serial and multiprocessing Terabyte
+    preprocessing (lit_dlrm alone without ``dlrm``). ValueError names a bad ``dlrm`` or
+    ``workers``; WorkMismatch when a run's arrays differ from the first run's."""
     from lit_dlrm.data.terabyte import write_days
 
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+    repeats = repeats or (SLOW_REPEATS if scale == "kaggle" else REPEATS)[scale]
+    workers = workers or os.cpu_count() or 1
+    if workers < 1:
+        raise ValueError(f"--workers: expected >= 1, got {workers}")
+    if dlrm and not (Path(dlrm) / "data_utils.py").is_file():
+        raise ValueError(f"--dlrm: {dlrm} has no data_utils.py (a facebookresearch/dlrm clone?)")
+    days, rows_per_day, max_table_size = SCALES[scale]
+    rows = days * rows_per_day
+    with tempfile.TemporaryDirectory(prefix="preprocess-terabyte-") as tmp:
         work = Path(tmp)
         raw = work / "raw"
         write_days(raw, days=days, rows_per_day=rows_per_day, max_table_size=max_table_size)
-        raw_bytes = sum(p.stat().st_size for p in raw.iterdir())
-        rows = days * rows_per_day
-        sides = [(f"lit_dlrm, {w} worker(s)", "lit", w) for w in sorted({1, workers})]
-        if dlrm:
-            sides += [("dlrm data_utils, serial", "dlrm", 0)]
-            sides += [(f"dlrm data_utils, multiprocessing ({days} processes)", "dlrm", 1)]
-        results, lit_dir = [], None
-        for name, kind, arg in sides:
-            seconds, peaks = [], []
-            for r in range(repeats):
-                days_dir = fresh_days(raw, work)
-                if kind == "lit":
-                    cache = work / f"cache-{arg}-{r}"
-                    cmd = [sys.executable, "-m", "benchmarks.preprocess_terabyte", "--child"]
-                    cmd += [str(days_dir), str(cache), str(max_ind_range), str(arg)]
-                    out, _, peak = run_measured(cmd)
-                    res = json.loads(out.decode().strip().splitlines()[-1])
-                    if res["rows"] != rows:
-                        raise SystemExit(f"lit_dlrm kept {res['rows']} rows of {rows}")
-                    if lit_dir is None:
-                        lit_dir = Path(res["dir"])
-                else:
-                    env = {**os.environ, "PYTHONPATH": str(Path(dlrm).resolve())}
-                    cmd = [dlrm_python, "-c", DLRM_CHILD, str(days_dir), str(days)]
-                    cmd += [str(max_ind_range), str(arg)]
-                    _, err, peak = run_measured(cmd, env=env, stdout=subprocess.DEVNULL)
-                    res = json.loads(err.decode().strip().splitlines()[-1])
-                    check_same(days_dir / "terabyte_processed.npz", lit_dir)
-                seconds.append(res["seconds"])
-                peaks.append(peak)
+        raw_mib = sum(p.stat().st_size for p in raw.iterdir()) / 2**20
+
+        def fresh_days() -> Path:
+            """A new directory of hard links to the day files (dlrm writes beside them)."""
+            d = Path(tempfile.mkdtemp(dir=work, prefix="days-"))
+            for p in raw.iterdir():
+                os.link(p, d / p.name)
+            return d
+
+        def lit(n: int):
+            def one() -> Sample:
+                days_dir = fresh_days()
+                cmd = [sys.executable, "-m", "benchmarks.preprocess_terabyte", "--child"]
+                out, _, peak = run_measured(cmd + [str(days_dir), str(days_dir / "cache"), str(n)])
+                res = json.loads(out.decode().strip().splitlines()[-1])
+                if res["rows"] != rows:
+                    raise WorkMismatch(f"lit_dlrm, {n} worker(s): kept {res['rows']} of {rows}")
+                cache = Path(res["dir"])
+                arrays = [np.load(cache / f"{k}.npy") for k in ("label", "dense", "sparse")]
                 shutil.rmtree(days_dir)
-            med = statistics.median(seconds)
-            results.append(
-                {
-                    "impl": name,
-                    "rows": rows,
-                    "repeats": repeats,
-                    "seconds_median": round(med, 3),
-                    "seconds_min": round(min(seconds), 3),
-                    "seconds_max": round(max(seconds), 3),
-                    "rows_per_s": round(rows / med),
-                    "peak_rss_mib": round(max(peaks), 1),
-                    "raw_mib": round(raw_bytes / 2**20, 1),
-                }
-            )
-            verbose and print(results[-1], flush=True)
-        return results
+                return Sample(rows / res["seconds"], peak, digest(*arrays))
 
+            return one
 
-def _commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, cwd=HERE.parent
+        def reference(multiprocessing: bool):
+            def one() -> Sample:
+                days_dir = fresh_days()
+                env = {**os.environ, "PYTHONPATH": str(Path(dlrm).resolve())}
+                cmd = [dlrm_python, "-c", DLRM_CHILD, str(days_dir), str(days)]
+                cmd += [str(MAX_IND_RANGE), "1" if multiprocessing else "0"]
+                _, err, peak = run_measured(cmd, env=env, stdout=subprocess.DEVNULL)
+                seconds = json.loads(err.decode().strip().splitlines()[-1])["seconds"]
+                with np.load(days_dir / "terabyte_processed.npz") as z:
+                    work_digest = digest(z["y"], z["X_int"], z["X_cat"])
+                shutil.rmtree(days_dir)
+                return Sample(rows / seconds, peak, work_digest)
+
+            return one
+
+        sides = {"lit 1": lit(1), f"lit {workers}": lit(workers)}
+        if dlrm:
+            sides.update({"dlrm serial": reference(False), "dlrm mp": reference(True)})
+        samples = alternate(sides, repeats)
+        check_same_work(
+            "Terabyte preprocessing", samples, what="the same labels, dense integers and ids"
         )
-        return out.stdout.decode().strip() or "unknown"
-    except OSError:
-        return "unknown"
+    data = (
+        f"{days} synthetic day files x {rows_per_day:,} rows ({raw_mib:,.1f} MiB), "
+        f"max_ind_range {MAX_IND_RANGE:,}; each run a fresh process; peak: the process tree's "
+        "RSS (absolute, children included, sampled every 10 ms)"
+    )
+    table = []
+    for n, ref, label in ((1, "dlrm serial", "serial"), (workers, "dlrm mp", "multiprocessing")):
+        stage = f"Terabyte preprocessing, lit_dlrm {n} worker(s)"
+        if dlrm:
+            both = {OURS: samples[f"lit {n}"], REF: samples[ref]}
+            stage += f" vs dlrm data_utils {label}"
+            if ref == "dlrm mp":
+                stage += f" ({days} processes)"
+            table.append(compare(stage, "rows/s", both, better="higher", note=data))
+        elif not table or n != 1:
+            table.append(single(stage, "rows/s", samples[f"lit {n}"], note=data + "; no --dlrm"))
+    return table
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--child"]:  # one lit_dlrm run, started by run()
+        lit_child(*argv[1:])
+        return
+    main_for(
+        "preprocess_terabyte",
+        run,
+        argv,
+        __doc__.splitlines()[0],
+        sorted(SCALES),
+        add_options,
+        NOTES,
     )
-    ap.add_argument("--days", type=int, default=4, help="day files (the last is test/val)")
-    ap.add_argument("--rows-per-day", type=int, default=50_000)
-    ap.add_argument("--max-table-size", type=int, default=100_000, help="generator's table cap")
-    ap.add_argument("--max-ind-range", type=int, default=40_000_000, help="0: no hashing")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="lit_dlrm's N")
-    ap.add_argument("--dlrm", default=None, help="a facebookresearch/dlrm checkout")
-    ap.add_argument("--dlrm-python", default="python3", help="a Python with numpy<2 for dlrm")
-    ap.add_argument("--workdir", default=None, help="where day files go (default: a temp dir)")
-    ap.add_argument("--out-dir", default=str(HERE / "results"))
-    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
-    a = ap.parse_args(argv)
-    if a.child:
-        days_dir, cache, mir, workers = a.child
-        lit_child(days_dir, cache, int(mir), int(workers))
-        return []
-    if a.dlrm and not (Path(a.dlrm) / "data_utils.py").is_file():
-        raise SystemExit(f"--dlrm: {a.dlrm} has no data_utils.py (a facebookresearch/dlrm clone?)")
-    rows = measure(
-        a.days,
-        a.rows_per_day,
-        a.max_table_size,
-        a.max_ind_range,
-        a.repeats,
-        a.workers,
-        a.dlrm,
-        a.dlrm_python,
-        a.workdir,
-    )
-    command = "python -m benchmarks.preprocess_terabyte " + shlex.join(
-        sys.argv[1:] if argv is None else argv
-    )
-    header = [
-        "# Terabyte preprocessing: lit_dlrm vs facebookresearch/dlrm's data_utils",
-        "",
-        f"- command: `{command}`",
-        f"- date: {time.strftime('%Y-%m-%d %H:%M')}; commit: {_commit()}",
-        f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
-        f"- data: {a.days} synthetic day files x {a.rows_per_day:,} rows, "
-        f"max_ind_range {a.max_ind_range:,}; wall seconds inside each process (median of "
-        f"{a.repeats}), peak RSS of its process tree (sampled every 10 ms)"
-        + ("" if a.dlrm else "; dlrm not run (no --dlrm)"),
-        "",
-    ]
-    columns = list(rows[0])
-    text = "\n".join(header) + "\n" + markdown_table(rows, columns)
-    print("\n" + text)
-    write_results(a.out_dir, "preprocess_terabyte", rows, text)
-    return rows
 
 
 if __name__ == "__main__":

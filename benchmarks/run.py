@@ -4,6 +4,10 @@
     python -m benchmarks.run --scale kaggle --only sparsify     # one piece: run_kaggle_sparsify.md
     python -m benchmarks.readme                                 # README blocks from the files
 
+``first_batch`` and ``preprocess_terabyte`` (the Terabyte and processed-format paths) run only
+when named in ``--only``; ``preprocess_terabyte``'s own options (``--dlrm``, ``--dlrm-python``,
+``--workers``) are accepted here too.
+
 Each stage runs both sides ``repeats`` times in ABBA order and checks that they did the same work
 (:mod:`benchmarks.harness`). A run writes one results file, ``run_<scale>.md`` (and ``.csv``), or
 ``run_<scale>_<names>.md`` with ``--only``, headed by its command, date, commit, machine and its
@@ -23,9 +27,11 @@ from benchmarks import (
     compact,
     compress,
     evaluate,
+    first_batch,
     global_threshold,
     int_lookup,
     preprocess,
+    preprocess_terabyte,
     quantize,
     readme,
     sparsify,
@@ -51,6 +57,10 @@ BENCHMARKS = {
     "compact": compact.run,
     "int_lookup": int_lookup.run,
 }
+# run only when named in --only (not part of a full run)
+ON_REQUEST = {"first_batch": first_batch.run, "preprocess_terabyte": preprocess_terabyte.run}
+# the benchmarks' own options (a function adding them to the parser, as for harness.main_for)
+OPTIONS = {"preprocess_terabyte": preprocess_terabyte.add_options}
 # the benchmarks that read sparsify.shared_tables (one build for all, run one after another)
 SHARED_TABLES = {"sparsify", "compress", "global", "quantize"}
 TESTED_POINTS = 56  # of the sweep's 80: level 0/1 and L2 (1, 1) reuse identical masks
@@ -112,21 +122,29 @@ def main(argv: list[str] | None = None) -> list[dict]:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", choices=["tiny", "small", "kaggle"], default="small")
-    parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=None)
+    parser.add_argument("--only", nargs="+", choices=[*BENCHMARKS, *ON_REQUEST], default=None)
     parser.add_argument("--repeats", type=int, default=None, help="default: per scale (>= 3)")
     parser.add_argument("--out-dir", default=str(RESULTS))
     parser.add_argument(
         "--no-readme", action="store_true", help="leave the README's result blocks as they are"
     )
+    dests = {name: add(parser) for name, add in OPTIONS.items()}
     args = parser.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
         parser.error(f"--repeats: expected >= 1, got {args.repeats}")
     names = args.only or list(BENCHMARKS)
+    for name, options in dests.items():
+        given = [d for d in options if getattr(args, d) != parser.get_default(d)]
+        if given and name not in names:
+            flags = ", ".join("--" + d.replace("_", "-") for d in given)
+            parser.error(f"{flags}: options of {name}, which this run does not include (--only)")
     start, cpu = time.perf_counter(), cpu_seconds()
     rows: list[dict] = []
     for i, name in enumerate(names):
         t0, c0 = time.perf_counter(), cpu_seconds()
-        rows += [{"benchmark": name, **r} for r in BENCHMARKS[name](args.scale, args.repeats)]
+        bench = {**BENCHMARKS, **ON_REQUEST}[name]
+        kwargs = {d: getattr(args, d) for d in dests.get(name, [])}
+        rows += [{"benchmark": name, **r} for r in bench(args.scale, args.repeats, **kwargs)]
         if not SHARED_TABLES.intersection(names[i + 1 :]):  # none left reads them: free them
             sparsify.shared_tables.cache_clear()
         wall, used = time.perf_counter() - t0, cpu_seconds() - c0

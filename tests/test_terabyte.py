@@ -245,20 +245,18 @@ def test_datamodule_source_terabyte(days, tmp_path):
 
 
 def test_benchmark_runs_tiny_without_dlrm(tmp_path):
-    """benchmarks/preprocess_terabyte.py end to end at a tiny size (lit_dlrm's rows only: dlrm's
-    code needs a checkout and NumPy < 2; its figures are not checked)."""
-    import importlib.util
+    """benchmarks/preprocess_terabyte.py end to end at the tiny scale (lit_dlrm's rows only: dlrm's
+    code needs a checkout and NumPy < 2; its figures are not checked); the 1- and 2-worker runs
+    must write the same arrays (its same-work check)."""
+    from benchmarks import preprocess_terabyte
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "preprocess_terabyte.py"
-    spec = importlib.util.spec_from_file_location("bench_preprocess_terabyte", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    args = ["--days", "2", "--rows-per-day", "500", "--repeats", "1", "--workers", "1"]
-    rows = bench.main([*args, "--out-dir", str(tmp_path), "--workdir", str(tmp_path)])
-    assert [r["impl"] for r in rows] == ["lit_dlrm, 1 worker(s)"]
-    assert rows[0]["rows"] == 1000 and rows[0]["peak_rss_mib"] > 0
-    md = (tmp_path / "preprocess_terabyte.md").read_text()
-    assert "- command: `python -m benchmarks.preprocess_terabyte --days 2" in md
+    args = ["--scale", "tiny", "--repeats", "1", "--workers", "2", "--out-dir", str(tmp_path)]
+    preprocess_terabyte.main(args)
+    md = (tmp_path / "preprocess_terabyte_tiny.md").read_text()
+    assert "| command | `python -m benchmarks.preprocess_terabyte --scale tiny" in md
+    assert "lit_dlrm 1 worker(s) | rows/s |" in md and "lit_dlrm 2 worker(s) | rows/s |" in md
+    with pytest.raises(ValueError, match="--dlrm: .* has no data_utils.py"):
+        preprocess_terabyte.run("tiny", 1, workers=1, dlrm=str(tmp_path))
 
 
 def test_id_assigner_matches_first_appearance_across_merges(monkeypatch):
