@@ -40,3 +40,9 @@ def test_first_batch_fails_when_a_format_holds_other_rows(monkeypatch):
     monkeypatch.setattr(first_batch, "write_formats", reordered)
     with pytest.raises(WorkMismatch, match="run 0 of dlrm_bin"):
         first_batch.run("tiny", 1)
+
+
+def test_run_refuses_options_of_a_benchmark_it_does_not_run(capsys):
+    with pytest.raises(SystemExit):
+        run.main(["--scale", "tiny", "--only", "first_batch", "--dlrm", "somewhere"])
+    assert "--dlrm: options of preprocess_terabyte" in capsys.readouterr().err
