@@ -21,13 +21,15 @@ else:
 
 from conftest import REPO  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
-from torchrec_workers import train_sharded  # noqa: E402
+from torchrec_workers import prune_sharded, train_sharded  # noqa: E402
 
 from lit_dlrm.checkpoint import datamodule_options, load_state_dict  # noqa: E402
 from lit_dlrm.data import CriteoDataModule  # noqa: E402
 from lit_dlrm.model import DLRM  # noqa: E402
 from lit_dlrm.module import OPTIMIZERS, DLRMModule  # noqa: E402
 from lit_dlrm.sharded.checkpoint import is_sharded, to_one_file  # noqa: E402
+from lit_dlrm.sparsity.global_threshold import global_cuts  # noqa: E402
+from lit_dlrm.sparsity.prune import apply_cuts, cuts_for_levels  # noqa: E402
 
 ARCH = dict(table_sizes=[30, 1, 50, 7], embedding_dim=8, bottom_mlp=[8], top_mlp=[8])
 
@@ -139,3 +141,55 @@ def scalar(run_dir, tag: str) -> float:
         if tag in acc.Tags()["scalars"]:
             values += [s.value for s in acc.Scalars(tag)]
     return values[-1]
+
+
+COMBOS = [
+    (n, bs, th) for n in ("L1", "L2") for bs in ((1, 1), (1, 4)) for th in ("per_table", "global")
+]
+LEVELS = [0.0, 0.3, 0.5, 0.9, 1.0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sharding_type", ["table_wise", "column_wise"])
+def test_sharded_pruning_equals_one_process(tmp_path, sharding_type):
+    """A checkpoint trained sharded, pruned shard by shard on 2 ranks (the ranks agreeing on each
+    split table's cut): the shards equal the one-process engine's pruned tables bit for bit."""
+    ckpt = tmp_path / "sharded.ckpt"
+    mp.spawn(
+        train_sharded,
+        args=(2, str(tmp_path / "init"), ARCH, sharding_type, "sgd", 0.1, batches(2), str(ckpt)),
+        nprocs=2,
+    )
+    out = tmp_path / "pruned"
+    mp.spawn(
+        prune_sharded,
+        args=(2, str(tmp_path / "init2"), ARCH, sharding_type, str(ckpt), COMBOS, LEVELS, str(out)),
+        nprocs=2,
+    )
+    one = load_state_dict(to_one_file(ckpt, tmp_path / "one.ckpt"))
+    whole = [one[f"emb_l.{k}.weight"] for k in range(len(ARCH["table_sizes"]))]
+    held = [torch.load(f"{out}.{rank}.pt") for rank in range(2)]
+    splits = 0
+    for norm, bs, threshold in COMBOS:
+        cuts = (global_cuts if threshold == "global" else cuts_for_levels)(whole, norm, bs, LEVELS)
+        for level in LEVELS:
+            want = apply_cuts(
+                whole, cuts.for_level(level), norm, bs, out=[w.clone() for w in whole]
+            )
+            covered = [torch.zeros(w.shape, dtype=torch.bool) for w in whole]
+            for rank in range(2):
+                for table, (r, c), got in held[rank][(norm, bs, threshold, level)]:
+                    h, d = got.shape
+                    splits += d < whole[table].shape[1]
+                    expected = want[table][r : r + h, c : c + d]
+                    assert torch.equal(got.view(torch.int32), expected.view(torch.int32)), (
+                        norm,
+                        bs,
+                        threshold,
+                        level,
+                        table,
+                        (r, c),
+                    )
+                    covered[table][r : r + h, c : c + d] = True
+            assert all(cov.all() for cov in covered)
+    assert (splits > 0) == (sharding_type == "column_wise")

@@ -11,8 +11,10 @@ from lit_dlrm.sharded import checkpoint as sharded_checkpoint
 from lit_dlrm.sharded.keys import to_torchrec
 from lit_dlrm.sharded.model import TorchRecDLRM
 from lit_dlrm.sharded.optim import combined_optimizer
-from lit_dlrm.sharded.shards import load_whole
+from lit_dlrm.sharded.shards import load_whole, sum_over_ranks, table_shards
 from lit_dlrm.sharded.strategy import shard
+from lit_dlrm.sparsity.prune import apply_cuts
+from lit_dlrm.sparsity.sharded import shard_cuts
 
 
 def train_sharded(rank, world, init_file, arch, sharding_type, optimizer, lr, steps, out):
@@ -52,4 +54,39 @@ def train_sharded(rank, world, init_file, arch, sharding_type, optimizer, lr, st
     }
     sharded_checkpoint.save({"state_dict": state}, out)
     torch.save(held, f"{out}.held.{rank}.pt")
+    dist.destroy_process_group()
+
+
+def prune_sharded(rank, world, init_file, arch, sharding_type, ckpt, combos, levels, out):
+    """Load the sharded checkpoint ``ckpt`` into a DMP sharded ``sharding_type``, prune its
+    shards in place at each (norm, block shape, threshold) of ``combos`` and each of ``levels``
+    (cuts agreed over the ranks), and save what this rank holds, pruned, as
+    ``out.{rank}.pt``: ``{(combo, level): [(table, offset, shard)]}``; the tables are put back
+    dense between points."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    network = shard(
+        TorchRecDLRM(**arch, table_device="meta"),
+        sharding_type,
+        torch.device("cpu"),
+        OPTIMIZERS["sgd"],
+        0.1,
+    )
+    sharded_checkpoint.load_into(ckpt, {"state_dict": network.state_dict()})
+    shards, shapes = table_shards(network, len(arch["table_sizes"]))
+    dense = [s.weight.clone() for s in shards]
+    held = {}
+    for norm, bs, threshold in combos:
+        series = shard_cuts(
+            shards, shapes, norm, bs, levels, threshold=threshold, reduce=sum_over_ranks
+        )
+        for level in levels:
+            live = [s.weight for s in shards]
+            apply_cuts(dense, series.for_level(level), norm, bs, out=live)
+            again, _ = table_shards(network, len(shapes))  # read back through the network
+            held[(norm, bs, threshold, level)] = [
+                (s.table, s.offset, s.weight.clone()) for s in again
+            ]
+            for w, d in zip(live, dense):
+                w.copy_(d)
+    torch.save(held, f"{out}.{rank}.pt")
     dist.destroy_process_group()

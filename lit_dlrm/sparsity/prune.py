@@ -11,8 +11,9 @@ lowest scores, ties broken by block index (row-major); a level prunes ``round(le
   when a cut does not prune exactly its ``k`` blocks of the tables it reads (so a reused cut is
   either exact or refused);
 * :func:`prune`: cuts and apply in one call;
-* :func:`high_counts`, :func:`low_counts`, :func:`bins_of`, :func:`locate`, :func:`count_at`:
-  the counting passes, for cuts built elsewhere (:mod:`.global_threshold`).
+* :func:`score_bits`, :func:`high_counts`, :func:`low_counts`, :func:`bins_of`, :func:`locate`,
+  :func:`count_at`: the counting passes, for cuts built elsewhere (:mod:`.global_threshold`,
+  :mod:`.sharded`).
 
 Float tables (float32 on the fast path; NaN unsupported). Temporaries are O(``chunk_elems``) per
 worker plus ~17 MiB of counters; nothing of table size. Reasoning: ``docs/design.md``.
@@ -136,7 +137,7 @@ def _sum_blocks(s: Tensor, bw: int) -> Tensor:
     return x.div_(bw)
 
 
-def _bits(w: Tensor, block_shape: tuple[int, int], norm: str) -> Tensor:
+def score_bits(w: Tensor, block_shape: tuple[int, int], norm: str) -> Tensor:
     """Block scores of a row chunk as new non-negative integers in the scores' order:
     int32 (int64 for float64) ``(blocks_r, nbw)``."""
     if block_shape == (1, 1) and norm == "L1" and w.dtype == torch.float32:
@@ -157,7 +158,7 @@ def high_counts(
     n, d = weight.shape
     hist = torch.zeros(1 << (31 - LOW_BITS), dtype=torch.int64)
     for r0, r1 in row_chunks(n, d, chunk_elems, block_shape[0]):
-        b = _bits(weight[r0:r1], block_shape, norm).view(-1)
+        b = score_bits(weight[r0:r1], block_shape, norm).view(-1)
         hist += torch.bincount(b.bitwise_right_shift_(LOW_BITS), minlength=hist.numel())
     return hist
 
@@ -181,7 +182,7 @@ def low_counts(
     buf = torch.empty(min(_KEY_BUF, num_blocks(weight.shape, block_shape)), dtype=torch.int32)
     fill = 0
     for r0, r1 in row_chunks(n, d, chunk_elems, block_shape[0]):
-        b = _bits(weight[r0:r1], block_shape, norm).view(-1)
+        b = score_bits(weight[r0:r1], block_shape, norm).view(-1)
         if fill + b.numel() > buf.numel():
             hist += torch.bincount(buf[:fill], minlength=size)
             fill = 0
@@ -226,7 +227,7 @@ def _table_cuts(
     found = {}
     if todo and w.dtype == torch.float64:  # 63-bit scores: one sort instead of two passes
         chunks = row_chunks(*w.shape, chunk_elems, bs[0])
-        s = torch.cat([_bits(w[a:b], bs, norm).view(-1) for a, b in chunks]).sort().values
+        s = torch.cat([score_bits(w[a:b], bs, norm).view(-1) for a, b in chunks]).sort().values
         for k in todo:
             t = s[k - 1]
             below = int(torch.searchsorted(s, t))
@@ -343,7 +344,7 @@ def _apply_table(src, dst, cut: TableCut, norm, bs, signed_zeros, chunk_elems) -
     every_tie = cut.ties_pruned == cut.ties_total
     seen = pruned = 0  # ties pruned and blocks pruned so far
     for r0, r1 in row_chunks(n, d, chunk_elems, bs[0]):
-        x = _bits(src[r0:r1], bs, norm).sub_(cut.t)  # (rb, nbw): score bits - t
+        x = score_bits(src[r0:r1], bs, norm).sub_(cut.t)  # (rb, nbw): score bits - t
         left = cut.ties_pruned - seen  # ties still to prune
         ties = 0 if every_tie or left <= 0 else x.numel() - int(torch.count_nonzero(x))
         if every_tie or ties <= left:  # prune every tie of the chunk, or keep every one
