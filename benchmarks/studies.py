@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-
 from benchmarks.tables import markdown_table, write_results
+
 from benchmarks.teacher import OUT, RESULTS, TEACHERS, best_checkpoint, header, trained
 
 LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)

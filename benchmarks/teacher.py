@@ -26,7 +26,6 @@ import sys
 from pathlib import Path
 
 import torch
-
 from benchmarks.tables import markdown_table, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"

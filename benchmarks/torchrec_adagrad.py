@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from benchmarks.tables import markdown_table, write_results
 from torchrec.optim import RowWiseAdagrad
 
-from benchmarks.tables import markdown_table, write_results
 from lit_dlrm.data import CriteoDataModule
 from lit_dlrm.metrics import ClickMetrics
 from lit_dlrm.model import DLRM
