@@ -67,7 +67,7 @@ NOTES = (
 )
 # scale: (day files, the last one test/val; rows per day; the generator's table cap)
 SCALES = {
-    "tiny": (2, 500, 100_000),
+    "tiny": (2, 500, 2_000),
     "small": (4, 50_000, 100_000),
     "kaggle": (4, 500_000, 2_000_000),
 }

@@ -146,6 +146,12 @@ class Teacher:
         # category), whose values are seen often enough for a dot product of embeddings to learn
         big = [j for j, s in enumerate(config.table_sizes()) if 100 <= s <= 6000]
         r = sc.interaction_rank
+        if len(big) * (len(big) - 1) // 2 < sc.interaction_pairs:
+            raise ValueError(
+                f"teacher: {sc.interaction_pairs} interaction pairs need more than the "
+                f"{len(big)} features with 100..6000 values at table sizes "
+                f"{config.table_sizes()} (max_table_size={config.max_table_size})"
+            )
         while len(t.pairs) < sc.interaction_pairs:
             a, b = sorted(rng.choice(big, size=2, replace=False).tolist())
             if (a, b) not in t.pairs:
