@@ -250,9 +250,12 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def run_table(command: str, repeats: int, seconds: float | None, cpu: float | None = None) -> str:
-    """The run's own table: command, date, commit, machine, threads, repeats, duration (wall
-    seconds, and ``cpu`` seconds of all its threads and child processes where given)."""
+def run_table(
+    command: str, repeats: int | None, seconds: float | None, cpu: float | None = None
+) -> str:
+    """The run's own table: command, date, commit, machine, threads, repeats (None: a measurement
+    that is not repeated), duration (wall seconds, and ``cpu`` seconds of all its threads and
+    child processes where given)."""
     items = [
         ("command", f"`{command}`"),
         ("date", time.strftime("%Y-%m-%d %H:%M %Z")),
@@ -262,8 +265,9 @@ def run_table(command: str, repeats: int, seconds: float | None, cpu: float | No
             f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
             f"{torch.get_num_threads()} torch threads",
         ),
-        ("repeats", f"{repeats} per side, ABBA order; figures: median [min, max]"),
     ]
+    if repeats is not None:
+        items.append(("repeats", f"{repeats} per side, ABBA order; figures: median [min, max]"))
     if seconds is not None:
         cpu_text = "" if cpu is None else f" wall, {cpu:,.0f} s CPU (all threads and workers)"
         items.append(("duration", f"{seconds:,.0f} s{cpu_text}"))
@@ -294,14 +298,46 @@ def write_results(
         + markdown_table(rows)
     )
     if out_dir is not None:
-        out_dir = Path(out_dir)
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write(out_dir / f"{stem}.csv", lambda tmp: tmp.write_text(buffer.getvalue()))
-        atomic_write(out_dir / f"{stem}.md", lambda tmp: tmp.write_text(text))
+        save(Path(out_dir), stem, rows, COLUMNS, text)
     return text
+
+
+def write_table(
+    stem: str,
+    title: str,
+    rows: list[dict],
+    columns: list[str],
+    command: str,
+    notes: str = "",
+    out_dir: str | os.PathLike | None = RESULTS,
+    shown: list[str] | None = None,
+    value: Callable[[Any], str] = fmt,
+) -> str:
+    """A results file of measurements that are not a side-by-side comparison (one run's metrics
+    per row): the run table, ``notes``, ``rows`` as a table of ``shown`` (default: ``columns``)
+    cells written by ``value``; ``<stem>.csv`` holds ``columns``. Written unless out_dir is None."""
+    shown = shown or columns
+    lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    lines += ["| " + " | ".join(value(r.get(c)) for c in shown) + " |" for r in rows]
+    text = (
+        f"# {title}\n\n{run_table(command, None, None)}\n"
+        + (f"{notes.strip()}\n\n" if notes else "")
+        + "\n".join(lines)
+        + "\n"
+    )
+    if out_dir is not None:
+        save(Path(out_dir), stem, rows, columns, text)
+    return text
+
+
+def save(out_dir: Path, stem: str, rows: list[dict], columns: list[str], text: str) -> None:
+    """``<stem>.csv`` (``columns`` of ``rows``) and ``<stem>.md`` (``text``), each atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(out_dir / f"{stem}.csv", lambda tmp: tmp.write_text(buffer.getvalue()))
+    atomic_write(out_dir / f"{stem}.md", lambda tmp: tmp.write_text(text))
 
 
 NOTES = (

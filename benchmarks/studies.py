@@ -19,9 +19,9 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-from benchmarks.tables import markdown_table, write_results
 
-from benchmarks.teacher import OUT, RESULTS, TEACHERS, best_checkpoint, header, trained
+from benchmarks.harness import command_line, write_table
+from benchmarks.teacher import OUT, RESULTS, TEACHERS, best_checkpoint, four_places, trained
 
 LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)
 # column -> the study's points: (norm, block shape, threshold, weight_bits, finetune_steps)
@@ -88,25 +88,21 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     results = pd.read_csv(swept(args.teacher, args.out) / "results.csv")
     levels, activation = summarise(results)
-    fmt = lambda v: "" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
-    markdown = (
-        header(
-            f"The sweep's studies on the '{args.teacher}' teacher, test AUC",
-            argv,
-            "benchmarks.studies",
-        )
-        + " The default model (1 epoch, configs/train.yaml), swept with configs/sweep.yaml;"
-        " level 0 is the unpruned model; empty: not in the studies' grid.\n\n"
-        + markdown_table(levels, list(levels[0]), fmt)
-        + "\n"
-        + markdown_table(activation, list(activation[0]), fmt)
-    )
     rows = [{"table": "levels", **r} for r in levels]
     rows += [{"table": "activation", **r} for r in activation]
     columns = ["table", *levels[0], *activation[0]]
-    path = write_results(args.results, f"studies_{args.teacher}", rows, markdown, columns)
+    markdown = write_table(
+        f"studies_{args.teacher}",
+        f"The sweep's studies on the '{args.teacher}' teacher, test AUC",
+        rows,
+        columns,
+        command_line("benchmarks.studies", argv),
+        "The default model (1 epoch, configs/train.yaml), swept with configs/sweep.yaml;"
+        " level 0 is the unpruned model; empty: not in the studies' grid.",
+        args.results,
+        value=four_places,
+    )
     print(markdown)
-    print(f"written: {path}")
 
 
 if __name__ == "__main__":

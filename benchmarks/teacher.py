@@ -17,33 +17,19 @@ there (delete it to retrain). Writes ``benchmarks/results/teacher.md`` (and ``.c
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
-import shlex
-import subprocess
 import sys
 from pathlib import Path
 
-import torch
-from benchmarks.tables import markdown_table, write_results
+from benchmarks.harness import RESULTS, command_line, write_table
 
-RESULTS = Path(__file__).resolve().parent / "results"
 OUT = Path("benchmarks/out/teacher")
 TEACHERS = ("default", "interactions")
 INTERACTIONS = ("dot", "cat")
 
 
-def header(title: str, argv: list[str], module: str) -> str:
-    """The first line of a results file: what, the command, date, commit and machine."""
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    command = " ".join(["python -m", module, shlex.join(argv)]).strip()
-    return (
-        f"{title}. Command: `{command}`; {datetime.date.today()}, commit {commit or 'unknown'}; "
-        f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}."
-    )
+def four_places(value) -> str:
+    """A table cell: floats to 4 decimals (AUC and log loss differ in the third)."""
+    return "" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def run_dir(teacher: str, interaction: str, max_epochs: int, out: Path = OUT) -> Path:
@@ -119,23 +105,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     rows = measure(args.teacher, args.max_epochs, args.out)
-    fmt = lambda v: "" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
-    markdown = (
-        header(
-            "Synthetic teacher: AUC decomposition and trained DLRM, test split",
-            argv,
-            "benchmarks.teacher",
-        )
-        + " Default data (2M rows, tables capped at 20,000); DLRM: configs/train.yaml's recipe"
+    markdown = write_table(
+        "teacher",
+        "Synthetic teacher: AUC decomposition and trained DLRM, test split",
+        rows,
+        ["teacher", "ranking", "auc", "log_loss", "positive_rate"],
+        command_line("benchmarks.teacher", argv),
+        "Default data (2M rows, tables capped at 20,000); DLRM: configs/train.yaml's recipe"
         " (Adagrad, lr 0.02, batch 2048), the best validation checkpoint; `cat` = the same model"
         " without the pairwise products. Each DLRM row is one training run, made by this command or"
-        " an earlier one into --out and reused.\n\n"
-        + markdown_table(rows, ["teacher", "ranking", "auc", "log_loss"], fmt)
+        " an earlier one into --out and reused.",
+        args.results,
+        shown=["teacher", "ranking", "auc", "log_loss"],
+        value=four_places,
     )
-    columns = ["teacher", "ranking", "auc", "log_loss", "positive_rate"]
-    path = write_results(args.results, "teacher", rows, markdown, columns)
     print(markdown)
-    print(f"written: {path}")
 
 
 if __name__ == "__main__":

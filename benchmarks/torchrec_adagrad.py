@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from benchmarks.tables import markdown_table, write_results
 from torchrec.optim import RowWiseAdagrad
 
+from benchmarks.harness import command_line, write_table
 from lit_dlrm.data import CriteoDataModule
 from lit_dlrm.metrics import ClickMetrics
 from lit_dlrm.model import DLRM
@@ -37,8 +37,6 @@ from lit_dlrm.sharded.model import TorchRecDLRM
 from lit_dlrm.sharded.optim import combined_optimizer
 from lit_dlrm.sharded.shards import load_whole
 from lit_dlrm.sharded.strategy import shard
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def train(network, optimizer, batches) -> None:
@@ -78,12 +76,13 @@ def one_process_state(network) -> dict:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cap", type=int, default=300, help="rows per table at most")
     parser.add_argument("--rows", type=int, default=50_000, help="synthetic rows")
     parser.add_argument("--lr", type=float, default=0.05)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         data = CriteoDataModule(
             synthetic_rows=args.rows, max_table_size=args.cap, cache_dir=tmp, batch_size=512
@@ -111,23 +110,22 @@ def main() -> None:
             )
         dist.destroy_process_group()
     columns = ["optimizer", "max_table_diff", "test_log_loss", "test_auc"]
-    header = (
-        "# Adagrad for TorchRec's tables\n\n"
-        f"`python -m benchmarks.torchrec_adagrad --cap {args.cap} --rows {args.rows} "
-        f"--lr {args.lr}`: one epoch, batch 512, {len(train_batches)} steps. max_table_diff: the "
-        "largest absolute difference of any table weight from torch's. fused_exact matches torch "
-        "to float tolerance over a few steps (tests/test_torchrec_sharded.py); over an epoch its "
-        "largest difference is about 2 lr, with the same test metrics (a likely cause, not "
-        "verified: a weight whose first gradients are float noise takes a first Adagrad step of "
-        "about +-lr, g / sqrt(g^2), whose sign the noise decides). fused_rowwise is another "
-        "optimiser.\n\n"
-    )
     print(
-        write_results(
-            RESULTS, "torchrec_adagrad", rows, header + markdown_table(rows, columns), columns
+        write_table(
+            "torchrec_adagrad",
+            "Adagrad for TorchRec's tables",
+            rows,
+            columns,
+            command_line("benchmarks.torchrec_adagrad", argv),
+            f"One epoch, batch 512, {len(train_batches)} steps. max_table_diff: the largest "
+            "absolute difference of any table weight from torch's. fused_exact matches torch to "
+            "float tolerance over a few steps (tests/test_torchrec_sharded.py); over an epoch its "
+            "largest difference is about 2 lr, with the same test metrics (a likely cause, not "
+            "verified: a weight whose first gradients are float noise takes a first Adagrad step "
+            "of about +-lr, g / sqrt(g^2), whose sign the noise decides). fused_rowwise is "
+            "another optimiser.",
         )
     )
-    print(markdown_table(rows, columns))
 
 
 if __name__ == "__main__":
