@@ -281,3 +281,17 @@ def test_id_assigner_matches_first_appearance_across_merges(monkeypatch):
     assert assign.keys.tolist() == keys
     assert assign.ids.tolist() == [first[k] for k in keys]
     assert assign.counts.tolist() == counts and assign.size == len(first)
+
+
+def test_generator_at_its_default_cap_has_interacting_pairs(tmp_path):
+    """At the default cap only five Terabyte tables hold 100..6000 values (ten pairs, fewer than a
+    preset draws): the teacher takes the nearest sizes too, instead of failing or looping."""
+    from lit_dlrm.data.synthetic import Teacher
+    from lit_dlrm.data.terabyte import TerabyteSyntheticConfig
+
+    teacher = Teacher.from_config(TerabyteSyntheticConfig(rows=1000, max_table_size=20_000))
+    sizes = TerabyteSyntheticConfig(rows=1000, max_table_size=20_000).table_sizes()
+    assert sum(100 <= n <= 6000 for n in sizes) == 5
+    assert len(set(teacher.pairs)) == teacher.config.scales().interaction_pairs
+    assert all(100 <= sizes[j] <= 20_000 for pair in teacher.pairs for j in pair)
+    assert len(write_days(tmp_path, days=2, rows_per_day=500)) == 2

@@ -143,15 +143,10 @@ class Teacher:
             eff[size] = sigma * rng.standard_normal()  # the missing value: a frequent "category"
             t.effects.append(eff)
         # interactions between mid-sized features (100..6000 values: think ad category x site
-        # category), whose values are seen often enough for a dot product of embeddings to learn
-        big = [j for j, s in enumerate(config.table_sizes()) if 100 <= s <= 6000]
+        # category), whose values are seen often enough for a dot product of embeddings to learn;
+        # where too few tables are that size (Terabyte's shape), the nearest sizes join them
+        big = _pair_features(config.table_sizes(), sc.interaction_pairs)
         r = sc.interaction_rank
-        if len(big) * (len(big) - 1) // 2 < sc.interaction_pairs:
-            raise ValueError(
-                f"teacher: {sc.interaction_pairs} interaction pairs need more than the "
-                f"{len(big)} features with 100..6000 values at table sizes "
-                f"{config.table_sizes()} (max_table_size={config.max_table_size})"
-            )
         while len(t.pairs) < sc.interaction_pairs:
             a, b = sorted(rng.choice(big, size=2, replace=False).tolist())
             if (a, b) not in t.pairs:
@@ -311,6 +306,23 @@ def _dense_raw(rng: np.random.Generator, n: int) -> np.ndarray:
         v[rng.random(n) < _DENSE_MISSING[i]] = MISSING_DENSE
         dense[:, i] = v
     return dense
+
+
+def _pair_features(sizes: list[int], pairs: int) -> list[int]:
+    """Features (indices, ascending) to draw ``pairs`` distinct pairs from: those with 100..6000
+    values, or, when they give fewer pairs, the tables nearest that range in log size."""
+    window = [j for j, n in enumerate(sizes) if 100 <= n <= 6000]
+    need = next(k for k in range(2, len(sizes) + 2) if k * (k - 1) // 2 >= pairs)
+    if need > len(sizes):
+        raise ValueError(f"teacher: {pairs} interaction pairs need more than {len(sizes)} tables")
+    if len(window) >= need:
+        return window
+
+    def distance(j: int) -> float:
+        n = max(sizes[j], 1)
+        return max(np.log(100 / n), np.log(n / 6000), 0.0)
+
+    return sorted(sorted(range(len(sizes)), key=lambda j: (distance(j), j))[:need])
 
 
 def _strength(p: np.ndarray, p_ref: float) -> np.ndarray:
