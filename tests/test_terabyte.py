@@ -292,6 +292,6 @@ def test_generator_at_its_default_cap_has_interacting_pairs(tmp_path):
     teacher = Teacher.from_config(TerabyteSyntheticConfig(rows=1000, max_table_size=20_000))
     sizes = TerabyteSyntheticConfig(rows=1000, max_table_size=20_000).table_sizes()
     assert sum(100 <= n <= 6000 for n in sizes) == 5
-    assert len(set(teacher.pairs)) == teacher.config.scales().interaction_pairs
+    assert len(set(teacher.pairs)) == teacher.config.scales.interaction_pairs
     assert all(100 <= sizes[j] <= 20_000 for pair in teacher.pairs for j in pair)
     assert len(write_days(tmp_path, days=2, rows_per_day=500)) == 2
