@@ -319,9 +319,10 @@ def main_for(
     argv: Sequence[str] | None,
     description: str,
     scales: Sequence[str] = ("tiny", "small", "kaggle"),
+    notes: str = NOTES,
 ) -> str:
     """The command line of one benchmark: ``--scale``, ``--repeats``, ``--out-dir``; runs it and
-    writes ``<name>_<scale>.md``."""
+    writes ``<name>_<scale>.md`` with ``notes`` above its table."""
     import argparse
     import sys
 
@@ -344,7 +345,7 @@ def main_for(
         repeats,
         args.out_dir,
         time.perf_counter() - start,
-        NOTES,
+        notes,
         cpu_seconds() - cpu,
     )
     print(text)
