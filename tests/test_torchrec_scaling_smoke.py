@@ -8,6 +8,7 @@ import os
 from dataclasses import replace
 
 import pytest
+import torch
 
 if os.environ.get("CI") == "true":
     import torchrec  # noqa: F401 (CI installs it: missing there is a failure, not a skip)
@@ -19,10 +20,13 @@ from benchmarks.torchrec_scaling import Work, same_sweep, same_training  # noqa:
 
 
 def test_same_work_refuses_other_losses_sums_or_points():
-    work = Work([0.7, 0.6], {"emb_l.0.weight": 2.0}, [(0.69, 0.5, 10)])
+    work = Work(
+        [0.7, 0.6], {"emb_l.0.weight": 2.0}, {"top_l.0.bias": torch.ones(3)}, [(0.69, 0.5, 10)]
+    )
     assert same_training(work, replace(work, losses=[0.7, 0.6 + 1e-6]))
     assert not same_training(work, replace(work, losses=[0.7, 0.61]))
     assert not same_training(work, replace(work, sums={"emb_l.0.weight": 2.01}))
+    assert not same_training(work, replace(work, mlps={"top_l.0.bias": torch.ones(3) + 1e-4}))
     assert not same_sweep(work, replace(work, points=[(0.69, 0.5, 11)]))
     assert not same_sweep(work, replace(work, points=[(0.69, 0.51, 10)]))
 
