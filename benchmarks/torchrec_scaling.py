@@ -506,7 +506,7 @@ NOTES = (
 
 
 def main(argv: list[str] | None = None) -> None:
-    main_for("torchrec_scaling", run, argv, __doc__.splitlines()[0], sorted(SCALES), NOTES)
+    main_for("torchrec_scaling", run, argv, __doc__.splitlines()[0], sorted(SCALES), notes=NOTES)
 
 
 if __name__ == "__main__":
