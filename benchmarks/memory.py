@@ -1,15 +1,30 @@
-"""Memory of the current process (Linux ``/proc``), for benchmarks that run each side alone."""
+"""Memory of the current process or a process tree (Linux ``/proc``), for the benchmarks."""
 
 import ctypes
 import ctypes.util
 from pathlib import Path
 
 
-def _status_mib(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
+def _status_mib(field: str, pid: int | str = "self") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024  # kB
-    raise RuntimeError(f"no {field} in /proc/self/status: memory is measured on Linux only")
+    raise RuntimeError(f"no {field} in /proc/{pid}/status: memory is measured on Linux only")
+
+
+def tree_rss_mib(pid: int) -> float:
+    """Resident memory now of process ``pid`` and all its descendants; processes that end while
+    they are read count 0."""
+    total, stack = 0.0, [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            total += _status_mib("VmRSS", p)
+            for task in Path(f"/proc/{p}/task").iterdir():
+                stack += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError, RuntimeError):
+            continue
+    return total
 
 
 def peak_rss_mib() -> float:

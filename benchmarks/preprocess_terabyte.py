@@ -56,6 +56,7 @@ from benchmarks.harness import (
     main_for,
     single,
 )
+from benchmarks.memory import tree_rss_mib
 
 MAX_IND_RANGE = 40_000_000  # MLPerf's
 NOTES = (
@@ -98,31 +99,15 @@ def lit_child(days_dir: str, cache: str, workers: str) -> None:
     print(json.dumps({"seconds": seconds, "rows": meta["rows"], "dir": str(d)}))
 
 
-def _tree_rss_kib(pid: int) -> int:
-    """Resident KiB of `pid` and all its descendants (Linux /proc); 0 for processes gone."""
-    total, stack = 0, [pid]
-    while stack:
-        p = stack.pop()
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-            for task in Path(f"/proc/{p}/task").iterdir():
-                stack += [int(c) for c in (task / "children").read_text().split()]
-        except (OSError, ValueError):
-            continue
-    return total
-
-
 def run_measured(cmd: list[str], env: dict | None = None, stdout=subprocess.PIPE) -> tuple:
     """(stdout, stderr, peak RSS of the process tree in MiB, sampled every 10 ms); raises
     RuntimeError with the command and its stderr's tail when it fails."""
     proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE, env=env, cwd=REPO)
-    peak, stop = [0], threading.Event()
+    peak, stop = [0.0], threading.Event()
 
     def sample():
         while not stop.is_set():
-            peak[0] = max(peak[0], _tree_rss_kib(proc.pid))
+            peak[0] = max(peak[0], tree_rss_mib(proc.pid))
             stop.wait(0.01)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -132,7 +117,7 @@ def run_measured(cmd: list[str], env: dict | None = None, stdout=subprocess.PIPE
     sampler.join()
     if proc.returncode != 0:
         raise RuntimeError(f"{shlex.join(cmd)} failed ({proc.returncode}):\n{err.decode()[-2000:]}")
-    return out, err, peak[0] / 1024
+    return out, err, peak[0]
 
 
 def digest(label, dense, sparse) -> str:
