@@ -1,11 +1,10 @@
 """CompactEmbeddingBag keeps nn.EmbeddingBag(mode="sum") semantics on pruned tables, in less."""
 
-import importlib.util
+import csv
 import math
 
 import pytest
 import torch
-from conftest import REPO
 from pruning_oracle import prune
 from torch import nn
 
@@ -155,18 +154,18 @@ def test_level_one_model_keeps_row_pointers_only():
 
 
 def test_benchmark_runs_at_tiny_scale(tmp_path):
-    spec = importlib.util.spec_from_file_location(
-        "bench_compact", REPO / "benchmarks" / "compact.py"
-    )
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    rows = bench.run("tiny", out_dir=tmp_path, isolate=False)
-    assert len(rows) == 2 * 3 * 3  # block shapes x levels x (bytes, build, forward at one batch)
-    assert all(r["lit_dlrm"] > 0 for r in rows)
-    by_stage = {r["stage"]: r for r in rows}
-    assert by_stage["compact bytes L1 (1, 4) 0.9"]["ratio"] > 4  # compact is under 25% of dense
-    assert "max |logit diff| 0.0e+00" in by_stage["forward compact L1 (1, 1) 0.9 batch 256"]["note"]
+    from benchmarks import compact
+
+    compact.main(["--scale", "tiny", "--repeats", "1", "--out-dir", str(tmp_path)])
     assert (tmp_path / "compact_tiny.csv").exists() and (tmp_path / "compact_tiny.md").exists()
+    with open(tmp_path / "compact_tiny.csv") as f:
+        rows = list(csv.DictReader(f))
+    # block shapes x levels x (bytes, build, forward compact, forward COO at one batch)
+    assert len(rows) == 2 * 3 * 4
+    assert all(float(r["lit_dlrm"]) > 0 for r in rows)
+    by_stage = {r["stage"]: r for r in rows}
+    assert float(by_stage["compact bytes L1 (1, 4) 0.9"]["ratio"]) > 4  # compact < 25% of dense
+    assert "max |logit diff| 0.0e+00" in by_stage["forward compact L1 (1, 1) 0.9 batch 256"]["note"]
 
 
 def test_a_table_it_cannot_keep_the_semantics_of_is_refused_by_name():

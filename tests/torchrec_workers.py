@@ -1,6 +1,8 @@
 """The ranks of test_torchrec_sharded.py's 2-process checks (gloo, CPU), in a module light
 enough for spawned processes to import fast."""
 
+import gc
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -17,11 +19,32 @@ from lit_dlrm.sparsity.prune import apply_cuts
 from lit_dlrm.sparsity.sharded import shard_cuts
 
 
-def train_sharded(rank, world, init_file, arch, sharding_type, optimizer, lr, steps, out):
+def in_group(rank, world, init_file, work, *args) -> None:
+    """Run ``work(rank, world, *args)`` in a gloo group and destroy the group after the work's
+    objects are freed: a DMP network's DDP reducer holds the group, and freed after it, its
+    teardown can abort or wait forever on gloo's thread."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        work(rank, world, *args)
+    finally:
+        gc.collect()
+        dist.destroy_process_group()
+
+
+def train_sharded(rank, world, init_file, *args) -> None:
+    """:func:`train` in a group of ``world`` ranks."""
+    in_group(rank, world, init_file, train, *args)
+
+
+def prune_sharded(rank, world, init_file, *args) -> None:
+    """:func:`prune` in a group of ``world`` ranks."""
+    in_group(rank, world, init_file, prune, *args)
+
+
+def train(rank, world, arch, sharding_type, optimizer, lr, steps, out):
     """Shard a DLRM (seed 0) ``sharding_type``, train it on this rank's share of ``steps``
     (dense, sparse, labels) batches with ``optimizer`` (the lr halved after every step), save it
     sharded into ``out``, and record the shard offsets this rank held in ``out.held.{rank}.pt``."""
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.manual_seed(0)
     whole = DLRM(**arch).state_dict()
     network = shard(
@@ -54,16 +77,14 @@ def train_sharded(rank, world, init_file, arch, sharding_type, optimizer, lr, st
     }
     sharded_checkpoint.save({"state_dict": state}, out)
     torch.save(held, f"{out}.held.{rank}.pt")
-    dist.destroy_process_group()
 
 
-def prune_sharded(rank, world, init_file, arch, sharding_type, ckpt, combos, levels, out):
+def prune(rank, world, arch, sharding_type, ckpt, combos, levels, out):
     """Load the sharded checkpoint ``ckpt`` into a DMP sharded ``sharding_type``, prune its
     shards in place at each (norm, block shape, threshold) of ``combos`` and each of ``levels``
     (cuts agreed over the ranks), and save what this rank holds, pruned, as
     ``out.{rank}.pt``: ``{(combo, level): [(table, offset, shard)]}``; the tables are put back
     dense between points."""
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     network = shard(
         TorchRecDLRM(**arch, table_device="meta"),
         sharding_type,
@@ -89,4 +110,3 @@ def prune_sharded(rank, world, init_file, arch, sharding_type, ckpt, combos, lev
             for w, d in zip(live, dense):
                 w.copy_(d)
     torch.save(held, f"{out}.{rank}.pt")
-    dist.destroy_process_group()
