@@ -187,8 +187,8 @@ class CriteoDataModule(LightningDataModule):
         progress: show a progress bar while preprocessing (None: when attached to a terminal).
         sub_sample_rate: "terabyte" only: drop this fraction of the label-0 rows of the train
             days (dlrm's --data-sub-sample-rate), seeded by `seed`.
-        preprocess_workers: "terabyte" only: day files preprocessed at once, one process each
-            (None: the CPU count).
+        preprocess_workers: "terabyte" only: day files preprocessed at once, one process each,
+            each parsing with 2 threads (None: half the CPU count).
     """
 
     def __init__(

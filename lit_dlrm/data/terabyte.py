@@ -29,6 +29,7 @@ Work, bounded in memory by the block size and the vocabularies (not the row coun
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -293,9 +294,9 @@ def preprocess_days(
 ) -> list[dict]:
     """Stage 1 for every day (parts already complete are reused); the parts' metas in day order.
 
-    `workers`: processes working on days at once (default: the CPU count, at most the days left);
-    1 runs in this process. A failing day raises its error after the running days stop; the days
-    finished so far stay complete.
+    `workers`: processes working on days at once, each parsing with 2 threads (default: half the
+    CPU count, at most the days left); 1 runs in this process. A failing day raises its error
+    after the running days stop; the days finished so far stay complete.
     """
     cpus = os.cpu_count() or 1
     jobs = [
@@ -311,7 +312,7 @@ def preprocess_days(
             pending.append(job)
         else:
             metas[job.day] = {**meta, "dir": str(parts_dir / name)}
-    workers = max(1, min(workers or cpus, len(pending) or 1))
+    workers = max(1, min(workers or cpus // 2, len(pending) or 1))
     threads = max(1, min(2, cpus // workers))
     pending = [dataclasses.replace(j, threads=threads) for j in pending]
     bar = _DaysBar(pending, len(jobs), progress)
@@ -497,6 +498,9 @@ def cached_terabyte(
     for part in made:  # the cache is complete: the parts are no longer needed
         shutil.rmtree(part["dir"], ignore_errors=True)
         (parts_dir / f".{Path(part['dir']).name}.lock").unlink(missing_ok=True)
+    if made:
+        with contextlib.suppress(OSError):  # kept if it holds anything else
+            parts_dir.rmdir()
     return out, meta
 
 
