@@ -65,10 +65,12 @@ def _check(weight: torch.Tensor, bits: int, scale_dtype: torch.dtype) -> None:
 
 
 def _scales(
-    w: torch.Tensor, qmax: int, scale_dtype: torch.dtype, r0: int
+    w: torch.Tensor, qmax: int, scale_dtype: torch.dtype, r0: int, amax: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scales of a row chunk ``w: (r, d)`` -> (stored scale (r,) scale_dtype, its float32 value)."""
-    amax = w.abs().amax(1) if w.shape[1] else w.new_zeros(w.shape[0])  # (r,)
+    """Scales of a row chunk ``w: (r, d)`` -> (stored scale (r,) scale_dtype, its float32 value);
+    ``amax``: the rows' largest |w| if given (of whole rows, when ``w`` is a column slice)."""
+    if amax is None:
+        amax = w.abs().amax(1) if w.shape[1] else w.new_zeros(w.shape[0])  # (r,)
     if not torch.isfinite(amax).all():
         bad = r0 + int((~torch.isfinite(amax)).nonzero()[0])
         raise ValueError(f"weight: row {bad} holds inf or NaN; it cannot be quantized")
@@ -155,11 +157,13 @@ def quantize_dequantize(
     scale_dtype: torch.dtype = torch.bfloat16,
     chunk_elems: int = DEFAULT_CHUNK_ELEMS,
     threads: int | None = 1,
+    row_amax: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The float32 table the quantized one stands for, written into ``out`` (None: a new tensor;
     ``out`` may be ``weight``: in place). Row chunks: temporaries O(chunk_elems). Returns ``out``.
 
-    Bit-identical to ``dequantize(quantize_rows(weight, bits))``.
+    Bit-identical to ``dequantize(quantize_rows(weight, bits))``. ``row_amax`` (n,): each row's
+    largest |w| if ``weight`` is a column slice of a table (the whole rows' scales apply).
     """
     _check(weight, bits, scale_dtype)
     w = weight.detach()
@@ -174,7 +178,8 @@ def quantize_dequantize(
     with torch_threads(threads):
         buf = w.new_empty(0)
         for r0, r1 in row_chunks(n, d, chunk_elems):
-            _, sf = _scales(w[r0:r1], qmax, scale_dtype, r0)
+            amax = None if row_amax is None else row_amax[r0:r1]
+            _, sf = _scales(w[r0:r1], qmax, scale_dtype, r0, amax)
             g = _grid(w[r0:r1], sf, qmax, buf.resize_(r1 - r0, d))
             torch.mul(g, sf[:, None], out=out.detach()[r0:r1])
     return out
@@ -188,15 +193,22 @@ def quantize_dequantize_tables(
     scale_dtype: torch.dtype = torch.bfloat16,
     chunk_elems: int = DEFAULT_CHUNK_ELEMS,
     workers: int | None = None,
+    row_amax: Sequence[torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
     """:func:`quantize_dequantize` of every table, into ``out`` (None: in place), over
-    ``workers`` threads (:func:`.chunks.map_tables`)."""
+    ``workers`` threads (:func:`.chunks.map_tables`); ``row_amax``: one per table, if given."""
     ws = [w.detach() for w in weights]
     dst = ws if out is None else [o.detach() for o in out]
 
     def one(i: int) -> torch.Tensor:
         return quantize_dequantize(
-            ws[i], bits, dst[i], scale_dtype=scale_dtype, chunk_elems=chunk_elems, threads=None
+            ws[i],
+            bits,
+            dst[i],
+            scale_dtype=scale_dtype,
+            chunk_elems=chunk_elems,
+            threads=None,
+            row_amax=None if row_amax is None else row_amax[i],
         )
 
     return map_tables(one, ws, workers)

@@ -257,3 +257,22 @@ def _tie_hist(parts, t, bs, norm, lo, hi, key, size, *, chunk_elems) -> Tensor:
             keys = key(rr + (r0 + a + x0 // bh), cc + c0)
             hist += torch.bincount(keys, minlength=size)
     return hist
+
+
+def shard_row_amax(
+    shards: Sequence[Shard], shapes: Sequence[tuple[int, int]], reduce_max: Reduce | None
+) -> list[Tensor]:
+    """Each shard's rows' largest |w| over the whole table rows (all the shards holding a part of
+    them, maximised over the processes by ``reduce_max``): the row-wise quantiser's scales of a
+    column slice. Every process calls it with the same ``shapes``."""
+    amax = [torch.zeros(n) for n, _ in shapes]
+    for s in shards:
+        w, r = s.weight.detach(), s.offset[0]
+        for a, b in row_chunks(*w.shape, CHUNK_ELEMS) if w.shape[1] else ():
+            rows = amax[s.table][r + a : r + b]
+            torch.maximum(rows, w[a:b].abs().amax(1), out=rows)
+    if reduce_max is not None:
+        flat = torch.cat(amax)
+        reduce_max(flat)
+        amax = list(flat.split([n for n, _ in shapes]))
+    return [amax[s.table][s.offset[0] : s.offset[0] + s.weight.shape[0]] for s in shards]
