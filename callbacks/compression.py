@@ -1,7 +1,8 @@
 """``CheckpointCompression``: the (pruned) model's size on disk, the reference's way and lit_dlrm's.
 
 As the test epoch starts (after pruning), the model's state_dict (CPU copies; at a point with
-``weight_bits`` 8 or 4, the integer tables and their row scales) is written and read back twice:
+``weight_bits`` 8 or 4, the integer tables and their row scales; sharded tables gathered whole to
+the first process) is written and read back twice:
 the reference's ``torch.save`` in a ``ZIP_DEFLATED`` zip (``zip_bytes``, and the reference's
 floored MiB ``zip_file_size``) and lit_dlrm's ``zstd_sparse`` format
 (:mod:`lit_dlrm.sparsity.compression`), each with its write and read time. The row goes to
@@ -17,6 +18,7 @@ from pathlib import Path
 import lightning as L
 
 from lit_dlrm.paths import check_directory
+from lit_dlrm.sharded.shards import held_tables, whole_state
 from lit_dlrm.sparsity.compression import reference_zip_size, zstd_sparse_size
 from lit_dlrm.sparsity.quantize import quantized_state_dict
 from lit_dlrm.sweep.context import SweepCallback, SweepContext
@@ -57,10 +59,14 @@ class CheckpointCompression(SweepCallback):
             self.scratch.mkdir(parents=True)
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero:
+        sharded = held_tables(pl_module.model).sharded
+        if not (trainer.is_global_zero or sharded):
+            return
+        whole = whole_state(pl_module.model)  # sharded: gathered to rank 0, every rank taking part
+        if whole is None:
             return
         point = self.context.point
-        state = {k: tensor.detach().cpu() for k, tensor in pl_module.model.state_dict().items()}
+        state = {k: tensor.detach().cpu() for k, tensor in whole.items()}
         if point.weight_bits < 32:
             state = quantized_state_dict(state, point.weight_bits)
         keep = Path(self.context.out_dir) / "checkpoints" if self.keep_files else None

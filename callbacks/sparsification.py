@@ -21,10 +21,12 @@ import lightning as L
 import torch
 
 from lit_dlrm.paths import check_directory
+from lit_dlrm.sharded.shards import HeldTables, held_tables, unwrapped
 from lit_dlrm.sparsity.finetune import finetune
 from lit_dlrm.sparsity.global_threshold import global_cuts
 from lit_dlrm.sparsity.prune import SeriesCuts, StaleCut, apply_cuts, cuts_for_levels
 from lit_dlrm.sparsity.quantize import quantize_dequantize_tables
+from lit_dlrm.sparsity.sharded import shard_cuts, shard_row_amax
 from lit_dlrm.sweep.context import SweepCallback, SweepContext
 from lit_dlrm.sweep.grid import GridPoint, make_grid
 from lit_dlrm.sweep.results import METRICS_CSV
@@ -83,7 +85,8 @@ class Sparsify(SweepCallback):
         self._dense = None
         self._mlps: dict | None = None  # the MLPs' weights before fine-tuning
         self._series: SeriesCuts | None = None
-        self._buffers: list | None = None
+        self._buffers: list | None = None  # pruned buffers (sharded: the dense copies) kept
+        self._held: HeldTables | None = None
 
     @property
     def point(self) -> GridPoint:
@@ -92,13 +95,25 @@ class Sparsify(SweepCallback):
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         point, model = self.point, pl_module.model
-        params = [table.weight for table in model.emb_l]
-        self._dense = [p.data for p in params]
+        held = self._held = held_tables(model)
+        if held.sharded and point.finetune_steps:
+            raise ValueError(
+                "sparsify.finetune_steps: fine-tuning sharded tables is not supported (their "
+                "fused optimiser cannot hold the masks); sweep a one-file checkpoint "
+                "(python -m lit_dlrm.sharded.checkpoint) without the strategy, or leave the "
+                "finetune_steps study out"
+            )
         start = time.perf_counter()
-        pruned = self._prune(self._dense)
+        if held.sharded:  # FBGEMM's weights cannot be swapped: prune into them, keep a copy
+            live = [s.weight for s in held.shards]
+            self._dense = self._copies(live)
+            self._prune(self._dense, out=live)
+        else:
+            params = [table.weight for table in model.emb_l]
+            self._dense = [p.data for p in params]
+            for param, table in zip(params, self._prune(self._dense)):
+                param.data = table
         self.context.step_time_sec = time.perf_counter() - start
-        for param, table in zip(params, pruned):
-            param.data = table
         self.finetune_s = 0.0
         if point.finetune_steps:
             batches = self.context.finetune_batches
@@ -113,11 +128,22 @@ class Sparsify(SweepCallback):
             finetune(pl_module, batches, point.finetune_steps)
             self.finetune_s = time.perf_counter() - start
         if point.weight_bits < 32:
-            quantize_dequantize_tables([param.data for param in params], point.weight_bits)
-        model.activation_sparsity = point.activation_sparsity
+            shards = held_tables(model).shards  # the tables as they now are
+            amax = shard_row_amax(shards, held.shapes, held.reduce_max) if held.sharded else None
+            quantize_dequantize_tables([s.weight for s in shards], point.weight_bits, row_amax=amax)
+        unwrapped(model).activation_sparsity = point.activation_sparsity
 
-    def _prune(self, dense: list) -> list:
-        """Pruned copies of `dense` (the buffers), with the series' cuts (computed or cached)."""
+    def _copies(self, live: list) -> list:
+        """Copies of the sharded tables ``live``: the kept ones, which equal them while the
+        plan runs (they are restored from it after each point), else new."""
+        kept, self._buffers = self._buffers, None
+        if kept is None or [(b.shape, b.dtype) for b in kept] != [(w.shape, w.dtype) for w in live]:
+            return [w.clone() for w in live]
+        return kept
+
+    def _prune(self, dense: list, out: list | None = None) -> list:
+        """`dense` pruned into `out` (None: into the buffers, kept or new), with the series'
+        cuts (computed or cached)."""
         p = self.point
         series_of = (p.norm, tuple(p.sparse_block_shape), p.threshold)
         key = (*series_of, tuple((tuple(t.shape), t.dtype) for t in dense))
@@ -132,10 +158,11 @@ class Sparsify(SweepCallback):
                 dense, sorted({float(p.sparsity_level)} | {float(q.sparsity_level) for q in plan})
             )
             self._series = (key, series)
-        buffers, self._buffers = self._buffers, None
-        if buffers is None or [(tuple(b.shape), b.dtype) for b in buffers] != list(key[3]):
-            buffers = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in dense]
-        kw = {"out": buffers, "signed_zeros": self.signed_zeros}
+        if out is None:
+            out, self._buffers = self._buffers, None
+            if out is None or [(tuple(b.shape), b.dtype) for b in out] != list(key[3]):
+                out = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in dense]
+        kw = {"out": out, "signed_zeros": self.signed_zeros}
         try:
             return apply_cuts(
                 dense, series.for_level(p.sparsity_level), p.norm, p.sparse_block_shape, **kw
@@ -147,7 +174,18 @@ class Sparsify(SweepCallback):
 
     def _cuts(self, dense: list, levels: list[float]) -> SeriesCuts:
         """The cuts of ``levels`` for this point's norm, block shape and threshold."""
-        p = self.point
+        p, held = self.point, self._held
+        if held is not None and held.sharded:  # the ranks agree on each cut from all shards
+            shards = [s._replace(weight=d) for s, d in zip(held.shards, dense)]
+            return shard_cuts(
+                shards,
+                held.shapes,
+                p.norm,
+                p.sparse_block_shape,
+                levels,
+                threshold=p.threshold,
+                reduce=held.reduce,
+            )
         if p.threshold == "global":
             return global_cuts(dense, p.norm, p.sparse_block_shape, levels)
         return cuts_for_levels(dense, p.norm, p.sparse_block_shape, levels)
@@ -166,11 +204,17 @@ class Sparsify(SweepCallback):
     def _restore(self, pl_module: L.LightningModule, keep: bool) -> None:
         """Put the dense tables and the MLPs back; keep the pruned buffers and cuts for the plan's
         later points when `keep`, else release them."""
-        pl_module.model.activation_sparsity = 0.0
+        unwrapped(pl_module.model).activation_sparsity = 0.0
         if self._mlps is not None:
             pl_module.model.load_state_dict(self._mlps, strict=False)
             self._mlps = None
-        if self._dense is not None:
+        if self._dense is not None and self._held.sharded:
+            with torch.no_grad():
+                for shard, dense in zip(self._held.shards, self._dense):
+                    shard.weight.copy_(dense)
+            self._buffers = self._dense if keep else None
+            self._dense = None
+        elif self._dense is not None:
             pruned = []
             for table, dense in zip(pl_module.model.emb_l, self._dense):
                 pruned.append(table.weight.data)

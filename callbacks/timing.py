@@ -10,7 +10,8 @@ row has ``table_bytes``, the bytes of the tables that path uses; the COO row add
 ``coo_table_bytes`` (``torch.sparse_coo`` tables of the survivors: int64 indices 2 x nnz +
 values), the compact row ``max_abs_diff`` (largest |compact logit - dense logit|). Three rows per
 test go to ``dlrm_forward_time_info.csv`` (when there is an ``out_dir``); only the first process
-times.
+times, except that sharded tables (``TorchRecStrategy``) are timed in the sharded forward by every
+process together, and compacted from the tables gathered to the first.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import Tensor
 
 from lit_dlrm.model import DLRM
 from lit_dlrm.paths import check_directory
+from lit_dlrm.sharded.shards import held_tables, unwrapped, whole_network
 from lit_dlrm.sparsity.compact import compact_model, coo_nbytes, table_bytes
 from lit_dlrm.sweep.context import SweepCallback, SweepContext
 from lit_dlrm.sweep.grid import GridPoint
@@ -102,10 +104,22 @@ class SparseCooTiming(SweepCallback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if batch_idx != 0 or dataloader_idx != 0 or not trainer.is_global_zero:
+        sharded = held_tables(pl_module.model).sharded
+        if batch_idx != 0 or dataloader_idx != 0 or not (trainer.is_global_zero or sharded):
             return
         dense, sparse = batch[0][: self.batch_size], batch[1][: self.batch_size]
-        model: DLRM = pl_module.model
+        timed = {}  # sharded: the sharded forwards, timed on every rank together (rank 0's kept)
+        if sharded:
+            network = pl_module.model
+            with torch.no_grad():
+                for dlrm_type, run in (
+                    ("without_torch_sparse", lambda: network(dense, sparse)),
+                    ("with_torch_sparse", lambda: coo_forward(unwrapped(network), dense, sparse)),
+                ):
+                    timed[dlrm_type] = time_runs(run, dense.device, self.warmup, self.repeats)
+        model: DLRM | None = whole_network(pl_module.model)  # sharded: gathered to rank 0
+        if model is None:
+            return
         with torch.no_grad():
             start = time.perf_counter()
             compact = compact_model(model, block_width(self.context.point, model))
@@ -132,7 +146,9 @@ class SparseCooTiming(SweepCallback):
         }
         self.rows = []
         for dlrm_type, run in paths.items():
-            seconds = time_runs(run, dense.device, self.warmup, self.repeats)
+            seconds = timed.get(dlrm_type)
+            if seconds is None:
+                seconds = time_runs(run, dense.device, self.warmup, self.repeats)
             self.rows.append(
                 {
                     "time_taken": float(np.median(seconds)),

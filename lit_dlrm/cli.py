@@ -48,7 +48,7 @@ from lit_dlrm.checkpoint import (
 from lit_dlrm.data import CriteoDataModule, CriteoFormatError
 from lit_dlrm.export import save_weights, stored_model
 from lit_dlrm.hparams import HParamsSummary
-from lit_dlrm.module import DLRMModule
+from lit_dlrm.module import Backend, DLRMModule
 from lit_dlrm.paths import atomic_write, check_directory
 from lit_dlrm.predict import score_file
 from lit_dlrm.schedules import WarmupPolyDecay
@@ -249,11 +249,18 @@ def resolve(ckpt_path: str) -> Path:
         raise CheckpointError(f"--ckpt_path: {err}") from err
 
 
-def trained_model(ckpt_path: str = "latest") -> DLRMModule:
-    """The model to sweep, read from ``ckpt_path`` (see :func:`resolve`)."""
+def trained_model(ckpt_path: str = "latest", backend: Backend = "torch") -> DLRMModule:
+    """The model to sweep, read from ``ckpt_path`` (see :func:`resolve`), its tables in
+    ``backend`` (``torchrec``: for ``--trainer.strategy`` ``TorchRecStrategy``, which shards
+    them)."""
     path = resolve(ckpt_path)
+    if sharded_checkpoint.is_sharded(path):
+        raise CheckpointError(
+            f"--ckpt_path: {path} is a sharded checkpoint directory; the sweep reads one file: "
+            f"python -m lit_dlrm.sharded.checkpoint {path} ONE_FILE.ckpt"
+        )
     try:
-        return DLRMModule.from_weights(path)
+        return DLRMModule.from_weights(path, backend)
     except CheckpointError as err:
         raise CheckpointError(f"--ckpt_path: {err}") from err
 
@@ -344,7 +351,7 @@ def sweep(args: list[str] | None = None) -> None:
     model, data, config = cli.model, cli.datamodule, cli.config
     prepare(cli, data)  # the tables' sizes are known once the data is prepared and set up
     data.setup("test")
-    sizes = [table.num_embeddings for table in model.model.emb_l]
+    sizes = list(model.hparams.table_sizes)
     if list(data.table_sizes) != sizes:
         cli.parser.error(
             f"--data: the data's table sizes {list(data.table_sizes)} differ from the "

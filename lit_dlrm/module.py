@@ -25,6 +25,7 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from lit_dlrm.checkpoint import CheckpointError, architecture, load_state_dict
 from lit_dlrm.metrics import ClickMetrics
 from lit_dlrm.model import DLRM, Interaction
+from lit_dlrm.sharded.keys import to_torchrec
 from lit_dlrm.sparse_sync import average_sparse_grads, ignore_in_ddp
 
 Optimizer = Literal["sgd", "adagrad"]
@@ -129,13 +130,14 @@ class DLRMModule(L.LightningModule):
         self._loss_sum, self._loss_steps = 0.0, 0
 
     @classmethod
-    def from_weights(cls, path: str) -> DLRMModule:
+    def from_weights(cls, path: str, backend: Backend = "torch") -> DLRMModule:
         """A module holding the DLRM weights in ``path``: a lit_dlrm checkpoint, a
-        facebookresearch/dlrm ``--save-model`` file or a bare state_dict (read safely)."""
+        facebookresearch/dlrm ``--save-model`` file or a bare state_dict (read safely), its
+        tables in ``backend``."""
         state = load_state_dict(path)
         try:
-            module = cls(**architecture(state))
-            module.model.load_state_dict(state)
+            module = cls(**architecture(state), backend=backend)
+            module.model.load_state_dict(to_torchrec(state) if backend == "torchrec" else state)
         except (CheckpointError, RuntimeError, KeyError) as err:
             raise CheckpointError(f"{path}: not a DLRM this code can rebuild: {err}") from err
         return module

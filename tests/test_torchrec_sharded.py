@@ -9,6 +9,8 @@ import subprocess
 import sys
 
 import lightning as L
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -24,12 +26,20 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torchrec_workers import prune_sharded, train_sharded  # noqa: E402
 
 from lit_dlrm.checkpoint import datamodule_options, load_state_dict  # noqa: E402
+from lit_dlrm.cli import sweep  # noqa: E402
 from lit_dlrm.data import CriteoDataModule  # noqa: E402
 from lit_dlrm.model import DLRM  # noqa: E402
 from lit_dlrm.module import OPTIMIZERS, DLRMModule  # noqa: E402
 from lit_dlrm.sharded.checkpoint import is_sharded, to_one_file  # noqa: E402
 from lit_dlrm.sparsity.global_threshold import global_cuts  # noqa: E402
 from lit_dlrm.sparsity.prune import apply_cuts, cuts_for_levels  # noqa: E402
+from lit_dlrm.sweep.grid import COLUMNS  # noqa: E402
+from lit_dlrm.sweep.results import (  # noqa: E402
+    FORWARD_TIME_CSV,
+    METADATA_CSV,
+    METRICS_CSV,
+    read_table,
+)
 
 ARCH = dict(table_sizes=[30, 1, 50, 7], embedding_dim=8, bottom_mlp=[8], top_mlp=[8])
 
@@ -84,20 +94,18 @@ def test_two_ranks_train_as_one_process(tmp_path, sharding_type, optimizer):
         torch.testing.assert_close(one[key], value, msg=lambda m, key=key: f"{key}: {m}")
 
 
-def run_train(args: list[str], cwd) -> None:
-    """scripts/train.py in 2 gloo processes with TorchRecStrategy; fails with its output."""
+def run_sharded(script: str, args: list[str], cwd) -> None:
+    """scripts/<script> in 2 gloo processes with TorchRecStrategy; fails with its output."""
     done = subprocess.run(
         [
             sys.executable,
-            str(REPO / "scripts" / "train.py"),
+            str(REPO / "scripts" / script),
             "--model.backend=torchrec",
             "--trainer.strategy=lit_dlrm.sharded.strategy.TorchRecStrategy",
             *args,  # after the strategy's class, which its options need
             "--trainer.devices=2",
             "--trainer.accelerator=cpu",
             "--trainer.enable_progress_bar=false",
-            "--trainer.limit_train_batches=3",
-            "--trainer.limit_val_batches=1",
         ],
         cwd=cwd,
         capture_output=True,
@@ -109,8 +117,13 @@ def run_train(args: list[str], cwd) -> None:
 
 @pytest.mark.slow
 def test_cli_trains_tests_and_resumes_sharded(tmp_path, tiny_data_args):
-    common = [*tiny_data_args, "--trainer.strategy.sharding_type=column_wise"]
-    run_train([*common, "--trainer.max_epochs=1"], tmp_path)
+    common = [
+        *tiny_data_args,
+        "--trainer.strategy.sharding_type=column_wise",
+        "--trainer.limit_train_batches=3",
+        "--trainer.limit_val_batches=1",
+    ]
+    run_sharded("train.py", [*common, "--trainer.max_epochs=1"], tmp_path)
     run_dir = tmp_path / "runs" / "train" / "version_0"
     (best,) = (run_dir / "checkpoints").glob("best-*.ckpt")
     assert is_sharded(best) and is_sharded(run_dir / "checkpoints" / "last.ckpt")
@@ -124,7 +137,8 @@ def test_cli_trains_tests_and_resumes_sharded(tmp_path, tiny_data_args):
     (metrics,) = trainer.test(module, datamodule=data, verbose=False)
     assert metrics["test/auc"] == pytest.approx(sharded_test_auc, abs=1e-6)
 
-    run_train(
+    run_sharded(
+        "train.py",
         [*common, "--trainer.max_epochs=2", f"--ckpt_path={run_dir}/checkpoints/last.ckpt"],
         tmp_path,
     )
@@ -193,3 +207,45 @@ def test_sharded_pruning_equals_one_process(tmp_path, sharding_type):
                     covered[table][r : r + h, c : c + d] = True
             assert all(cov.all() for cov in covered)
     assert (splits > 0) == (sharding_type == "column_wise")
+
+
+SWEEP = [
+    "--sweep.norm=[L1, L2]",
+    "--sweep.sparse_block_shape=[[1, 1], [1, 4]]",
+    "--sweep.sparsity_level=[0.0, 0.5, 0.9]",
+    "--sweep.studies=[{threshold: [global], sparsity_level: [0.5, 0.9]},"
+    " {weight_bits: [8, 4], norm: [L2], sparse_block_shape: [[1, 4]], sparsity_level: [0.5]},"
+    " {activation_sparsity: [0.5], norm: [L2], sparse_block_shape: [[1, 4]],"
+    " sparsity_level: [0.9]}]",
+    "--timing.warmup=0",
+    "--timing.repeats=2",
+    "--timing.batch_size=64",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sharding_type", ["table_wise", "column_wise"])
+def test_sharded_sweep_tables_equal_one_process(
+    tmp_path, tiny_data_args, checkpoint, sharding_type
+):
+    """The sweep of one checkpoint with its tables sharded over 2 ranks (each pruning its shards,
+    split tables cut alike) writes the one-process sweep's metrics and sizes."""
+    common = [*tiny_data_args, *SWEEP, f"--ckpt_path={checkpoint}"]
+    sharded = [f"--trainer.strategy.sharding_type={sharding_type}"]
+    run_sharded("sweep.py", [*common, *sharded, f"--out_dir={tmp_path / 'sharded'}"], tmp_path)
+    sweep([*common, f"--out_dir={tmp_path / 'one'}"])
+    two, one = (read_table(tmp_path / d, METRICS_CSV) for d in ("sharded", "one"))
+    assert len(one) == 12 + 2 * 4 + 2 + 1 and one.roc_auc.nunique() > 10  # a real comparison
+    assert list(two[list(COLUMNS)].itertuples()) == list(one[list(COLUMNS)].itertuples())
+    for column in ["roc_auc", "log_loss", "ne"]:
+        np.testing.assert_allclose(two[column], one[column], rtol=0, atol=1e-6, err_msg=column)
+    for column in ["precision", "recall", "f1", "accuracy"]:
+        assert list(two[column]) == list(one[column]), column
+    sizes = [*COLUMNS, "zip_bytes", "zstd_sparse_bytes"]
+    metadata = [read_table(tmp_path / d, METADATA_CSV)[sizes] for d in ("sharded", "one")]
+    pd.testing.assert_frame_equal(*metadata)  # the gathered tables, measured as one process does
+    times = [read_table(tmp_path / d, FORWARD_TIME_CSV) for d in ("sharded", "one")]
+    keys = [list(zip(t.sparsity_level, t.norm, t.dlrm_type)) for t in times]
+    assert keys[0] == keys[1]
+    bytes_ = ["table_bytes", "coo_table_bytes"]
+    pd.testing.assert_frame_equal(times[0][bytes_], times[1][bytes_])

@@ -13,7 +13,7 @@ from lit_dlrm.sharded import checkpoint as sharded_checkpoint
 from lit_dlrm.sharded.keys import to_torchrec
 from lit_dlrm.sharded.model import TorchRecDLRM
 from lit_dlrm.sharded.optim import combined_optimizer
-from lit_dlrm.sharded.shards import load_whole, sum_over_ranks, table_shards
+from lit_dlrm.sharded.shards import held_tables, load_whole
 from lit_dlrm.sharded.strategy import shard
 from lit_dlrm.sparsity.prune import apply_cuts
 from lit_dlrm.sparsity.sharded import shard_cuts
@@ -93,17 +93,15 @@ def prune(rank, world, arch, sharding_type, ckpt, combos, levels, out):
         0.1,
     )
     sharded_checkpoint.load_into(ckpt, {"state_dict": network.state_dict()})
-    shards, shapes = table_shards(network, len(arch["table_sizes"]))
+    shards, shapes, reduce, _ = held_tables(network)
     dense = [s.weight.clone() for s in shards]
     held = {}
     for norm, bs, threshold in combos:
-        series = shard_cuts(
-            shards, shapes, norm, bs, levels, threshold=threshold, reduce=sum_over_ranks
-        )
+        series = shard_cuts(shards, shapes, norm, bs, levels, threshold=threshold, reduce=reduce)
         for level in levels:
             live = [s.weight for s in shards]
             apply_cuts(dense, series.for_level(level), norm, bs, out=live)
-            again, _ = table_shards(network, len(shapes))  # read back through the network
+            again = held_tables(network).shards  # read back through the network
             held[(norm, bs, threshold, level)] = [
                 (s.table, s.offset, s.weight.clone()) for s in again
             ]

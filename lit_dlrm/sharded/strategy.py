@@ -32,6 +32,7 @@ from lit_dlrm.module import OPTIMIZERS
 from lit_dlrm.sharded import checkpoint as sharded_checkpoint
 from lit_dlrm.sharded.model import TorchRecDLRM
 from lit_dlrm.sharded.optim import Optimizer, attach_table_optimizer
+from lit_dlrm.sharded.shards import load_whole
 
 ShardingType = Literal["table_wise", "column_wise", "row_wise"]
 
@@ -121,9 +122,16 @@ class TorchRecStrategy(DDPStrategy):
                     f"only, the device is {self.root_device.type}"
                 )
             h = module.hparams
+            network = module.model
+            # Tables built whole (a model read from one file, for the sweep) keep their weights:
+            # DMP makes new shards, filled from them.
+            tables = network.ebc.state_dict().values()
+            whole = None if any(t.is_meta for t in tables) else network.state_dict()
             module.model = shard(
-                module.model, self.sharding_type, self.root_device, OPTIMIZERS[h.optimizer], h.lr
+                network, self.sharding_type, self.root_device, OPTIMIZERS[h.optimizer], h.lr
             )
+            if whole is not None:
+                load_whole(module.model, whole)
 
     def _setup_model(self, model: nn.Module) -> nn.Module:
         return model

@@ -14,8 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
+from lit_dlrm.sharded.shards import held_tables
 from lit_dlrm.sweep.context import SweepCallback, SweepContext
 from lit_dlrm.sweep.grid import GridPoint, squares_preserve_order
 from lit_dlrm.sweep.results import read_table, row_points, upsert_rows, write_table
@@ -72,7 +75,12 @@ def run_sweep(
         cb.bind(context)
     for stale in out_dir.glob(".*.tmp"):  # tables half-written by a killed run
         stale.unlink()
-    squares_keep_order = squares_preserve_order(t.weight.detach() for t in module.model.emb_l)
+    held = held_tables(module.model)
+    squares_keep_order = squares_preserve_order(s.weight for s in held.shards)
+    if held.sharded:  # true only if true on every rank
+        flag = torch.tensor([int(squares_keep_order)])
+        held.reduce(flag)
+        squares_keep_order = int(flag) == dist.get_world_size()
     # Decided once, before any test, so that every process of a DDP run takes the same steps.
     done = done_points(out_dir, callbacks)
     first_of_test: dict[str, GridPoint] = {}
