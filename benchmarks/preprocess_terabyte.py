@@ -71,6 +71,9 @@ SCALES = {
     "tiny": (2, 500, 2_000),
     "small": (4, 50_000, 100_000),
     "kaggle": (4, 500_000, 2_000_000),
+    # the capacity check: Terabyte's 24 day files, 1M rows each (run without --dlrm: dlrm's
+    # serial path would take half an hour per run)
+    "large": (24, 1_000_000, 4_000_000),
 }
 
 DLRM_CHILD = """
@@ -154,9 +157,10 @@ def run(
     """lit_dlrm (1 and ``workers`` workers) against dlrm's serial and multiprocessing Terabyte
     preprocessing (lit_dlrm alone without ``dlrm``). ValueError names a bad ``dlrm`` or
     ``workers``; WorkMismatch when a run's arrays differ from the first run's."""
-    from lit_dlrm.data.terabyte import write_days
+    from lit_dlrm.data.terabyte import PARTS, write_days
 
-    repeats = repeats or (SLOW_REPEATS if scale == "kaggle" else REPEATS)[scale]
+    # the capacity check runs once: it is about memory and disk, and takes minutes per side
+    repeats = repeats or {**REPEATS, "kaggle": SLOW_REPEATS["kaggle"], "large": 1}[scale]
     workers = workers or os.cpu_count() or 1
     if workers < 1:
         raise ValueError(f"--workers: expected >= 1, got {workers}")
@@ -186,7 +190,11 @@ def run(
                 if res["rows"] != rows:
                     raise WorkMismatch(f"lit_dlrm, {n} worker(s): kept {res['rows']} of {rows}")
                 cache = Path(res["dir"])
-                arrays = [np.load(cache / f"{k}.npy") for k in ("label", "dense", "sparse")]
+                names = [cache / f"{k}.npy" for k in ("label", "dense", "sparse")]
+                arrays = [np.load(name) for name in names]
+                if (days_dir / "cache" / PARTS).exists():
+                    raise WorkMismatch(f"lit_dlrm, {n} worker(s): left {PARTS}/ behind")
+                cache_bytes.add(sum(name.stat().st_size for name in names))
                 shutil.rmtree(days_dir)
                 return Sample(rows / res["seconds"], peak, digest(*arrays))
 
@@ -207,6 +215,7 @@ def run(
 
             return one
 
+        cache_bytes: set[int] = set()
         sides = {"lit 1": lit(1), f"lit {workers}": lit(workers)}
         if dlrm:
             sides.update({"dlrm serial": reference(False), "dlrm mp": reference(True)})
@@ -217,7 +226,8 @@ def run(
     data = (
         f"{days} synthetic day files x {rows_per_day:,} rows ({raw_mib:,.1f} MiB), "
         f"max_ind_range {MAX_IND_RANGE:,}; each run a fresh process; peak: the process tree's "
-        "RSS (absolute, children included, sampled every 10 ms)"
+        "RSS (absolute, children included, sampled every 10 ms); lit_dlrm's cache: "
+        f"{max(cache_bytes) / rows:.2f} bytes a row (label, dense, sparse .npy), parts removed"
     )
     table = []
     for n, ref, label in ((1, "dlrm serial", "serial"), (workers, "dlrm mp", "multiprocessing")):

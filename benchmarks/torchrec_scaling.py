@@ -18,7 +18,8 @@ draws only what it loads; the MLPs of seed 0), trains on the same random batches
 over each table; each rank the same half of each global batch) with the same steps and lr, in a
 hand-written loop (Lightning's own cost is ``benchmarks.train_throughput``'s), then runs the
 sweep's per-point work on the trained tables: :func:`lit_dlrm.sparsity.prune.prune` (L1, (1, 1)
-blocks, per-table threshold) of the tables the rank holds, into the weights the model reads,
+blocks, per-table threshold) of the tables the rank holds, into the weights the model reads
+(TorchRec's: the cuts from :func:`lit_dlrm.sparsity.sharded.shard_cuts`, as the sweep's),
 then a test pass over the evaluation batches (each rank half of each) with ``ClickMetrics``
 gathered over the ranks.
 
@@ -30,10 +31,6 @@ Figures: samples/s of the training loop (the global batch times the steps over r
 between two barriers); seconds per sweep point (prune + test pass + metrics); and, per rank, the
 table MiB it holds (the local shards' bytes) and its peak RSS (``VmHWM``: the whole process,
 imports included; TorchRec's sides also load FBGEMM).
-
-Missing: the sweep of column-wise (or row-wise) shards needs every rank to agree on a table's cut
-from all its shards, which main does not do yet; :data:`SWEEPS` lists the sides whose sweep point
-is measured, and a sharded side joins it once its ranks can prune their shards.
 
     python -m benchmarks.torchrec_scaling --scale small
 """
@@ -69,8 +66,10 @@ from benchmarks.train_throughput import random_batches
 from lit_dlrm.data.kaggle import KAGGLE_TABLE_SIZES
 from lit_dlrm.metrics import ClickMetrics
 from lit_dlrm.model import DLRM
+from lit_dlrm.sharded.shards import held_tables
 from lit_dlrm.sparse_sync import average_sparse_grads, ignore_in_ddp
-from lit_dlrm.sparsity.prune import prune
+from lit_dlrm.sparsity.prune import apply_cuts, prune
+from lit_dlrm.sparsity.sharded import shard_cuts
 
 
 @dataclass(frozen=True)
@@ -90,9 +89,6 @@ SIDES = {
     "torchrec_table_wise_2": Side("torchrec", 2, "table_wise"),
     "torchrec_column_wise_2": Side("torchrec", 2, "column_wise"),
 }
-# The sides whose sweep point is measured: a rank prunes the tables it holds whole, so a table's
-# cut is the one-process sweep's. Column-wise shards need the ranks to agree on each cut first.
-SWEEPS = ("torch_1", "torchrec_1", "torch_2", "torchrec_table_wise_2")
 
 
 @dataclass(frozen=True)
@@ -260,7 +256,7 @@ def halves(scale: Scale, count: int, seed: int, rank: int, world: int) -> list[t
 
 def train_rank(rank: int, world: int, init: str, side: Side, scale: Scale, out: str) -> None:
     """One rank of ``side``: build, train ``scale.steps`` steps on its half of every global
-    batch, run the sweep's points (sides of :data:`SWEEPS`), save what it measured to
+    batch, run the sweep's points, save what it measured to
     ``out.{rank}.pt``. Torch threads: the CPUs shared out over the ranks."""
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
@@ -304,8 +300,7 @@ def measure_rank(rank: int, world: int, side: Side, scale: Scale) -> dict:
         "table_bytes": b.table_bytes,
         "base_rss_mib": base_rss,
     }
-    if any(SIDES[name] == side for name in SWEEPS):
-        record["sweep"] = sweep_points(b, side, scale, rank, world)
+    record["sweep"] = sweep_points(b, side, scale, rank, world)
     record["peak_rss_mib"] = peak_rss_mib()
     dist.barrier()
     return record
@@ -317,17 +312,24 @@ def sweep_points(b: Built, side: Side, scale: Scale, rank: int, world: int) -> d
     their trained (dense) values into the weights the network reads, test, gather the metrics
     -> seconds per point and, per point, (log loss, AUC, zeroed weights this rank counts)."""
     norm, block = SWEEP_POINT
-    dense = [t.detach().clone() for t in b.tables]  # the sweep keeps the dense tables aside
     # the torch backend swaps pruned buffers in (Sparsify's way); FBGEMM's weights cannot be
-    # swapped, so TorchRec's are pruned into
-    out = [torch.empty_like(t) for t in dense] if b.emb is not None else b.tables
+    # swapped, so TorchRec's are pruned into, with cuts the ranks agree on from all the shards
+    held = held_tables(b.network) if b.emb is None else None
+    live = b.tables if held is None else [s.weight for s in held.shards]
+    dense = [t.detach().clone() for t in live]  # the sweep keeps the dense tables aside
+    out = [torch.empty_like(t) for t in dense] if held is None else live
     evals = halves(scale, scale.eval_batches, 2, rank, world)
     b.network.eval()
     points, seconds = [], 0.0
     for level in scale.levels:
         dist.barrier()
         start = time.perf_counter()
-        pruned = prune(dense, norm, block, level, out=out)
+        if held is None:
+            pruned = prune(dense, norm, block, level, out=out)
+        else:
+            shards = [s._replace(weight=d) for s, d in zip(held.shards, dense)]
+            cuts = shard_cuts(shards, held.shapes, norm, block, [level], reduce=held.reduce)
+            pruned = apply_cuts(dense, cuts.for_level(level), norm, block, out=out)
         if b.emb is not None:
             for table, p in zip(b.emb, pruned):
                 table.weight.data = p
@@ -361,7 +363,7 @@ class Work:
     losses: list[float]
     sums: dict[str, float]
     mlps: dict[str, torch.Tensor]
-    points: list[tuple] | None
+    points: list[tuple]
 
     def __repr__(self) -> str:
         return f"Work(losses={self.losses[:3]}..., points={self.points})"
@@ -375,10 +377,8 @@ def work_of(ranks: list[dict]) -> Work:
     for r in ranks:
         for key, value in r["sums"].items():
             sums[key] = sums.get(key, 0.0) + value
-    points = None
-    if "sweep" in ranks[0]:
-        per_rank = [r["sweep"]["points"] for r in ranks]
-        points = [(p[0], p[1], sum(q[i][2] for q in per_rank)) for i, p in enumerate(per_rank[0])]
+    per_rank = [r["sweep"]["points"] for r in ranks]
+    points = [(p[0], p[1], sum(q[i][2] for q in per_rank)) for i, p in enumerate(per_rank[0])]
     return Work(losses, sums, ranks[0]["mlps"], points)
 
 
@@ -426,9 +426,8 @@ def run(scale_name: str = "small", repeats: int | None = None) -> list[dict]:
         same_training,
         "the same per-step losses and table sums (1e-4 relative), MLP weights within 1e-5",
     )
-    sweeps = {name: samples[name] for name in SWEEPS}
     check_same_work(
-        "sweep", sweeps, same_sweep, "the same log loss and AUC (1e-5) and zeroed weights"
+        "sweep", samples, same_sweep, "the same log loss and AUC (1e-5) and zeroed weights"
     )
     total_mib = sum(table_sizes(scale)) * 16 * 4 / 2**20
     what = (
@@ -452,21 +451,20 @@ def run(scale_name: str = "small", repeats: int | None = None) -> list[dict]:
             )
         )
     for stage, ours, ref in pairs:
-        if ours in SWEEPS and ref in SWEEPS:
-            points = {
-                side: [Sample(r[0]["sweep"]["seconds_per_point"]) for r in ranks[side]]
-                for side in (ours, ref)
-            }
-            rows.append(
-                compare(
-                    f"sweep point, {stage}",
-                    "s",
-                    {OURS: points[ours], REF: points[ref]},
-                    note=f"lit_dlrm: {ours}, reference: {ref}; prune {SWEEP_POINT[0]} "
-                    f"{SWEEP_POINT[1]} per table at {list(scale.levels)} + test of "
-                    f"{scale.eval_batches} x {scale.batch} rows; mean per point",
-                )
+        points = {
+            side: [Sample(r[0]["sweep"]["seconds_per_point"]) for r in ranks[side]]
+            for side in (ours, ref)
+        }
+        rows.append(
+            compare(
+                f"sweep point, {stage}",
+                "s",
+                {OURS: points[ours], REF: points[ref]},
+                note=f"lit_dlrm: {ours}, reference: {ref}; prune {SWEEP_POINT[0]} "
+                f"{SWEEP_POINT[1]} per table at {list(scale.levels)} + test of "
+                f"{scale.eval_batches} x {scale.batch} rows; mean per point",
             )
+        )
     for stage, ours, ref in pairs:
         for rank in range(SIDES[ours].world):
             for key, unit, name in (
