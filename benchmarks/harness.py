@@ -251,7 +251,7 @@ def cpu_seconds() -> float:
 
 
 def run_table(
-    command: str, repeats: int | None, seconds: float | None, cpu: float | None = None
+    command: str, repeats: int | str | None, seconds: float | None, cpu: float | None = None
 ) -> str:
     """The run's own table: command, date, commit, machine, threads, repeats (None: a measurement
     that is not repeated), duration (wall seconds, and ``cpu`` seconds of all its threads and
@@ -284,14 +284,18 @@ def write_results(
     title: str,
     rows: list[dict],
     command: str,
-    repeats: int,
     out_dir: str | os.PathLike | None = RESULTS,
     seconds: float | None = None,
     notes: str = "",
     cpu: float | None = None,
 ) -> str:
     """The results text (run table, ``notes``, the rows' table); written as ``<stem>.md`` and
-    ``<stem>.csv`` (every column of :data:`COLUMNS`) into ``out_dir`` unless it is None."""
+    ``<stem>.csv`` (every column of :data:`COLUMNS`) into ``out_dir`` unless it is None. The run
+    table's repeats are the rows' ``runs``, as they were run."""
+    runs = sorted({int(r["runs"]) for r in rows if r.get("runs")})
+    repeats = (
+        None if not runs else runs[0] if len(runs) == 1 else f"{runs[0]}-{runs[-1]} (by row: runs)"
+    )
     text = (
         f"# {title}\n\n{run_table(command, repeats, seconds, cpu)}\n"
         + (f"{notes.strip()}\n\n" if notes else "")
@@ -371,9 +375,8 @@ def main_for(
     parser.add_argument("--out-dir", default=str(RESULTS))
     extra = options(parser) if options else []
     args = parser.parse_args(argv)
-    repeats = args.repeats or REPEATS[args.scale]
-    if repeats < 1:
-        parser.error(f"--repeats: expected >= 1, got {repeats}")
+    if args.repeats is not None and args.repeats < 1:
+        parser.error(f"--repeats: expected >= 1, got {args.repeats}")
     start, cpu = time.perf_counter(), cpu_seconds()
     kwargs = {dest: getattr(args, dest) for dest in extra}
     rows = [{"benchmark": name, **r} for r in run(args.scale, args.repeats, **kwargs)]
@@ -382,7 +385,6 @@ def main_for(
         f"{name}, scale `{args.scale}`",
         rows,
         command_line(f"benchmarks.{name}", argv),
-        repeats,
         args.out_dir,
         time.perf_counter() - start,
         NOTES if notes is None else notes,

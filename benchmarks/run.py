@@ -39,7 +39,6 @@ from benchmarks import (
 )
 from benchmarks.harness import (
     NOTES,
-    REPEATS,
     RESULTS,
     command_line,
     cpu_seconds,
@@ -156,7 +155,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"lit_dlrm vs the reference approach, scale `{args.scale}`",
         rows,
         command_line("benchmarks.run", argv),
-        args.repeats or REPEATS[args.scale],
         args.out_dir,
         time.perf_counter() - start,
         NOTES,

@@ -78,9 +78,14 @@ def test_a_peak_counts_memory_reused_from_an_earlier_run():
 
 def test_results_file_has_its_run_table_and_one_table_of_rows(tmp_path):
     rows = [{"benchmark": "b", **harness.compare("s", "s", {OURS: [Sample(1.0)]})}]
-    text = harness.write_results("x", "title", rows, "python -m benchmarks.x", 5, tmp_path, 12.0)
+    text = harness.write_results("x", "title", rows, "python -m benchmarks.x", tmp_path, 12.0)
     assert (tmp_path / "x.md").read_text() == text and (tmp_path / "x.csv").exists()
-    for field in ("| command | `python -m benchmarks.x` |", "| commit |", "| duration | 12 s |"):
+    for field in (
+        "| command | `python -m benchmarks.x` |",
+        "| commit |",
+        "| duration | 12 s |",
+        "| repeats | 1 per side",  # as run (the row's runs), not the scale's default
+    ):
         assert field in text
     assert "CPUs, torch" in text
 
