@@ -32,7 +32,7 @@ from torch import Tensor
 
 from lit_dlrm.model import interaction_size
 from lit_dlrm.paths import atomic_write
-from lit_dlrm.sharded.checkpoint import is_sharded
+from lit_dlrm.sharded.checkpoint import META, is_sharded
 from lit_dlrm.sharded.keys import from_torchrec
 from lit_dlrm.sparsity.compression import is_compressed_file, load_compressed
 from lit_dlrm.sparsity.quantize import load_quantized_state_dict
@@ -152,8 +152,10 @@ def datamodule_options(path: str | Path) -> dict | None:
     """The ``CriteoDataModule`` arguments a Lightning checkpoint was trained with (its
     ``datamodule_hyper_parameters``, Lightning's own ``_*`` keys left out); None for a file that
     holds none (a bare state_dict, a facebookresearch/dlrm file). Raises CheckpointError as
-    :func:`load_state_dict`. The tensors are memory-mapped, not read."""
-    obj = _load(Path(path), mmap=True)
+    :func:`load_state_dict`. The tensors are memory-mapped, not read; of a sharded checkpoint
+    directory, its ``meta.pt`` is read."""
+    path = Path(path)
+    obj = _load(path / META if is_sharded(path) else path, mmap=True)
     options = obj.get("datamodule_hyper_parameters") if isinstance(obj, dict) else None
     if not isinstance(options, dict):
         return None

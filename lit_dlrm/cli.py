@@ -252,13 +252,17 @@ def resolve(ckpt_path: str) -> Path:
 def trained_model(ckpt_path: str = "latest", backend: Backend = "torch") -> DLRMModule:
     """The model to sweep, read from ``ckpt_path`` (see :func:`resolve`), its tables in
     ``backend`` (``torchrec``: for ``--trainer.strategy`` ``TorchRecStrategy``, which shards
-    them)."""
+    them). Of a sharded checkpoint directory, the module is built from its hyperparameters and
+    the strategy reads the weights (:func:`~lit_dlrm.sweep.driver.run_sweep`)."""
     path = resolve(ckpt_path)
     if sharded_checkpoint.is_sharded(path):
-        raise CheckpointError(
-            f"--ckpt_path: {path} is a sharded checkpoint directory; the sweep reads one file: "
-            f"python -m lit_dlrm.sharded.checkpoint {path} ONE_FILE.ckpt"
-        )
+        if backend != "torchrec":
+            raise CheckpointError(
+                f"--ckpt_path: {path} is a sharded checkpoint directory: sweep it sharded "
+                f"(--model.backend=torchrec --trainer.strategy={sharded_checkpoint.STRATEGY}) "
+                f"or make it one file: python -m lit_dlrm.sharded.checkpoint {path} ONE_FILE.ckpt"
+            )
+        return DLRMModule(**sharded_checkpoint.hyper_parameters(path))
     try:
         return DLRMModule.from_weights(path, backend)
     except CheckpointError as err:
@@ -360,7 +364,15 @@ def sweep(args: list[str] | None = None) -> None:
     grid = make_grid(
         **config.sweep.as_dict(), embedding_dim=model.hparams.embedding_dim, min_rows=min(sizes)
     )
-    run_sweep(cli.trainer, model, data, grid, config.out_dir)
+    weights = resolve(config.ckpt_path)
+    sharded = sharded_checkpoint.is_sharded(weights)
+    if sharded and not getattr(cli.trainer.strategy, "shards_tables", False):
+        got = type(cli.trainer.strategy).__name__
+        cli.parser.error(
+            f"--ckpt_path: {weights} is a sharded checkpoint directory; it is swept with "
+            f"--trainer.strategy={sharded_checkpoint.STRATEGY}, got {got}"
+        )
+    run_sweep(cli.trainer, model, data, grid, config.out_dir, weights if sharded else None)
     if cli.trainer.is_global_zero:
         table = write_report(config.out_dir)
         out = config.out_dir

@@ -225,15 +225,18 @@ SWEEP = [
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sharding_type", ["table_wise", "column_wise"])
-def test_sharded_sweep_tables_equal_one_process(
-    tmp_path, tiny_data_args, checkpoint, sharding_type
-):
-    """The sweep of one checkpoint with its tables sharded over 2 ranks (each pruning its shards,
-    split tables cut alike) writes the one-process sweep's metrics and sizes."""
-    common = [*tiny_data_args, *SWEEP, f"--ckpt_path={checkpoint}"]
-    sharded = [f"--trainer.strategy.sharding_type={sharding_type}"]
-    run_sharded("sweep.py", [*common, *sharded, f"--out_dir={tmp_path / 'sharded'}"], tmp_path)
-    sweep([*common, f"--out_dir={tmp_path / 'one'}"])
+def test_sharded_sweep_tables_equal_one_process(tmp_path, tiny_data_args, sharding_type):
+    """A checkpoint trained sharded on 2 ranks, swept from its directory on 2 ranks (each pruning
+    its shards, split tables cut alike), writes the metrics and sizes of the one-process sweep of
+    the same checkpoint made one file."""
+    sharded = [*tiny_data_args, f"--trainer.strategy.sharding_type={sharding_type}"]
+    train = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=4"]
+    run_sharded("train.py", [*sharded, *train, "--trainer.limit_val_batches=1"], tmp_path)
+    (best,) = (tmp_path / "runs" / "train" / "version_0" / "checkpoints").glob("best-*.ckpt")
+    swept = [*SWEEP, f"--out_dir={tmp_path / 'sharded'}", f"--ckpt_path={best}"]
+    run_sharded("sweep.py", [*sharded, *swept], tmp_path)
+    one = to_one_file(best, tmp_path / "one.ckpt")
+    sweep([*tiny_data_args, *SWEEP, f"--out_dir={tmp_path / 'one'}", f"--ckpt_path={one}"])
     two, one = (read_table(tmp_path / d, METRICS_CSV) for d in ("sharded", "one"))
     assert len(one) == 12 + 2 * 4 + 2 + 1 and one.roc_auc.nunique() > 10  # a real comparison
     assert list(two[list(COLUMNS)].itertuples()) == list(one[list(COLUMNS)].itertuples())

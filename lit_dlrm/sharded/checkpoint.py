@@ -28,6 +28,7 @@ from lit_dlrm.paths import atomic_write
 
 SHARDED = ("state_dict", "optimizer_states")  # the entries DCP writes, shard by shard
 META = "meta.pt"  # the rest of the checkpoint, rank 0's
+STRATEGY = "lit_dlrm.sharded.strategy.TorchRecStrategy"  # --trainer.strategy that writes them
 
 
 def is_sharded(path: str | Path) -> bool:
@@ -38,8 +39,7 @@ def is_sharded(path: str | Path) -> bool:
 def check_resumable(path: str | Path, model_options: dict) -> None:
     """Refuse, naming ``--ckpt_path``, a sharded checkpoint whose model options (its
     ``hyper_parameters``) differ from ``model_options`` (``--model.*``) in the architecture."""
-    meta = torch.load(Path(path) / META, weights_only=True, mmap=True)
-    saved = meta.get("hyper_parameters", {})
+    saved = hyper_parameters(path)
     for key in (
         "table_sizes",
         "num_dense",
@@ -53,6 +53,14 @@ def check_resumable(path: str | Path, model_options: dict) -> None:
             raise ValueError(
                 f"--ckpt_path: {path} holds a model with {key}={held}, but --model.{key}={wanted}"
             )
+
+
+def hyper_parameters(path: str | Path) -> dict[str, Any]:
+    """The LightningModule's hyperparameters saved in the sharded checkpoint ``path`` (Lightning's
+    own ``_*`` keys left out)."""
+    meta = torch.load(Path(path) / META, weights_only=True, mmap=True)
+    saved = meta.get("hyper_parameters", {})
+    return {k: v for k, v in saved.items() if not str(k).startswith("_")}
 
 
 def list_or(value):
@@ -95,7 +103,7 @@ def to_one_file(path: str | Path, out: str | Path) -> Path:
     if not is_sharded(path):
         raise ValueError(
             f"{path}: not a sharded checkpoint (no .metadata; expected a directory "
-            "written by lit_dlrm.sharded.strategy.TorchRecStrategy)"
+            f"written by {STRATEGY})"
         )
 
     def write(tmp: Path) -> None:

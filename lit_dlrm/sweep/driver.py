@@ -65,10 +65,19 @@ def run_sweep(
     datamodule: L.LightningDataModule,
     grid: list[GridPoint],
     out_dir: str | Path,
+    ckpt_path: str | Path | None = None,
 ) -> None:
     """Test ``module`` on ``datamodule`` at each point of ``grid`` not yet in ``out_dir``'s
-    tables, through ``trainer``'s sweep callbacks (each prunes, measures or times a point)."""
+    tables, through ``trainer``'s sweep callbacks (each prunes, measures or times a point).
+    ``ckpt_path``: a sharded checkpoint directory holding the weights, for a module built without
+    them (``trainer``'s strategy shards the network and reads each rank's shards)."""
     out_dir = Path(out_dir)
+    if ckpt_path is not None:  # loaded by a test of no batches: the plan below needs the weights
+        limit, trainer.limit_test_batches = trainer.limit_test_batches, 0
+        try:
+            trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+        finally:
+            trainer.limit_test_batches = limit
     callbacks = [cb for cb in trainer.callbacks if isinstance(cb, SweepCallback)]
     context = SweepContext(out_dir=out_dir)
     for cb in callbacks:
