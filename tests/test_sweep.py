@@ -115,6 +115,7 @@ CHANGES = {  # option -> (a value other than ONE_POINT's, the tables whose measu
     "sweep.studies": ("[{weight_bits: [4]}]", EVERY_TABLE),
     "sparsify.signed_zeros": ("true", {METADATA_CSV}),
     "compression.keep_files": ("true", {METADATA_CSV}),
+    "compression.one_file": ("false", {METADATA_CSV}),
     "timing.batch_size": ("128", {FORWARD_TIME_CSV}),
     "timing.warmup": ("1", {FORWARD_TIME_CSV}),
     "timing.repeats": ("3", {FORWARD_TIME_CSV}),

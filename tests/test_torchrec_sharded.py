@@ -247,6 +247,11 @@ def test_sharded_sweep_tables_equal_one_process(tmp_path, tiny_data_args, shardi
     sizes = [*COLUMNS, "zip_bytes", "zstd_sparse_bytes"]
     metadata = [read_table(tmp_path / d, METADATA_CSV)[sizes] for d in ("sharded", "one")]
     pd.testing.assert_frame_equal(*metadata)  # the gathered tables, measured as one process does
+    parts = read_table(tmp_path / "sharded", METADATA_CSV).zstd_sparse_sharded_bytes
+    assert "zstd_sparse_sharded_bytes" not in read_table(tmp_path / "one", METADATA_CSV)
+    # every rank's part counted: the same bytes as one file but for framing and, split by
+    # columns, slices compressing a little worse
+    np.testing.assert_allclose(parts, metadata[1].zstd_sparse_bytes, rtol=0.05)
     times = [read_table(tmp_path / d, FORWARD_TIME_CSV) for d in ("sharded", "one")]
     keys = [list(zip(t.sparsity_level, t.norm, t.dlrm_type)) for t in times]
     assert keys[0] == keys[1]

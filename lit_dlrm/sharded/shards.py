@@ -4,7 +4,8 @@ shards are views of the weights the rank computes with (FBGEMM's), each with its
 offsets in the whole table. :func:`held_tables` hands them to the pruning
 (:mod:`lit_dlrm.sparsity.sharded`) with the all-reduces; :func:`whole_state` and
 :func:`whole_network` gather them to rank 0 where the tables fit, for the size and timing
-measurements. Needs no TorchRec."""
+measurements; :func:`held_state` is each process's part of them, for sizes that need no
+gathering. Needs no TorchRec."""
 
 from __future__ import annotations
 
@@ -106,6 +107,21 @@ def whole_state(network: nn.Module) -> dict[str, Tensor] | None:
     with torch.device("meta"):  # the order of DLRM's own state dict (DMP's differs)
         order = DLRM(**architecture(out)).state_dict()
     return {key: out[key] for key in order}
+
+
+def held_state(network: nn.Module) -> dict[str, Tensor]:
+    """What this process of a sharded ``network`` writes of it: each table shard it holds, keyed
+    ``shard_<row>_<column>.emb_l.<k>.weight`` by its offsets, and on rank 0 the replicated
+    tensors (the MLPs). The parts of all the processes together hold the network once."""
+    out = {}
+    for key, value in from_torchrec(network.state_dict()).items():
+        if isinstance(value, ShardedTensor):
+            for shard in value.local_shards():
+                r, c = shard.metadata.shard_offsets
+                out[f"shard_{r}_{c}.{key}"] = shard.tensor
+        elif dist.get_rank() == 0:
+            out[key] = value
+    return out
 
 
 def whole_network(network: nn.Module) -> DLRM | None:
