@@ -31,6 +31,7 @@ _WHERE = {
     "cached_text": "preprocess",
     "split_ranges": "preprocess",
     "SyntheticConfig": "synthetic",
+    "KaggleFileConfig": "synthetic",
     "Teacher": "synthetic",
     "cached_synthetic": "synthetic",
     "write_tsv": "synthetic",

@@ -10,7 +10,8 @@ kept (`prob.npy`), so the Bayes-optimal AUC and log loss of every split are know
 Everything is a function of `SyntheticConfig` (seed included), block by block, so the data do not
 depend on the machine; changing the teacher's code or defaults changes the data: bump
 GENERATOR_VERSION. `write_tsv` writes the rows as Kaggle `train.txt`, and the text path gives back
-the same arrays. The teacher's formula and the choice of its scales: docs/design.md.
+the same arrays; `python -m lit_dlrm.data.synthetic write` writes one of Kaggle's size and table
+sizes (`KaggleFileConfig`). The teacher's formula and the choice of its scales: docs/design.md.
 """
 
 from __future__ import annotations
@@ -18,12 +19,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 
+from ..paths import atomic_write
 from .criteo import MISSING_DENSE, ParsedBlock, write_kaggle_tsv
-from .kaggle import KAGGLE_POSITIVE_RATE, KAGGLE_TABLE_SIZES, NUM_DENSE, NUM_SPARSE
+from .kaggle import (
+    KAGGLE_POSITIVE_RATE,
+    KAGGLE_TABLE_SIZES,
+    KAGGLE_TRAIN_ROWS,
+    NUM_DENSE,
+    NUM_SPARSE,
+)
 
 GENERATOR_VERSION = 4
 BLOCK_ROWS = 1 << 17  # generation is deterministic per block of this many rows
@@ -90,6 +98,34 @@ class SyntheticConfig:
 
     def table_sizes(self) -> list[int]:
         return [min(t, self.max_table_size) for t in KAGGLE_TABLE_SIZES]
+
+    def fresh_rows(self, j: int, start: int, stop: int) -> tuple[int, int]:
+        """(first, count) of the "fresh" values rows [start, stop) of feature j carry: none here
+        (:class:`KaggleFileConfig` has them)."""
+        return 0, 0
+
+
+@dataclass(frozen=True)
+class KaggleFileConfig(SyntheticConfig):
+    """The synthetic rows at Kaggle's shape: `train.txt`'s line count by default and the 26 Kaggle
+    cardinalities uncapped, every value present at that count. Besides the Zipf draws, a share
+    T_j / 45,840,617 of feature j's rows (T_j: its values, the missing one aside) each carry the
+    next "fresh" value, the rarest first; at 45,840,617 rows they run through all T_j once, so the
+    preprocessed table sizes are `KAGGLE_TABLE_SIZES` exactly (the missing value counts as one).
+    Fewer rows have the same shares; a multiple of `BLOCK_ROWS` rows is a prefix of the full
+    file."""
+
+    rows: int = KAGGLE_TRAIN_ROWS
+    FULL_ROWS: ClassVar[int] = KAGGLE_TRAIN_ROWS  # the count at which every value is present
+    SIZES: ClassVar[tuple[int, ...]] = KAGGLE_TABLE_SIZES  # the preprocessed table sizes then
+
+    def table_sizes(self) -> list[int]:
+        return [t - (_SPARSE_MISSING[j] > 0) for j, t in enumerate(self.SIZES)]
+
+    def fresh_rows(self, j: int, start: int, stop: int) -> tuple[int, int]:
+        size = self.table_sizes()[j]
+        first = start * size // self.FULL_ROWS
+        return first, stop * size // self.FULL_ROWS - first
 
 
 @dataclass
@@ -197,6 +233,14 @@ class Teacher:
             cj[rng.random(n) < _SPARSE_MISSING[j]] = len(self.cdfs[j])
             codes[:, j] = cj
         u = rng.random(n)
+        start = index * BLOCK_ROWS
+        fresh = np.random.default_rng([c.seed, GENERATOR_VERSION, index, 1])  # rows: its own draws
+        for j in range(NUM_SPARSE):
+            first, count = c.fresh_rows(j, start, start + n)
+            if count:  # value codes counted down from the rarest, at random rows of the block
+                size = len(self.cdfs[j])
+                rows = fresh.choice(n, size=count, replace=False)
+                codes[rows, j] = size - 1 - (first + np.arange(count)) % size
         return dense.astype(np.int32), codes, u
 
     def _z(self, dense: np.ndarray) -> np.ndarray:
@@ -254,14 +298,14 @@ class Teacher:
         """Raw rows in blocks (as the text parser returns them) with `.extras["prob"]`."""
         c = self.config
         self.solve_bias()
+        lookup = [np.r_[h, np.uint32(0)] for h in self.hashes]  # missing -> raw 0, as parsed
         for index, start in enumerate(range(0, c.rows, BLOCK_ROWS)):
             n = min(BLOCK_ROWS, c.rows - start)
             dense, codes, u = self._block(index, n)
             prob = _sigmoid(self.logit(dense, codes) + self.bias)
             cat = np.zeros((n, NUM_SPARSE), dtype=np.uint32)
             for j in range(NUM_SPARSE):
-                h = np.r_[self.hashes[j], np.uint32(0)]  # missing -> raw 0, as the parser gives
-                cat[:, j] = h[codes[:, j]]
+                cat[:, j] = lookup[j][codes[:, j]]
             label = (u < prob).astype(np.uint8)
             yield ParsedBlock(
                 label=label,
@@ -334,11 +378,18 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def write_tsv(config: SyntheticConfig, path: str | Path) -> Path:
-    """Write the synthetic rows as Kaggle `train.txt` (gzip when the name ends in .gz)."""
+    """Write the synthetic rows as Kaggle `train.txt` (gzip when the name ends in .gz); the name
+    holds the whole file or nothing (written beside it, then renamed)."""
     path = Path(path)
-    path.write_bytes(b"")
-    for block in Teacher.from_config(config).blocks():
-        write_kaggle_tsv(path, block.label, block.dense, block.cat, append=True)
+
+    def write(tmp: Path) -> None:
+        compress = path.suffix == ".gz"
+        for block in Teacher.from_config(config).blocks():
+            write_kaggle_tsv(
+                tmp, block.label, block.dense, block.cat, append=True, compress=compress
+            )
+
+    atomic_write(path, write)
     return path
 
 
@@ -410,3 +461,37 @@ def cached_synthetic(config: SyntheticConfig, cache_dir, options) -> tuple[Path,
     return ensure_cache(
         cache_dir, name, key, build, {"source": "synthetic", "input": cfg, "options": opts}
     )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m lit_dlrm.data.synthetic write OUT`: a Kaggle-shaped `train.txt`
+    (:class:`KaggleFileConfig`); prints {"lines", "bytes", "sha1"} as JSON."""
+    import argparse
+    import hashlib
+    import json
+
+    ap = argparse.ArgumentParser(
+        prog="python -m lit_dlrm.data.synthetic",
+        description="Write a synthetic Criteo Kaggle train.txt: Kaggle's line count and its 26 "
+        "cardinalities, every value present at full size, the planted teacher's labels.",
+    )
+    sub = ap.add_subparsers(dest="command", required=True)
+    w = sub.add_parser("write", help="write the file OUT (OUT.gz: gzipped)")
+    w.add_argument("out")
+    w.add_argument("--lines", type=int, default=KAGGLE_TRAIN_ROWS)
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--teacher", choices=sorted(TEACHERS), default="default")
+    a = ap.parse_args(argv)
+    if a.lines < 1:
+        ap.error(f"--lines: expected >= 1, got {a.lines}")
+    path = write_tsv(KaggleFileConfig(rows=a.lines, seed=a.seed, teacher=a.teacher), a.out)
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    size = path.stat().st_size
+    print(json.dumps({"lines": a.lines, "bytes": size, "sha1": digest.hexdigest()}))
+
+
+if __name__ == "__main__":
+    main()
