@@ -1,11 +1,14 @@
 """The training CLI end to end on tiny synthetic data: TensorBoard curves, reloadable checkpoint."""
 
+import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lit_dlrm.checkpoint import latest_checkpoint
 from lit_dlrm.cli import train
+from lit_dlrm.data import CriteoDataModule
 from lit_dlrm.module import DLRMModule
 
 
@@ -90,3 +93,43 @@ def test_bad_option_is_named(tiny_data_args, capsys):
     with pytest.raises(SystemExit):
         train([*tiny_data_args, "--model.optimizer=adam_typo"])
     assert "optimizer" in capsys.readouterr().err
+
+
+class SeenBatches(L.Callback):
+    """(epoch, batch index, the batch's rows' fingerprint) of every training step."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int, int]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        dense, sparse, label = batch
+        self.seen.append((trainer.current_epoch, batch_idx, int(sparse.sum()) + len(label)))
+
+
+def fit_seen(cache: str, ckpt_path=None, callbacks=(), batch_size=512, **trainer_options) -> list:
+    data = CriteoDataModule(
+        synthetic_rows=14000, max_table_size=300, batch_size=batch_size, cache_dir=cache
+    )
+    seen = SeenBatches()
+    trainer = L.Trainer(
+        callbacks=[seen, *callbacks],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        **trainer_options,
+    )
+    trainer.fit(DLRMModule(), datamodule=data, ckpt_path=ckpt_path)
+    return seen.seen
+
+
+def test_training_resumed_mid_epoch_goes_on_with_the_next_batch(tmp_path, tiny_data_args):
+    cache = next(a for a in tiny_data_args if a.startswith("--data.cache_dir=")).split("=", 1)[1]
+    whole = fit_seen(cache, max_epochs=2, enable_checkpointing=False)  # 24 steps per epoch
+    every_10 = ModelCheckpoint(tmp_path, "{step}", every_n_train_steps=10, save_top_k=-1)
+    first = fit_seen(cache, callbacks=[every_10], max_steps=15)
+    rest = fit_seen(cache, tmp_path / "step=10.ckpt", max_epochs=2, enable_checkpointing=False)
+    assert len(whole) == 48 and first == whole[:15]
+    assert rest == whole[10:]  # not the epoch's first 10 batches again
+    with pytest.raises(ValueError, match="data.batch_size"):  # batches cut otherwise
+        fit_seen(cache, tmp_path / "step=10.ckpt", batch_size=256, enable_checkpointing=False)

@@ -105,6 +105,8 @@ class ShardedBatchSampler(DistributedSampler):
     same number of steps; the n % world_size rows left over are skipped that epoch.
     `drop_last=False` (val/test): rank r gets rows [n*r // w, n*(r+1) // w): each row exactly once.
     A `DistributedSampler` so that Lightning does not wrap it in another; it shards itself.
+    `skip`: batches the next iteration leaves out (a resumed epoch: those already trained on);
+    later iterations start from the first.
     """
 
     def __init__(
@@ -127,6 +129,7 @@ class ShardedBatchSampler(DistributedSampler):
         self.start, self.end, self.batch_size = int(start), int(end), int(batch_size)
         self.shuffle, self.rank, self.num_replicas, self.seed = shuffle, rank, world_size, seed
         self.epoch = 0
+        self.skip = 0
         self.drop_last = drop_last
         n = self.end - self.start
         if drop_last:  # equal shares: every rank runs the same number of steps
@@ -146,14 +149,41 @@ class ShardedBatchSampler(DistributedSampler):
         return -(-self.num_samples // self.batch_size)
 
     def __iter__(self) -> Iterator:
+        first, self.skip = self.skip * self.batch_size, 0
         if not self.shuffle:
-            for s in range(self.lo, self.hi, self.batch_size):
+            for s in range(self.lo + first, self.hi, self.batch_size):
                 yield (s, min(s + self.batch_size, self.hi))
             return
         rng = np.random.default_rng([self.seed, self.epoch])
         perm = rng.permutation(self.end - self.start)[self.lo : self.hi] + self.start
-        for s in range(0, len(perm), self.batch_size):
+        for s in range(first, len(perm), self.batch_size):
             yield np.sort(perm[s : s + self.batch_size])  # sorted: faster reads, same batch
+
+
+class CriteoLoader(DataLoader):
+    """A ``DataLoader`` over a :class:`ShardedBatchSampler` whose batching (batch size,
+    processes, seed, shuffle) goes into Lightning's checkpoints. A run resumed mid-epoch
+    continues with the checkpoint's next batch (the sampler's ``skip``, which
+    ``CriteoDataModule.train_dataloader`` sets), so it refuses, with a ValueError naming the
+    options, a checkpoint whose batches were cut otherwise."""
+
+    def state_dict(self) -> dict:
+        s = self.sampler
+        return {
+            "batch_size": s.batch_size,
+            "world_size": s.num_replicas,
+            "seed": s.seed,
+            "shuffle": s.shuffle,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.sampler.skip and state != self.state_dict():
+            raise ValueError(
+                f"--ckpt_path: the checkpoint stopped {self.sampler.skip} batches into an epoch "
+                f"of batches {state}; this run cuts them {self.state_dict()} (--data.batch_size, "
+                "--data.seed, --data.shuffle, --trainer.devices): resume with the same, or "
+                "from an end-of-epoch checkpoint"
+            )
 
 
 class CriteoDataModule(LightningDataModule):
@@ -398,7 +428,7 @@ class CriteoDataModule(LightningDataModule):
             dataset = FileBatches(self.meta)
         else:
             dataset = CriteoBatches(self.cache_path)
-        return DataLoader(
+        return CriteoLoader(
             dataset,
             batch_size=None,
             sampler=sampler,
@@ -407,7 +437,16 @@ class CriteoDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self.dataloader("train")
+        """The train split's loader; in a run resumed mid-epoch, it starts at the first batch
+        the checkpoint had not trained on (the fit loop's restored batch count), not again at
+        the epoch's first."""
+        loader = self.dataloader("train")
+        trainer = self.trainer
+        if trainer is not None and trainer.fit_loop.restarting:
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            if 0 < done < len(loader.sampler):
+                loader.sampler.skip = done
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         return self.dataloader("val")
