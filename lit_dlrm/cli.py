@@ -22,11 +22,13 @@ checkpoint's weights as safetensors plus a JSON config, tables dense, compact, i
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import re
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -49,7 +51,7 @@ from lit_dlrm.data import CriteoDataModule, CriteoFormatError
 from lit_dlrm.export import save_weights, stored_model
 from lit_dlrm.hparams import HParamsSummary
 from lit_dlrm.module import Backend, DLRMModule
-from lit_dlrm.paths import atomic_write, check_directory
+from lit_dlrm.paths import NoSpaceError, atomic_write, check_directory
 from lit_dlrm.predict import score_file
 from lit_dlrm.schedules import WarmupPolyDecay
 from lit_dlrm.sharded import checkpoint as sharded_checkpoint
@@ -206,6 +208,21 @@ def report(metrics: dict[str, float], teacher: dict[str, float] | None) -> str:
     return "\n".join(lines)
 
 
+def reports_no_space(command: Callable[[list[str] | None], None]) -> Callable:
+    """``command`` with a full disk (:class:`~lit_dlrm.paths.NoSpaceError`, which names the file)
+    reported in one line, exit status 1, instead of a traceback."""
+
+    @functools.wraps(command)
+    def run(args: list[str] | None = None) -> None:
+        try:
+            command(args)
+        except NoSpaceError as err:
+            raise SystemExit(f"error: {err.strerror}") from err
+
+    return run
+
+
+@reports_no_space
 def train(args: list[str] | None = None) -> None:
     """``lit-dlrm-train`` / ``python scripts/train.py``: fit, then test the best checkpoint."""
     quiet_known_noise()
@@ -340,6 +357,7 @@ class SaveSweepConfig(SaveConfigCallback):
         atomic_write(Path(self.config.out_dir) / "config.yaml", lambda tmp: tmp.write_text(text))
 
 
+@reports_no_space
 def sweep(args: list[str] | None = None) -> None:
     """``lit-dlrm-sweep`` / ``python scripts/sweep.py``: the sparsity grid on a checkpoint."""
     quiet_known_noise()
@@ -389,6 +407,7 @@ def _checkpoint(parser: LightningArgumentParser, ckpt_path: str) -> tuple[str, D
         parser.error(str(err))
 
 
+@reports_no_space
 def predict(args: list[str] | None = None) -> None:
     """``lit-dlrm-predict`` / ``python scripts/predict.py``: the click probability of every row of
     a Criteo-format file (``--rows``) into a CSV (``--out``), by ``trainer.predict``
@@ -419,6 +438,7 @@ def predict(args: list[str] | None = None) -> None:
     print(f"{rows} rows scored into {out}; {unseen} categorical values were unseen in training")
 
 
+@reports_no_space
 def export(args: list[str] | None = None) -> None:
     """``lit-dlrm-export`` / ``python scripts/export.py``: any checkpoint the sweep reads (lit_dlrm
     ``.ckpt``, dlrm ``--save-model``, state_dict, ``.lds``) as safetensors plus a JSON config

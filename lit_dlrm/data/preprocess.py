@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..paths import atomic_write
+from ..paths import atomic_write, naming_no_space
 from .kaggle import NUM_DAYS, NUM_DENSE, NUM_SPARSE
 
 log = logging.getLogger("lit_dlrm.data")
@@ -464,8 +464,9 @@ def ensure_cache(
         tmp = cache_dir / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True)
         try:
-            t0 = time.perf_counter()
-            meta = build(tmp)
+            with naming_no_space(final):
+                t0 = time.perf_counter()
+                meta = build(tmp)
             meta.update(meta_extra)
             meta.update(
                 format_version=FORMAT_VERSION,

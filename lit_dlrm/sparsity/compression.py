@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lit_dlrm.paths import atomic_write
+from lit_dlrm.paths import atomic_write, naming_no_space
 
 MAGIC = b"LDSZ"
 VERSION = 1
@@ -80,8 +80,9 @@ def reference_zip_size(
     stem: str = "model",
     measure_read: bool = True,
 ) -> SizeResult:
-    """torch.save + ZIP_DEFLATED (default level), exactly as the reference; size in bytes."""
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+    """torch.save + ZIP_DEFLATED (default level), exactly as the reference; size in bytes. A
+    full disk is a NoSpaceError naming ``workdir``."""
+    with naming_no_space(workdir), tempfile.TemporaryDirectory(dir=workdir) as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
         zpath = _write_reference_zip(state_dict, tmp, stem)
@@ -240,8 +241,9 @@ def zstd_sparse_size(
     threads: int = -1,
     measure_read: bool = True,
 ) -> SizeResult:
-    """Write the sparse-shuffle-zstd format, measure size and times, delete unless kept."""
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+    """Write the sparse-shuffle-zstd format, measure size and times, delete unless kept. A full
+    disk is a NoSpaceError naming ``workdir``."""
+    with naming_no_space(workdir), tempfile.TemporaryDirectory(dir=workdir) as tmp:
         path = Path(tmp) / f"{stem}{SUFFIX}"
         t0 = time.perf_counter()
         size = save_compressed(state_dict, path, level=level, threads=threads)
