@@ -2,6 +2,9 @@
 
 import ctypes
 import ctypes.util
+import shlex
+import subprocess
+import threading
 from pathlib import Path
 
 
@@ -61,3 +64,32 @@ def reset_peak() -> bool:
         return True
     except OSError:
         return False
+
+
+def run_measured(
+    cmd: list[str],
+    cwd: Path,
+    env: dict | None = None,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+) -> tuple:
+    """(stdout, stderr, peak RSS of the process tree in MiB, sampled every 10 ms) of ``cmd`` run
+    in ``cwd`` (``stdout`` / ``stderr``: a pipe, or a file for long runs); raises RuntimeError
+    with the command and its stderr's tail when it fails."""
+    proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, env=env, cwd=cwd)
+    peak, stop = [0.0], threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], tree_rss_mib(proc.pid))
+            stop.wait(0.01)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = proc.communicate()
+    stop.set()
+    sampler.join()
+    if proc.returncode != 0:
+        tail = err.decode()[-2000:] if err else "(stderr: see its file)"
+        raise RuntimeError(f"{shlex.join(cmd)} failed ({proc.returncode}):\n{tail}")
+    return out, err, peak[0]

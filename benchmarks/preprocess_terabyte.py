@@ -31,12 +31,10 @@ import argparse
 import hashlib
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -56,7 +54,7 @@ from benchmarks.harness import (
     main_for,
     single,
 )
-from benchmarks.memory import tree_rss_mib
+from benchmarks.memory import run_measured
 
 MAX_IND_RANGE = 40_000_000  # MLPerf's
 NOTES = (
@@ -100,27 +98,6 @@ def lit_child(days_dir: str, cache: str, workers: str) -> None:
     d, meta = cached_terabyte(days_dir, cache, opts, workers=int(workers), progress=False)
     seconds = time.perf_counter() - t
     print(json.dumps({"seconds": seconds, "rows": meta["rows"], "dir": str(d)}))
-
-
-def run_measured(cmd: list[str], env: dict | None = None, stdout=subprocess.PIPE) -> tuple:
-    """(stdout, stderr, peak RSS of the process tree in MiB, sampled every 10 ms); raises
-    RuntimeError with the command and its stderr's tail when it fails."""
-    proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE, env=env, cwd=REPO)
-    peak, stop = [0.0], threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], tree_rss_mib(proc.pid))
-            stop.wait(0.01)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    out, err = proc.communicate()
-    stop.set()
-    sampler.join()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{shlex.join(cmd)} failed ({proc.returncode}):\n{err.decode()[-2000:]}")
-    return out, err, peak[0]
 
 
 def digest(label, dense, sparse) -> str:
@@ -185,7 +162,9 @@ def run(
             def one() -> Sample:
                 days_dir = fresh_days()
                 cmd = [sys.executable, "-m", "benchmarks.preprocess_terabyte", "--child"]
-                out, _, peak = run_measured(cmd + [str(days_dir), str(days_dir / "cache"), str(n)])
+                out, _, peak = run_measured(
+                    cmd + [str(days_dir), str(days_dir / "cache"), str(n)], REPO
+                )
                 res = json.loads(out.decode().strip().splitlines()[-1])
                 if res["rows"] != rows:
                     raise WorkMismatch(f"lit_dlrm, {n} worker(s): kept {res['rows']} of {rows}")
@@ -206,7 +185,7 @@ def run(
                 env = {**os.environ, "PYTHONPATH": str(Path(dlrm).resolve())}
                 cmd = [dlrm_python, "-c", DLRM_CHILD, str(days_dir), str(days)]
                 cmd += [str(MAX_IND_RANGE), "1" if multiprocessing else "0"]
-                _, err, peak = run_measured(cmd, env=env, stdout=subprocess.DEVNULL)
+                _, err, peak = run_measured(cmd, REPO, env=env, stdout=subprocess.DEVNULL)
                 seconds = json.loads(err.decode().strip().splitlines()[-1])["seconds"]
                 with np.load(days_dir / "terabyte_processed.npz") as z:
                     work_digest = digest(z["y"], z["X_int"], z["X_cat"])
