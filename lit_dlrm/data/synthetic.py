@@ -16,6 +16,9 @@ sizes (`KaggleFileConfig`). The teacher's formula and the choice of its scales: 
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -466,10 +469,6 @@ def cached_synthetic(config: SyntheticConfig, cache_dir, options) -> tuple[Path,
 def main(argv: list[str] | None = None) -> None:
     """`python -m lit_dlrm.data.synthetic write OUT`: a Kaggle-shaped `train.txt`
     (:class:`KaggleFileConfig`); prints {"lines", "bytes", "sha1"} as JSON."""
-    import argparse
-    import hashlib
-    import json
-
     ap = argparse.ArgumentParser(
         prog="python -m lit_dlrm.data.synthetic",
         description="Write a synthetic Criteo Kaggle train.txt: Kaggle's line count and its 26 "
