@@ -2,6 +2,7 @@
 
     python -m benchmarks.end_to_end --lines 2000000     # a rehearsal, minutes
     python -m benchmarks.end_to_end                     # Kaggle's 45,840,617 lines, hours
+    python -m benchmarks.end_to_end --stages write preprocess train   # the sweep left for later
 
 Each stage is one command (the file: ``python -m lit_dlrm.data.synthetic write``; the cache:
 ``CriteoDataModule.prepare_data``; training: ``scripts/train.py`` with ``configs/kaggle.yaml``;
@@ -80,13 +81,15 @@ def sweep_command(work: Path) -> list[str]:
     return [sys.executable, "scripts/sweep.py", f"--ckpt_path={best}", f"--out_dir={out}", *QUIET]
 
 
-def run(lines: int, work: Path, train_steps: int | None) -> list[dict]:
-    """Run the stages not yet done in ``work``; their rows, the finished ones included."""
+def run(
+    lines: int, work: Path, train_steps: int | None, stages: tuple[str, ...] = STAGES
+) -> list[dict]:
+    """Run those of ``stages`` not yet done in ``work``; the rows of every finished stage."""
     work.mkdir(parents=True, exist_ok=True)
     record = work / "stages.json"
     done = json.loads(record.read_text()) if record.is_file() else {}
     for stage in STAGES:
-        if stage in done:
+        if stage in done or stage not in stages:
             continue
         cmd = sweep_command(work) if stage == "sweep" else commands(work, lines, train_steps)[stage]
         resumed = (stage == "train" and "--ckpt_path" in " ".join(cmd)) or (
@@ -108,7 +111,7 @@ def run(lines: int, work: Path, train_steps: int | None) -> list[dict]:
             "command": shown(cmd, work),
         }
         atomic_write(record, lambda tmp: tmp.write_text(json.dumps(done, indent=1)))
-    return [done[s] for s in STAGES]
+    return [done[s] for s in STAGES if s in done]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -118,11 +121,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=None, help="where the stages' files go")
     parser.add_argument("--train-steps", type=int, default=None, help="default: one epoch")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--stages", nargs="+", choices=STAGES, default=list(STAGES), help="default: all"
+    )
     args = parser.parse_args(argv)
     if args.lines < 1:
         parser.error(f"--lines: expected >= 1, got {args.lines}")
     work = args.work or REPO / "benchmarks" / "out" / f"end_to_end_{args.lines}"
-    rows = run(args.lines, work.resolve(), args.train_steps)
+    rows = run(args.lines, work.resolve(), args.train_steps, args.stages)
     stem = "kaggle_end_to_end" if args.lines == KAGGLE_TRAIN_ROWS else f"end_to_end_{args.lines}"
     notes = (
         f"A Kaggle-shaped train.txt of {args.lines:,} lines through the whole job on this machine;"
