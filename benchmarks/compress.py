@@ -7,16 +7,26 @@ The state dict is a DLRM's (Kaggle-sized tables as in benchmarks/sparsify.py, ra
 Kaggle architecture), pruned with L1 (1, 1) at levels 0.0, 0.5, 0.9 and 1.0 with +0.0 zeros (the
 sweep's default), and at 0.5, 0.9 and 1.0 also with the reference's signed zeros (its ``weight *
 mask`` leaves -0.0 for pruned negatives, which deflate handles badly). Per level, both formats
-write and read the same state dict, ABBA, ``repeats`` times. Threads: deflate is
-single-threaded; zstd_sparse compresses on every core, as the sweep runs it, and again on one
+write and read the same state dict, ABBA, ``repeats`` times. The reference side is the
+reference's own code (``torch.save`` to a ``.pt`` file, zipped by ``zipfile`` at its default
+level); the sweep's zip (:func:`~lit_dlrm.sparsity.compression.reference_zip_size`: one pass,
+zlib-ng at the same level) runs beside it, in its own row. Threads: deflate is single-threaded
+on both zip sides; zstd_sparse compresses on every core, as the sweep runs it, and again on one
 thread (``threads=0``) for a matched row. Same work: each format's file has the same bytes on
-every run, and zstd_sparse reads back bit for bit (checked once per state dict, untimed).
+every run, zstd_sparse reads back bit for bit, the sweep's zip holds ``torch.save``'s bytes and
+differs from zipfile's in size by less than 1% (checked once per state dict, untimed).
 """
 
 from __future__ import annotations
 
 import gc
+import hashlib
+import io
+import os
 import tempfile
+import time
+import zipfile
+from pathlib import Path
 
 import torch
 
@@ -33,6 +43,7 @@ from benchmarks.harness import (
 )
 from benchmarks.sparsify import CAPS, shared_tables
 from lit_dlrm.sparsity.compression import (
+    SizeResult,
     load_compressed,
     reference_zip_size,
     save_compressed,
@@ -74,6 +85,44 @@ def round_trips(sd: dict[str, torch.Tensor], tmp: str) -> None:
             raise AssertionError(f"zstd_sparse: {name} does not read back bit for bit")
 
 
+def zipfile_size(sd: dict[str, torch.Tensor], tmp: str) -> SizeResult:
+    """The reference's own way: ``torch.save`` to a file, ``zipfile`` deflates it (default
+    level); the size, and the seconds to write and to read it back (extract + ``torch.load``)."""
+    with tempfile.TemporaryDirectory(dir=tmp) as work:
+        pt, zpath = Path(work) / "model.pt", Path(work) / "model.zip"
+        start = time.perf_counter()
+        torch.save(sd, pt)
+        with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.write(pt, arcname=pt.name)
+        pt.unlink()
+        write_s = time.perf_counter() - start
+        start = time.perf_counter()
+        with zipfile.ZipFile(zpath) as zf:
+            torch.load(zf.extract(pt.name, path=work), weights_only=True)
+        read_s = time.perf_counter() - start
+        return SizeResult("zipfile", os.path.getsize(zpath), write_s, read_s)
+
+
+def same_zip_contents(sd: dict[str, torch.Tensor], tmp: str) -> str:
+    """The sweep's zip and zipfile's hold the same ``torch.save`` bytes and differ in size by
+    less than 1% (or AssertionError); their sizes, for the row's note."""
+    kept = Path(tmp) / "kept"
+    ours = reference_zip_size(sd, tmp, keep_dir=kept, stem="ours", measure_read=False)
+    theirs = zipfile_size(sd, tmp).bytes
+    with zipfile.ZipFile(ours.path) as zf:
+        if zf.testzip() is not None:
+            raise AssertionError("the sweep's zip: a member fails its CRC check")
+        digest = hashlib.sha1(zf.read("ours.pt")).hexdigest()
+    os.unlink(ours.path)
+    saved = io.BytesIO()
+    torch.save(sd, saved)  # a stream's: records under 'archive/' (a file's: under its stem)
+    if hashlib.sha1(saved.getbuffer()).hexdigest() != digest:
+        raise AssertionError("the sweep's zip does not hold torch.save's bytes")
+    if abs(ours.bytes / theirs - 1) >= 0.01:
+        raise AssertionError(f"zip sizes differ by 1% or more: {ours.bytes:,} vs {theirs:,}")
+    return f"bytes: one pass {ours.bytes:,}, zipfile {theirs:,} ({ours.bytes / theirs - 1:+.3%})"
+
+
 def run(scale: str = "small", repeats: int | None = None, levels=LEVELS) -> list[dict]:
     repeats = repeats or (SLOW_REPEATS if scale == "kaggle" else REPEATS)[scale]
     tables = list(shared_tables(scale))
@@ -85,6 +134,7 @@ def run(scale: str = "small", repeats: int | None = None, levels=LEVELS) -> list
             prune(tables, "L1", (1, 1), level, pruned, signed_zeros=signed)
             sd = {f"emb_l.{i}.weight": t for i, t in enumerate(pruned)} | mlp
             round_trips(sd, tmp)
+            zip_sizes = same_zip_contents(sd, tmp)
             results = {}
 
             def side(name, measure, results=results):
@@ -97,7 +147,8 @@ def run(scale: str = "small", repeats: int | None = None, levels=LEVELS) -> list
 
             sides = {
                 OURS: side(OURS, lambda sd=sd: zstd_sparse_size(sd, tmp)),
-                REF: side(REF, lambda sd=sd: reference_zip_size(sd, tmp)),
+                REF: side(REF, lambda sd=sd: zipfile_size(sd, tmp)),
+                "zip one pass": side("zip", lambda sd=sd: reference_zip_size(sd, tmp)),
             }
             if not signed:
                 sides["zstd 1 thread"] = side(
@@ -106,6 +157,7 @@ def run(scale: str = "small", repeats: int | None = None, levels=LEVELS) -> list
             samples = alternate(sides, repeats)
             for name in samples:  # each format: the same bytes on every run
                 check_same_work(f"compress {level:g} {name}", {name: samples[name]})
+            one_pass = {OURS: samples.pop("zip one pass"), REF: samples[REF]}
             if samples[OURS][0].work != samples.get("zstd 1 thread", samples[OURS])[0].work:
                 raise AssertionError(f"compress {level:g}: zstd's size depends on its threads")
             ours_b, ref_b = samples[OURS][0].work, samples[REF][0].work
@@ -123,6 +175,8 @@ def run(scale: str = "small", repeats: int | None = None, levels=LEVELS) -> list
                 )
             reads = {k: [Sample(r.read_s) for r in results[k]] for k in (OURS, REF)}
             rows.append(compare(f"{name} read", "s", reads, note=zeros))
+            note = f"lit_dlrm: the sweep's zip (one pass, zlib-ng); {zeros}; {zip_sizes}"
+            rows.append(compare(f"{name} zip write", "s", one_pass, note=note))
             gc.collect()
     return rows
 
