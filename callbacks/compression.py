@@ -9,7 +9,8 @@ floored MiB ``zip_file_size``) and lit_dlrm's ``zstd_sparse`` format
 each process also writes the part it holds (:func:`~lit_dlrm.sharded.shards.held_state`) in the
 ``zstd_sparse`` format, and the parts' bytes summed over the processes are
 ``zstd_sparse_sharded_bytes``: the size of a sharded checkpoint, which needs no process to hold
-every table (``one_file=False`` skips the gathered measurement). The row goes to
+every table (``one_file=False`` skips the gathered measurement; ``reference_zip=False`` skips
+the reference's zip, the costliest measurement of a point). The row goes to
 ``sparse_model_metadata.csv`` (when there is an ``out_dir``); the first process writes it.
 """
 
@@ -37,6 +38,8 @@ class CheckpointCompression(SweepCallback):
         of deleting them.
     one_file: measure the one-file checkpoint (with sharded tables: gathered to the first
         process, which must hold them all); False leaves its columns empty.
+    reference_zip: measure the reference's zip of the one-file checkpoint; False leaves the
+        ``zip_*`` columns empty (``zip_file_size`` too).
     """
 
     table = METADATA_CSV
@@ -47,12 +50,17 @@ class CheckpointCompression(SweepCallback):
     )
 
     def __init__(
-        self, out_dir: str | None = None, keep_files: bool = False, one_file: bool = True
+        self,
+        out_dir: str | None = None,
+        keep_files: bool = False,
+        one_file: bool = True,
+        reference_zip: bool = True,
     ) -> None:
         check_directory("out_dir", out_dir)
         super().__init__(SweepContext(out_dir=out_dir))
         self.keep_files = keep_files
         self.one_file = one_file
+        self.reference_zip = reference_zip
         self.row: dict | None = None
 
     @property
@@ -84,14 +92,17 @@ class CheckpointCompression(SweepCallback):
         whole = whole_state(network) if self.one_file else None  # sharded: every rank calls it
         if whole is not None:
             state = self._state(whole, point.weight_bits)
-            reference = reference_zip_size(state, self.scratch, keep_dir=keep, stem=point.key)
+            if self.reference_zip:
+                reference = reference_zip_size(state, self.scratch, keep_dir=keep, stem=point.key)
+                row.update(
+                    zip_file_size=reference.zip_file_size,
+                    path=reference.path or "",
+                    zip_bytes=reference.bytes,
+                    zip_write_s=reference.write_s,
+                    zip_read_s=reference.read_s,
+                )
             ours = zstd_sparse_size(state, self.scratch, keep_dir=keep, stem=point.key)
             row.update(
-                zip_file_size=reference.zip_file_size,
-                path=reference.path or "",
-                zip_bytes=reference.bytes,
-                zip_write_s=reference.write_s,
-                zip_read_s=reference.read_s,
                 zstd_sparse_bytes=ours.bytes,
                 zstd_sparse_write_s=ours.write_s,
                 zstd_sparse_read_s=ours.read_s,

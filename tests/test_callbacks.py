@@ -191,6 +191,15 @@ def test_compression_without_one_file_leaves_its_columns_empty(module, loader, t
     assert not {"zip_bytes", "zstd_sparse_bytes"} & set(table.columns)
 
 
+def test_compression_without_reference_zip_leaves_the_zip_columns_empty(module, loader, tmp_path):
+    point = GridPoint("L1", (1, 1), 0.5)
+    compression = CheckpointCompression(reference_zip=False)
+    run_test(module, loader, bound(point, tmp_path, Sparsify(), compression))
+    table = read_table(tmp_path, METADATA_CSV)
+    assert len(table) == 1 and str(table.zip_file_size[0]) in ("", "nan")
+    assert "zip_bytes" not in table.columns and table.zstd_sparse_bytes[0] > 0
+
+
 def test_bound_callbacks_write_the_same_rows_in_any_order(module, loader, tmp_path):
     point = GridPoint("L2", (1, 4), 0.75, weight_bits=8)
     seen = []

@@ -116,6 +116,7 @@ CHANGES = {  # option -> (a value other than ONE_POINT's, the tables whose measu
     "sparsify.signed_zeros": ("true", {METADATA_CSV}),
     "compression.keep_files": ("true", {METADATA_CSV}),
     "compression.one_file": ("false", {METADATA_CSV}),
+    "compression.reference_zip": ("false", {METADATA_CSV}),
     "timing.batch_size": ("128", {FORWARD_TIME_CSV}),
     "timing.warmup": ("1", {FORWARD_TIME_CSV}),
     "timing.repeats": ("3", {FORWARD_TIME_CSV}),
