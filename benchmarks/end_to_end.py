@@ -6,7 +6,9 @@
 
 Each stage is one command (the file: ``python -m lit_dlrm.data.synthetic write``; the cache:
 ``CriteoDataModule.prepare_data``; training: ``scripts/train.py`` with ``configs/kaggle.yaml``;
-the sweep: ``scripts/sweep.py`` with its default grid on the best checkpoint), run in ``--work``
+the sweep: ``scripts/sweep.py`` with its default grid on the best checkpoint, ``--sweep-args``
+added; the floor: ``benchmarks/sweep_floor.py`` on that checkpoint, so that the results give the
+sweep's time over F, its tests times one plain forward over the test split), run in ``--work``
 (default ``benchmarks/out/end_to_end_<lines>``) with its output in ``<stage>.log``. Measured per
 stage: wall time, the peak RSS of its process tree (sampled every 10 ms) and the disk ``--work``
 holds after it. A finished stage's row goes to ``<work>/stages.json`` with its date and commit
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -27,11 +30,14 @@ from pathlib import Path
 
 from benchmarks.harness import REPO, RESULTS, command_line, git_commit, write_table
 from benchmarks.memory import run_measured
+from benchmarks.sweep_floor import tests_run
+from lit_dlrm.checkpoint import latest_checkpoint
 from lit_dlrm.data.kaggle import KAGGLE_TRAIN_ROWS
 from lit_dlrm.paths import atomic_write
 
-STAGES = ("write", "preprocess", "train", "sweep")
+STAGES = ("write", "preprocess", "train", "sweep", "floor")
 COLUMNS = ["stage", "wall_s", "peak_rss_mib", "disk_gib", "resumed", "date", "commit", "command"]
+FLOOR = "floor.json"  # what the floor stage writes in the work directory
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
 
@@ -72,26 +78,51 @@ def commands(work: Path, lines: int, train_steps: int | None) -> dict[str, list[
     }
 
 
-def sweep_command(work: Path) -> list[str]:
-    """The sweep of the training run's best checkpoint (its data options come with it)."""
-    from lit_dlrm.checkpoint import latest_checkpoint
-
+def sweep_commands(work: Path, sweep_args: list[str]) -> dict[str, list[str]]:
+    """The sweep of the training run's best checkpoint (its data options come with it; then
+    ``sweep_args``) and the floor measured on the same checkpoint."""
     best = latest_checkpoint(work / "runs" / "train")
-    out = work / "sweep"
-    return [sys.executable, "scripts/sweep.py", f"--ckpt_path={best}", f"--out_dir={out}", *QUIET]
+    sweep = [sys.executable, "scripts/sweep.py", f"--ckpt_path={best}"]
+    sweep += [f"--out_dir={work / 'sweep'}", *QUIET, *sweep_args]
+    floor = [sys.executable, "-m", "benchmarks.sweep_floor", str(best)]
+    return {"sweep": sweep, "floor": [*floor, f"--out={work / FLOOR}"]}
+
+
+def floor_summary(work: Path, rows: dict[str, dict]) -> str:
+    """The sweep's time over its floor F (its tests x one plain forward over the test split),
+    once both are measured; else empty."""
+    if "sweep" not in rows or not (work / FLOOR).is_file():
+        return ""
+    floor = json.loads((work / FLOOR).read_text())
+    tests = tests_run(work / "sweep")
+    f = tests * floor["forward_s"]
+    return (
+        f"Floor: the sweep ran {tests} tests; one plain torch.no_grad forward over the test split "
+        f"({floor['rows']:,} rows, batch {floor['batch_size']:,}, {floor['threads']} threads) "
+        f"took {floor['forward_s']:.2f} s (median of {floor['repeats']}, "
+        f"[{floor['min_s']:.2f}, {floor['max_s']:.2f}]), so F = {f:,.0f} s and the sweep took "
+        f"{rows['sweep']['wall_s'] / f:.2f} F."
+    )
 
 
 def run(
-    lines: int, work: Path, train_steps: int | None, stages: tuple[str, ...] = STAGES
-) -> list[dict]:
-    """Run those of ``stages`` not yet done in ``work``; the rows of every finished stage."""
+    lines: int,
+    work: Path,
+    train_steps: int | None,
+    stages: tuple[str, ...] = STAGES,
+    sweep_args: tuple[str, ...] = (),
+) -> dict[str, dict]:
+    """Run those of ``stages`` not yet done in ``work``; the row of every finished stage."""
     work.mkdir(parents=True, exist_ok=True)
     record = work / "stages.json"
     done = json.loads(record.read_text()) if record.is_file() else {}
     for stage in STAGES:
         if stage in done or stage not in stages:
             continue
-        cmd = sweep_command(work) if stage == "sweep" else commands(work, lines, train_steps)[stage]
+        if stage in ("sweep", "floor"):
+            cmd = sweep_commands(work, list(sweep_args))[stage]
+        else:
+            cmd = commands(work, lines, train_steps)[stage]
         resumed = (stage == "train" and "--ckpt_path" in " ".join(cmd)) or (
             stage == "sweep" and (work / "sweep" / "sparse_model_metrics.csv").is_file()
         )
@@ -111,7 +142,7 @@ def run(
             "command": shown(cmd, work),
         }
         atomic_write(record, lambda tmp: tmp.write_text(json.dumps(done, indent=1)))
-    return [done[s] for s in STAGES if s in done]
+    return done
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -124,29 +155,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--stages", nargs="+", choices=STAGES, default=list(STAGES), help="default: all"
     )
+    parser.add_argument(
+        "--sweep-args", default="", help="further options of scripts/sweep.py, in one string"
+    )
     args = parser.parse_args(argv)
     if args.lines < 1:
         parser.error(f"--lines: expected >= 1, got {args.lines}")
     work = args.work or REPO / "benchmarks" / "out" / f"end_to_end_{args.lines}"
-    rows = run(args.lines, work.resolve(), args.train_steps, args.stages)
+    work = work.resolve()
+    rows = run(args.lines, work, args.train_steps, args.stages, shlex.split(args.sweep_args))
     stem = "kaggle_end_to_end" if args.lines == KAGGLE_TRAIN_ROWS else f"end_to_end_{args.lines}"
     notes = (
         f"A Kaggle-shaped train.txt of {args.lines:,} lines through the whole job on this machine;"
         " each stage one command (in the row; $WORK: the --work directory), timed in one "
         "execution unless `resumed`; peak: the process tree's RSS; disk: what $WORK holds after "
-        "the stage."
+        "the stage; floor: the sweep's floor measured on its checkpoint "
+        "(benchmarks/sweep_floor.py)."
     )
-    print(
-        write_table(
-            stem,
-            f"end to end, {args.lines:,} lines",
-            rows,
-            COLUMNS,
-            command_line("benchmarks.end_to_end", argv),
-            notes,
-            args.out_dir,
-        )
-    )
+    notes = " ".join(filter(None, [notes, floor_summary(work, rows)]))
+    command = command_line("benchmarks.end_to_end", argv)
+    for path, name in ((args.work, "$WORK"), (args.out_dir, "$OUT")):
+        if path is not None and path != RESULTS:  # no path of this machine in the results
+            command = command.replace(str(path), name)
+    table = [rows[s] for s in STAGES if s in rows]
+    title = f"end to end, {args.lines:,} lines"
+    print(write_table(stem, title, table, COLUMNS, command, notes, args.out_dir))
 
 
 if __name__ == "__main__":
