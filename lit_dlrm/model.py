@@ -142,15 +142,19 @@ class DLRM(nn.Module):
         rows, cols = torch.tril_indices(gram.shape[1], gram.shape[2], offset=-1, device=x.device)
         return torch.cat([x, gram[:, rows, cols]], dim=1)  # row-major lower triangle
 
-    def features(self, dense: Tensor, sparse: Tensor | Bags) -> Tensor:
+    def features(
+        self, dense: Tensor, sparse: Tensor | Bags, bottom: Tensor | None = None
+    ) -> Tensor:
         """dense (B, 13) float, sparse (B, 26) int or ``Bags`` -> z (B, 367), the top MLP's
-        input."""
-        z = self.interact(self.bot_l(dense), self.embed(sparse))
+        input. ``bottom``: ``bot_l(dense)`` (B, d) where it is already known."""
+        x = self.bot_l(dense) if bottom is None else bottom
+        z = self.interact(x, self.embed(sparse))
         return sparsify_activations(z, self.activation_sparsity) if self.activation_sparsity else z
 
-    def forward(self, dense: Tensor, sparse: Tensor | Bags) -> Tensor:
-        """dense (B, 13) float, sparse (B, 26) int or ``Bags`` (multi-hot) -> click logits (B,)."""
-        return self.top_l(self.features(dense, sparse)).squeeze(1)
+    def forward(self, dense: Tensor, sparse: Tensor | Bags, bottom: Tensor | None = None) -> Tensor:
+        """dense (B, 13) float, sparse (B, 26) int or ``Bags`` (multi-hot) -> click logits (B,);
+        ``bottom`` as in :meth:`features`."""
+        return self.top_l(self.features(dense, sparse, bottom)).squeeze(1)
 
 
 def with_tables(model: DLRM, tables: Sequence[nn.Module]) -> DLRM:

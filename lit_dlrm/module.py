@@ -50,6 +50,29 @@ def torchrec_network() -> type[DLRM]:
     return TorchRecDLRM
 
 
+class BottomCache:
+    """The bottom MLP's output of each test batch, kept for later tests: reused while a batch's
+    dense rows and the bottom MLP's weights equal those it was computed from (a sweep's tests
+    change only the tables; a fine-tuned point's bottom MLP differs and is computed afresh).
+    Holds the dense rows (B, 13) and the output (B, d) of every batch of a test split."""
+
+    def __init__(self) -> None:
+        self.weights: list[Tensor] = []
+        self.batches: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def __call__(self, bot_l: torch.nn.Module, dense: Tensor, batch_idx: int) -> Tensor:
+        """``bot_l(dense)``, computed or reused; ``batch_idx``: the batch's place in its test."""
+        weights = [p.detach() for p in bot_l.parameters()]
+        if len(weights) != len(self.weights) or not all(map(torch.equal, weights, self.weights)):
+            self.weights, self.batches = [w.clone() for w in weights], {}
+        kept = self.batches.get(batch_idx)
+        if kept is not None and kept[0].shape == dense.shape and torch.equal(kept[0], dense):
+            return kept[1]
+        bottom = bot_l(dense)
+        self.batches[batch_idx] = (dense, bottom)
+        return bottom
+
+
 class DLRMModule(L.LightningModule):
     """DLRM trained with binary cross-entropy on click labels.
 
@@ -122,6 +145,8 @@ class DLRMModule(L.LightningModule):
         self.save_hyperparameters()
         self.model: DLRM | None = None
         self._sync_tables = False  # set by setup under DDP
+        # tests reuse the bottom MLP's outputs while set (a sweep's tests: lit_dlrm.sweep.driver)
+        self.bottom_cache: BottomCache | None = None
         if table_sizes is not None:
             self.configure_model()
         self.train_metrics = ClickMetrics(auc_bins=200)
@@ -210,7 +235,10 @@ class DLRMModule(L.LightningModule):
 
     def test_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
         dense, sparse, labels = batch
-        self.test_metrics.update(self.model(dense, sparse), labels)
+        bottom = None
+        if self.bottom_cache is not None and isinstance(self.model, DLRM):  # not under DMP
+            bottom = self.bottom_cache(self.model.bot_l, dense, batch_idx)
+        self.test_metrics.update(self.model(dense, sparse, bottom), labels)
 
     def _log_global(self, values: dict[str, float], **kwargs) -> None:
         """Log values that are already exact over all processes and the same on each.

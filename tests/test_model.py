@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from lit_dlrm.model import DLRM, sparsify_activations
+from lit_dlrm.module import BottomCache
 
 KAGGLE_KEYS = (
     [f"emb_l.{k}.weight" for k in range(26)]
@@ -130,3 +131,21 @@ def test_activation_sparsity_reaches_the_top_mlp_only_when_set():
     assert torch.equal(after, model.top_l(z).squeeze(1)) and not torch.allclose(before, after)
     assert torch.equal(before, again)
     assert "activation_sparsity" not in "".join(model.state_dict())
+
+
+def test_bottom_cache_reuses_an_output_only_while_rows_and_weights_are_unchanged():
+    torch.manual_seed(0)
+    net = DLRM([50, 60, 70], num_dense=4, embedding_dim=8, bottom_mlp=[16], top_mlp=[16])
+    calls = []
+    net.bot_l.register_forward_hook(lambda *_: calls.append(1))
+    dense, sparse = torch.rand(32, 4), torch.randint(0, 50, (32, 3))
+    cache = BottomCache()
+    with torch.no_grad():
+        first = cache(net.bot_l, dense, 0)
+        assert cache(net.bot_l, dense.clone(), 0) is first and len(calls) == 1  # same rows
+        other = dense + 1
+        assert torch.equal(cache(net.bot_l, other, 0), net.bot_l(other)) and len(calls) == 3
+        net.bot_l[0].weight.add_(0.5)  # a fine-tuned bottom MLP: computed afresh
+        fresh = cache(net.bot_l, other, 0)
+        assert len(calls) == 4 and torch.equal(fresh, net.bot_l(other))
+        assert torch.equal(net(other, sparse, fresh), net(other, sparse))  # the same logits

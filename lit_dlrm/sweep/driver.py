@@ -6,7 +6,8 @@ for it: a sweep run again tests only the missing points, and replaces rows rathe
 them. A point whose test equals one already done (`GridPoint.test_key_for`) is not tested: that
 point's rows are copied under its columns, ``same_mask_as`` naming the source. At the end the
 tables are sorted in grid order (on rank 0). The progress bar shows the point under test and,
-once tested, its ``test/auc``.
+once tested, its ``test/auc``. The tests share one :class:`~lit_dlrm.module.BottomCache`: the
+bottom MLP runs once per test batch, not once per point.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from lit_dlrm.module import BottomCache, DLRMModule
 from lit_dlrm.sharded.shards import held_tables
 from lit_dlrm.sweep.context import SweepCallback, SweepContext
 from lit_dlrm.sweep.grid import GridPoint, squares_preserve_order
@@ -61,7 +63,7 @@ def sort_table(out_dir: Path, cb: SweepCallback, grid: list[GridPoint]) -> None:
 
 def run_sweep(
     trainer: L.Trainer,
-    module: L.LightningModule,
+    module: DLRMModule,
     datamodule: L.LightningDataModule,
     grid: list[GridPoint],
     out_dir: str | Path,
@@ -105,12 +107,16 @@ def run_sweep(
     if any(p.finetune_steps for p in to_test):  # the same unsharded batches on every process
         context.finetune_batches = datamodule.dataloader("train", rank=0, world_size=1)
     progress = tqdm(to_test, desc="sweep", unit="point", disable=not trainer.is_global_zero)
-    for i, point in enumerate(progress):
-        context.point, context.plan = point, to_test[i + 1 :]
-        progress.set_postfix_str(point.key)  # the point under test, then its AUC
-        results = trainer.test(module, datamodule=datamodule, verbose=False)
-        if results and "test/auc" in results[0]:
-            progress.set_postfix_str(f"{point.key} auc={results[0]['test/auc']:.4f}")
+    module.bottom_cache = BottomCache()  # the tests' dense rows and bottom MLP: computed once
+    try:
+        for i, point in enumerate(progress):
+            context.point, context.plan = point, to_test[i + 1 :]
+            progress.set_postfix_str(point.key)  # the point under test, then its AUC
+            results = trainer.test(module, datamodule=datamodule, verbose=False)
+            if results and "test/auc" in results[0]:
+                progress.set_postfix_str(f"{point.key} auc={results[0]['test/auc']:.4f}")
+    finally:
+        module.bottom_cache = None
     if trainer.is_global_zero:
         for cb in callbacks:
             for source, target in to_copy:
