@@ -494,12 +494,12 @@ NOTES = (
     "batch times the steps over rank 0's seconds of the training loop, between barriers "
     "(building the network and loading its weights not counted). Sweep point: the sweep's "
     "prune (lit_dlrm.sparsity.prune) of the tables the rank holds plus a test pass with the "
-    "metrics gathered, in a hand-written loop; column-wise shards are not swept yet (their "
-    "ranks must agree on each table's cut). tables held: the bytes of the table shards the "
-    "rank holds. peak RSS: the rank's VmHWM, its whole life (imports, TorchRec's FBGEMM "
-    "included). Every run of every side is checked to have done the same work (per-step loss, "
-    "table sums, MLP weights, each sweep point's log loss, AUC and zeroed weights); a run that "
-    "did not fails the benchmark."
+    "metrics gathered, in a hand-written loop; where a table is split (column-wise) its ranks"
+    " agree on its cut from all its shards (lit_dlrm.sparsity.sharded.shard_cuts). tables "
+    "held: the bytes of the table shards the rank holds. peak RSS: the rank's VmHWM, its "
+    "whole life (imports, TorchRec's FBGEMM included). Every run of every side is checked to "
+    "have done the same work (per-step loss, table sums, MLP weights, each sweep point's log "
+    "loss, AUC and zeroed weights); a run that did not fails the benchmark."
 )
 
 
