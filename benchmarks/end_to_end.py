@@ -14,7 +14,11 @@ stage: wall time, the peak RSS of its process tree (sampled every 10 ms) and the
 holds after it. A finished stage's row goes to ``<work>/stages.json`` with its date and commit
 and is not run again, so a stopped run goes on stage by stage; training goes on from its
 ``last.ckpt`` and the sweep from its finished points, and such a row says ``resumed`` (its time
-is the last execution's only). Writes ``benchmarks/results/end_to_end_<lines>.md``.
+is the last execution's only). A second sweep of the same checkpoint is another
+``--sweep-name`` with its ``--sweep-args`` (``--stages sweep floor --sweep-name sweep_no_zip
+--sweep-args=--compression.reference_zip=false``: the sweep the floor goal is about); the floor
+summary covers every sweep. Writes ``benchmarks/results/end_to_end_<lines>.md``
+(``kaggle_end_to_end.md`` at full size).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from benchmarks.sweep_floor import tests_run
 from lit_dlrm.checkpoint import latest_checkpoint
 from lit_dlrm.data.kaggle import KAGGLE_TRAIN_ROWS
 from lit_dlrm.paths import atomic_write
+from lit_dlrm.sweep.results import METRICS_CSV
 
 STAGES = ("write", "preprocess", "train", "sweep", "floor")
 COLUMNS = ["stage", "wall_s", "peak_rss_mib", "disk_gib", "resumed", "date", "commit", "command"]
@@ -78,31 +83,36 @@ def commands(work: Path, lines: int, train_steps: int | None) -> dict[str, list[
     }
 
 
-def sweep_commands(work: Path, sweep_args: list[str]) -> dict[str, list[str]]:
-    """The sweep of the training run's best checkpoint (its data options come with it; then
-    ``sweep_args``) and the floor measured on the same checkpoint."""
+def sweep_commands(work: Path, sweep_args: list[str], name: str) -> dict[str, list[str]]:
+    """The sweep of the training run's best checkpoint into ``work / name`` (its data options
+    come with it; then ``sweep_args``) and the floor measured on the same checkpoint."""
     best = latest_checkpoint(work / "runs" / "train")
     sweep = [sys.executable, "scripts/sweep.py", f"--ckpt_path={best}"]
-    sweep += [f"--out_dir={work / 'sweep'}", *QUIET, *sweep_args]
+    sweep += [f"--out_dir={work / name}", *QUIET, *sweep_args]
     floor = [sys.executable, "-m", "benchmarks.sweep_floor", str(best)]
     return {"sweep": sweep, "floor": [*floor, f"--out={work / FLOOR}"]}
 
 
 def floor_summary(work: Path, rows: dict[str, dict]) -> str:
-    """The sweep's time over its floor F (its tests x one plain forward over the test split),
-    once both are measured; else empty."""
-    if "sweep" not in rows or not (work / FLOOR).is_file():
+    """Each sweep's time over its floor F (its tests x one plain forward over the test split),
+    once the floor is measured; else empty."""
+    if not (work / FLOOR).is_file():
         return ""
     floor = json.loads((work / FLOOR).read_text())
-    tests = tests_run(work / "sweep")
-    f = tests * floor["forward_s"]
-    return (
-        f"Floor: the sweep ran {tests} tests; one plain torch.no_grad forward over the test split "
-        f"({floor['rows']:,} rows, batch {floor['batch_size']:,}, {floor['threads']} threads) "
-        f"took {floor['forward_s']:.2f} s (median of {floor['repeats']}, "
-        f"[{floor['min_s']:.2f}, {floor['max_s']:.2f}]), so F = {f:,.0f} s and the sweep took "
-        f"{rows['sweep']['wall_s'] / f:.2f} F."
+    text = (
+        f"Floor: one plain torch.no_grad forward over the test split ({floor['rows']:,} rows, "
+        f"batch {floor['batch_size']:,}, {floor['threads']} threads) took "
+        f"{floor['forward_s']:.2f} s (median of {floor['repeats']}, [{floor['min_s']:.2f}, "
+        f"{floor['max_s']:.2f}])."
     )
+    for name in (k for k in rows if k.startswith("sweep")):
+        tests = tests_run(work / name)
+        f = tests * floor["forward_s"]
+        text += (
+            f" `{name}` ran {tests} tests: F = {f:,.0f} s, and it took "
+            f"{rows[name]['wall_s'] / f:.2f} F."
+        )
+    return text
 
 
 def run(
@@ -111,28 +121,31 @@ def run(
     train_steps: int | None,
     stages: tuple[str, ...] = STAGES,
     sweep_args: tuple[str, ...] = (),
+    sweep_name: str = "sweep",
 ) -> dict[str, dict]:
-    """Run those of ``stages`` not yet done in ``work``; the row of every finished stage."""
+    """Run those of ``stages`` not yet done in ``work``, the sweep as ``sweep_name`` (its row,
+    log and out_dir); the row of every finished stage."""
     work.mkdir(parents=True, exist_ok=True)
     record = work / "stages.json"
     done = json.loads(record.read_text()) if record.is_file() else {}
     for stage in STAGES:
-        if stage in done or stage not in stages:
+        key = sweep_name if stage == "sweep" else stage
+        if key in done or stage not in stages:
             continue
         if stage in ("sweep", "floor"):
-            cmd = sweep_commands(work, list(sweep_args))[stage]
+            cmd = sweep_commands(work, list(sweep_args), sweep_name)[stage]
         else:
             cmd = commands(work, lines, train_steps)[stage]
         resumed = (stage == "train" and "--ckpt_path" in " ".join(cmd)) or (
-            stage == "sweep" and (work / "sweep" / "sparse_model_metrics.csv").is_file()
+            stage == "sweep" and (work / sweep_name / METRICS_CSV).is_file()
         )
-        print(f"{stage}: {' '.join(cmd)}", file=sys.stderr, flush=True)
-        with open(work / f"{stage}.log", "ab") as log:
+        print(f"{key}: {' '.join(cmd)}", file=sys.stderr, flush=True)
+        with open(work / f"{key}.log", "ab") as log:
             t0 = time.perf_counter()
             _, _, peak = run_measured(cmd, REPO, stdout=log, stderr=subprocess.STDOUT)
             wall = time.perf_counter() - t0
-        done[stage] = {
-            "stage": stage,
+        done[key] = {
+            "stage": key,
             "wall_s": round(wall, 1),
             "peak_rss_mib": round(peak),
             "disk_gib": round(disk_gib(work), 2),
@@ -158,12 +171,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--sweep-args", default="", help="further options of scripts/sweep.py, in one string"
     )
+    parser.add_argument(
+        "--sweep-name",
+        default="sweep",
+        help="the sweep's row and out_dir (a second sweep of the same checkpoint: another name)",
+    )
     args = parser.parse_args(argv)
     if args.lines < 1:
         parser.error(f"--lines: expected >= 1, got {args.lines}")
     work = args.work or REPO / "benchmarks" / "out" / f"end_to_end_{args.lines}"
     work = work.resolve()
-    rows = run(args.lines, work, args.train_steps, args.stages, shlex.split(args.sweep_args))
+    if not args.sweep_name.startswith("sweep") or Path(args.sweep_name).name != args.sweep_name:
+        parser.error(f"--sweep-name: expected a file name starting 'sweep', got {args.sweep_name}")
+    sweep_args = shlex.split(args.sweep_args)
+    rows = run(args.lines, work, args.train_steps, args.stages, sweep_args, args.sweep_name)
     stem = "kaggle_end_to_end" if args.lines == KAGGLE_TRAIN_ROWS else f"end_to_end_{args.lines}"
     notes = (
         f"A Kaggle-shaped train.txt of {args.lines:,} lines through the whole job on this machine;"
@@ -177,7 +198,8 @@ def main(argv: list[str] | None = None) -> None:
     for path, name in ((args.work, "$WORK"), (args.out_dir, "$OUT")):
         if path is not None and path != RESULTS:  # no path of this machine in the results
             command = command.replace(str(path), name)
-    table = [rows[s] for s in STAGES if s in rows]
+    order = [*STAGES[:3], *(k for k in rows if k.startswith("sweep")), "floor"]
+    table = [rows[k] for k in order if k in rows]
     title = f"end to end, {args.lines:,} lines"
     print(write_table(stem, title, table, COLUMNS, command, notes, args.out_dir))
 

@@ -1,5 +1,5 @@
 """benchmarks/end_to_end.py at CI size: the whole job on a 200,000-line Kaggle-shaped file, each
-stage's row, the sweep's floor, and a rerun that runs nothing again."""
+stage's row, the sweep's floor, and a second sweep of the same checkpoint that runs alone."""
 
 import json
 import subprocess
@@ -7,20 +7,20 @@ import sys
 from pathlib import Path
 
 from benchmarks.end_to_end import STAGES
-from lit_dlrm.sweep.results import METRICS_CSV, read_table
+from lit_dlrm.sweep.results import METADATA_CSV, METRICS_CSV, read_table
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP = "--sweep.studies=[] --sweep.norm=[L1] --sweep.sparse_block_shape=[[1,4]] "
 SWEEP += "--sweep.sparsity_level=[0.5,0.9] --timing.repeats=2"
 
 
-def end_to_end(work: Path, out: Path) -> str:
+def end_to_end(work: Path, out: Path, *more: str) -> str:
     cmd = [sys.executable, "-m", "benchmarks.end_to_end", "--lines=200000", "--train-steps=150"]
-    cmd += [f"--work={work}", f"--out-dir={out}", f"--sweep-args={SWEEP}"]
+    cmd += [f"--work={work}", f"--out-dir={out}", f"--sweep-args={SWEEP}", *more]
     return subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True).stdout
 
 
-def test_the_whole_job_on_a_small_kaggle_file_then_a_rerun_runs_nothing(tmp_path):
+def test_the_whole_job_on_a_small_kaggle_file_then_a_second_sweep_only(tmp_path):
     work, out = tmp_path / "work", tmp_path / "results"
     end_to_end(work, out)
     stages = json.loads((work / "stages.json").read_text())
@@ -31,7 +31,14 @@ def test_the_whole_job_on_a_small_kaggle_file_then_a_rerun_runs_nothing(tmp_path
     metrics = read_table(work / "sweep", METRICS_CSV)
     assert len(metrics) == 2 and metrics.roc_auc.between(0.5, 1).all()
     text = (out / "end_to_end_200000.md").read_text()
-    assert "the sweep ran 2 tests" in text and "so F = " in text
-    assert str(tmp_path) not in text
-    end_to_end(work, out)  # every stage done: nothing runs again, the rows are kept
-    assert json.loads((work / "stages.json").read_text()) == stages
+    assert "`sweep` ran 2 tests: F = " in text and str(tmp_path) not in text
+    # a second sweep of the same checkpoint: only it runs, the other rows are kept
+    end_to_end(
+        work, out, "--sweep-name=sweep_no_zip", "--sweep-args=--compression.reference_zip=false"
+    )
+    again = json.loads((work / "stages.json").read_text())
+    assert {k: again[k] for k in stages} == stages and list(again)[-1] == "sweep_no_zip"
+    metadata = read_table(work / "sweep_no_zip", METADATA_CSV)
+    assert metadata.zip_file_size.isna().all() and (metadata.zstd_sparse_bytes > 0).all()
+    text = (out / "end_to_end_200000.md").read_text()
+    assert "`sweep_no_zip` ran 2 tests" in text and "| sweep_no_zip |" in text
