@@ -10,7 +10,8 @@ the sweep: ``scripts/sweep.py`` with its default grid on the best checkpoint, ``
 added; the floor: ``benchmarks/sweep_floor.py`` on that checkpoint, so that the results give the
 sweep's time over F, its tests times one plain forward over the test split), run in ``--work``
 (default ``benchmarks/out/end_to_end_<lines>``) with its output in ``<stage>.log``. Measured per
-stage: wall time, the peak RSS of its process tree (sampled every 10 ms) and the disk ``--work``
+stage: wall time, the peak RSS of its process tree and the peak of its anonymous part (what the
+processes allocated, the mapped cache left out; sampled every 10 ms) and the disk ``--work``
 holds after it. A finished stage's row goes to ``<work>/stages.json`` with its date and commit
 and is not run again, so a stopped run goes on stage by stage; training goes on from its
 ``last.ckpt`` and the sweep from its finished points, and such a row says ``resumed`` (its time
@@ -41,7 +42,8 @@ from lit_dlrm.paths import atomic_write
 from lit_dlrm.sweep.results import METRICS_CSV
 
 STAGES = ("write", "preprocess", "train", "sweep", "floor")
-COLUMNS = ["stage", "wall_s", "peak_rss_mib", "disk_gib", "resumed", "date", "commit", "command"]
+COLUMNS = ["stage", "wall_s", "peak_rss_mib", "peak_anon_mib", "disk_gib", "resumed", "date"]
+COLUMNS += ["commit", "command"]
 FLOOR = "floor.json"  # what the floor stage writes in the work directory
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
@@ -147,7 +149,8 @@ def run(
         done[key] = {
             "stage": key,
             "wall_s": round(wall, 1),
-            "peak_rss_mib": round(peak),
+            "peak_rss_mib": round(peak.rss_mib),
+            "peak_anon_mib": round(peak.anon_mib),
             "disk_gib": round(disk_gib(work), 2),
             "resumed": resumed,
             "date": time.strftime("%Y-%m-%d %H:%M %Z"),
@@ -189,7 +192,9 @@ def main(argv: list[str] | None = None) -> None:
     notes = (
         f"A Kaggle-shaped train.txt of {args.lines:,} lines through the whole job on this machine;"
         " each stage one command (in the row; $WORK: the --work directory), timed in one "
-        "execution unless `resumed`; peak: the process tree's RSS; disk: what $WORK holds after "
+        "execution unless `resumed`; peak: the process tree's RSS (the pages of the memory-mapped "
+        "cache it read included), and its anonymous part, what the processes allocated (RssAnon); "
+        "disk: what $WORK holds after "
         "the stage; floor: the sweep's floor measured on its checkpoint "
         "(benchmarks/sweep_floor.py)."
     )

@@ -6,6 +6,7 @@ import shlex
 import subprocess
 import threading
 from pathlib import Path
+from typing import NamedTuple
 
 
 def _status_mib(field: str, pid: int | str = "self") -> float:
@@ -15,19 +16,27 @@ def _status_mib(field: str, pid: int | str = "self") -> float:
     raise RuntimeError(f"no {field} in /proc/{pid}/status: memory is measured on Linux only")
 
 
-def tree_rss_mib(pid: int) -> float:
-    """Resident memory now of process ``pid`` and all its descendants; processes that end while
-    they are read count 0."""
+def tree_rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory now of process ``pid`` and all its descendants (``field`` of their
+    ``/proc`` status: ``VmRSS``, or ``RssAnon`` for what they allocated, the pages of mapped files
+    left out); processes that end while they are read count 0."""
     total, stack = 0.0, [pid]
     while stack:
         p = stack.pop()
         try:
-            total += _status_mib("VmRSS", p)
+            total += _status_mib(field, p)
             for task in Path(f"/proc/{p}/task").iterdir():
                 stack += [int(c) for c in (task / "children").read_text().split()]
         except (OSError, ValueError, RuntimeError):
             continue
     return total
+
+
+class Peaks(NamedTuple):
+    """Peaks of a process tree's memory, in MiB."""
+
+    rss_mib: float  # resident memory, the pages of memory-mapped files it read included
+    anon_mib: float  # what it allocated (RssAnon): mapped files left out
 
 
 def peak_rss_mib() -> float:
@@ -72,16 +81,17 @@ def run_measured(
     env: dict | None = None,
     stdout=subprocess.PIPE,
     stderr=subprocess.PIPE,
-) -> tuple:
-    """(stdout, stderr, peak RSS of the process tree in MiB, sampled every 10 ms) of ``cmd`` run
-    in ``cwd`` (``stdout`` / ``stderr``: a pipe, or a file for long runs); raises RuntimeError
+) -> tuple[bytes | None, bytes | None, Peaks]:
+    """(stdout, stderr, the process tree's memory peaks, sampled every 10 ms) of ``cmd`` run in
+    ``cwd`` (``stdout`` / ``stderr``: a pipe, or a file for long runs); raises RuntimeError
     with the command and its stderr's tail when it fails."""
     proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, env=env, cwd=cwd)
-    peak, stop = [0.0], threading.Event()
+    peak, stop = [0.0, 0.0], threading.Event()
 
     def sample():
         while not stop.is_set():
             peak[0] = max(peak[0], tree_rss_mib(proc.pid))
+            peak[1] = max(peak[1], tree_rss_mib(proc.pid, "RssAnon"))
             stop.wait(0.01)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -92,4 +102,4 @@ def run_measured(
     if proc.returncode != 0:
         tail = err.decode()[-2000:] if err else "(stderr: see its file)"
         raise RuntimeError(f"{shlex.join(cmd)} failed ({proc.returncode}):\n{tail}")
-    return out, err, peak[0]
+    return out, err, Peaks(*peak)

@@ -175,7 +175,7 @@ def run(
                     raise WorkMismatch(f"lit_dlrm, {n} worker(s): left {PARTS}/ behind")
                 cache_bytes.add(sum(name.stat().st_size for name in names))
                 shutil.rmtree(days_dir)
-                return Sample(rows / res["seconds"], peak, digest(*arrays))
+                return Sample(rows / res["seconds"], peak.rss_mib, digest(*arrays))
 
             return one
 
@@ -190,7 +190,7 @@ def run(
                 with np.load(days_dir / "terabyte_processed.npz") as z:
                     work_digest = digest(z["y"], z["X_int"], z["X_cat"])
                 shutil.rmtree(days_dir)
-                return Sample(rows / seconds, peak, work_digest)
+                return Sample(rows / seconds, peak.rss_mib, work_digest)
 
             return one
 

@@ -26,7 +26,8 @@ def test_the_whole_job_on_a_small_kaggle_file_then_a_second_sweep_only(tmp_path)
     stages = json.loads((work / "stages.json").read_text())
     assert list(stages) == list(STAGES)
     for row in stages.values():
-        assert row["wall_s"] > 0 and row["peak_rss_mib"] > 0 and row["disk_gib"] > 0, row
+        assert row["wall_s"] > 0 and row["disk_gib"] > 0, row
+        assert row["peak_rss_mib"] >= row["peak_anon_mib"] > 0, row
         assert not row["resumed"] and str(work) not in row["command"]
     metrics = read_table(work / "sweep", METRICS_CSV)
     assert len(metrics) == 2 and metrics.roc_auc.between(0.5, 1).all()
