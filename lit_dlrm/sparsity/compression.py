@@ -105,26 +105,9 @@ def _write_reference_zip(state_dict: dict[str, torch.Tensor], workdir: Path, ste
         sink.finish()
         packed = f.tell() - start
         central = f.tell()
-        f.write(
-            struct.pack(
-                "<IHHHHHHIIIHHHHHII",
-                *(
-                    0x02014B50,
-                    3 << 8 | 45,
-                    45,
-                    0,
-                    8,
-                    0,
-                    0x21,
-                    sink.crc,
-                    _ZIP64,
-                    _ZIP64,
-                    len(name),
-                    28,
-                ),
-                *(0, 0, 0, 0o600 << 16, _ZIP64),
-            )
-        )
+        fields = (0x02014B50, 3 << 8 | 45, 45, 0, 8, 0, 0x21, sink.crc, _ZIP64, _ZIP64)
+        fields += (len(name), 28, 0, 0, 0, 0o600 << 16, _ZIP64)  # made by Unix; mode rw-------
+        f.write(struct.pack("<IHHHHHHIIIHHHHHII", *fields))  # central header (APPNOTE 4.3.12)
         f.write(name + struct.pack("<HHQQQ", 1, 24, sink.size, packed, 0))
         end = f.tell()
         f.write(
