@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import mmap
 import os
 import shutil
 import struct
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 
 from lit_dlrm.paths import atomic_write, naming_no_space
+from lit_dlrm.sparsity.chunks import map_tables
 
 MAGIC = b"LDSZ"
 VERSION = 1
@@ -168,14 +170,11 @@ def _keep(path: Path, keep_dir: str | os.PathLike | None) -> str | None:
 # --------------------------------------------------------------------------- sparse-shuffle-zstd
 
 
-def _compressor(level: int, threads: int):
+def _encode(t: torch.Tensor, level: int) -> tuple[dict, list[bytes]]:
+    """One tensor -> (header entry, [compressed bitmask, compressed signs, compressed values])."""
     import zstandard
 
-    return zstandard.ZstdCompressor(level=level, threads=threads)
-
-
-def _encode(t: torch.Tensor, cctx) -> tuple[dict, list[bytes]]:
-    """One tensor -> (header entry, [compressed bitmask, compressed signs, compressed values])."""
+    cctx = zstandard.ZstdCompressor(level=level)  # one per call: compressors are not thread-safe
     t = t.detach().cpu().contiguous()
     itemsize = t.element_size()
     raw = t.reshape(-1).view(torch.uint8).numpy()  # (numel * itemsize,) shares memory
@@ -187,7 +186,7 @@ def _encode(t: torch.Tensor, cctx) -> tuple[dict, list[bytes]]:
     if n_neg:
         keep &= ~neg_zero
     nnz = int(np.count_nonzero(keep))
-    values = elems if nnz == elems.size else elems[keep]  # (nnz,) survivors (no copy if dense)
+    values = elems if nnz == elems.size else np.compress(keep, elems)  # (nnz,) survivors
     del elems
     mask_c = cctx.compress(memoryview(np.packbits(keep)))
     # which of the zeros are -0.0 (only when there are any): 1 bit per zero
@@ -211,20 +210,23 @@ def save_compressed(
     state_dict: dict[str, torch.Tensor],
     path: str | os.PathLike,
     level: int = DEFAULT_LEVEL,
-    threads: int = -1,
+    workers: int | None = None,
 ) -> int:
     """Write `state_dict` (tensors only) in the sparse-shuffle-zstd format; returns bytes.
 
-    Atomic: written to a temporary file beside `path`, then renamed. `threads=-1`: all cores.
+    Tensors are encoded ``workers`` at a time (:func:`~lit_dlrm.sparsity.chunks.map_tables`;
+    None: its default), each by one thread. Atomic: written to a temporary file beside `path`,
+    then renamed.
     """
     path = Path(path)
-    cctx = _compressor(level, threads)
-    entries, blobs = [], []
-    offset = 0
     for name, t in state_dict.items():
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"state_dict[{name!r}]: expected a tensor, got {type(t).__name__}")
-        entry, sections = _encode(t, cctx)
+    tensors = list(state_dict.values())
+    encoded = map_tables(lambda i: _encode(tensors[i], level), tensors, workers)
+    entries, blobs = [], []
+    offset = 0
+    for name, (entry, sections) in zip(state_dict, encoded):
         entry["name"] = name
         for key, blob in zip(("mask", "signs", "values"), sections):
             entry[key] = [offset, len(blob)]
@@ -249,11 +251,38 @@ def is_compressed_file(path: str | os.PathLike) -> bool:
         return f.read(len(MAGIC)) == MAGIC
 
 
-def load_compressed(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a sparse-shuffle-zstd file back into a state_dict, bit-for-bit."""
+def _decode(e: dict, data: memoryview, out: torch.Tensor) -> None:
+    """Fill ``out`` (``e``'s dtype and shape) from header entry ``e``; ``data``: the sections."""
     import zstandard
 
-    dctx = zstandard.ZstdDecompressor()
+    dctx = zstandard.ZstdDecompressor()  # one per call: decompressors are not thread-safe
+
+    def section(key: str) -> np.ndarray:
+        start, length = e[key]
+        return np.frombuffer(dctx.decompress(data[start : start + length]), dtype=np.uint8)
+
+    numel, itemsize = out.numel(), out.element_size()
+    elems = out.reshape(-1).view(torch.uint8).numpy().view(_UINT[itemsize])  # (numel,)
+    keep = np.unpackbits(section("mask"), count=numel).view(bool)  # (numel,)
+    if e["nnz"] == 0:
+        elems[:] = 0
+    elif e["nnz"] == numel:  # unshuffled straight into place
+        elems.view(np.uint8).reshape(numel, itemsize)[:] = section("values").reshape(itemsize, -1).T
+    else:
+        elems[:] = 0
+        planes = section("values").reshape(itemsize, -1)  # (itemsize, nnz)
+        elems[keep] = planes.T.copy().view(_UINT[itemsize]).reshape(-1)
+    if e["neg_zeros"]:
+        is_zero = ~keep  # (numel,) bool; no int64 positions of table size
+        neg = np.zeros(numel, dtype=bool)
+        neg[is_zero] = np.unpackbits(section("signs"), count=numel - e["nnz"]).view(bool)
+        del is_zero
+        elems[neg] = _UINT[itemsize](1 << (8 * itemsize - 1))
+
+
+def load_compressed(path: str | os.PathLike, workers: int | None = None) -> dict[str, torch.Tensor]:
+    """Read a sparse-shuffle-zstd file back into a state_dict, bit-for-bit; tensors are decoded
+    ``workers`` at a time (:func:`~lit_dlrm.sparsity.chunks.map_tables`; None: its default)."""
     with open(path, "rb") as f:
         head = f.read(16)
         if len(head) < 16 or head[:4] != MAGIC:
@@ -262,33 +291,17 @@ def load_compressed(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if version != VERSION:
             raise ValueError(f"{path}: format version {version}, expected {VERSION}")
         header = json.loads(f.read(hlen))
-        base = 16 + hlen
-        out: dict[str, torch.Tensor] = {}
-        for e in header["tensors"]:
-            dtype = getattr(torch, e["dtype"])
-            numel = int(np.prod(e["shape"], dtype=np.int64))
-            t = torch.empty(e["shape"], dtype=dtype)
-            itemsize = t.element_size()
-            elems = t.reshape(-1).view(torch.uint8).numpy().view(_UINT[itemsize])  # (numel,)
-            f.seek(base + e["mask"][0])
-            bits = np.frombuffer(dctx.decompress(f.read(e["mask"][1])), dtype=np.uint8)
-            keep = np.unpackbits(bits, count=numel).view(bool)  # (numel,)
-            elems[:] = 0
-            if e["nnz"]:
-                f.seek(base + e["values"][0])
-                planes = np.frombuffer(dctx.decompress(f.read(e["values"][1])), dtype=np.uint8)
-                values = planes.reshape(itemsize, -1).T.copy().view(_UINT[itemsize])  # (nnz, 1)
-                elems[keep] = values.reshape(-1)
-            if e["neg_zeros"]:
-                f.seek(base + e["signs"][0])
-                sbits = np.frombuffer(dctx.decompress(f.read(e["signs"][1])), dtype=np.uint8)
-                is_zero = ~keep  # (numel,) bool; no int64 positions of table size
-                neg = np.zeros(numel, dtype=bool)
-                neg[is_zero] = np.unpackbits(sbits, count=numel - e["nnz"]).view(bool)
-                del is_zero
-                elems[neg] = _UINT[itemsize](1 << (8 * itemsize - 1))
-            out[e["name"]] = t
-        return out
+        entries = header["tensors"]
+        out = [torch.empty(e["shape"], dtype=getattr(torch, e["dtype"])) for e in entries]
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            whole = memoryview(mapped)
+            data = whole[16 + hlen :]
+            try:
+                map_tables(lambda i: _decode(entries[i], data, out[i]), out, workers)
+            finally:
+                data.release()
+                whole.release()
+    return {e["name"]: t for e, t in zip(entries, out)}
 
 
 def zstd_sparse_size(
@@ -297,20 +310,20 @@ def zstd_sparse_size(
     keep_dir: str | os.PathLike | None = None,
     stem: str = "model",
     level: int = DEFAULT_LEVEL,
-    threads: int = -1,
     measure_read: bool = True,
+    workers: int | None = None,
 ) -> SizeResult:
     """Write the sparse-shuffle-zstd format, measure size and times, delete unless kept. A full
-    disk is a NoSpaceError naming ``workdir``."""
+    disk is a NoSpaceError naming ``workdir``. ``workers``: tensors encoded and decoded at once."""
     with naming_no_space(workdir), tempfile.TemporaryDirectory(dir=workdir) as tmp:
         path = Path(tmp) / f"{stem}{SUFFIX}"
         t0 = time.perf_counter()
-        size = save_compressed(state_dict, path, level=level, threads=threads)
+        size = save_compressed(state_dict, path, level=level, workers=workers)
         write_s = time.perf_counter() - t0
         read_s = float("nan")
         if measure_read:
             t0 = time.perf_counter()
-            load_compressed(path)
+            load_compressed(path, workers=workers)
             read_s = time.perf_counter() - t0
         kept = _keep(path, keep_dir)
     return SizeResult("sparse-shuffle-zstd", size, write_s, read_s, kept)
