@@ -225,13 +225,22 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def git_commit() -> str:
-    """``<short sha>`` of the checkout, ``+dirty`` when tracked files differ from it."""
+    """``<short sha>`` of the checkout, ``+dirty`` when tracked files differ from it (the
+    results files under ``benchmarks/results/`` aside: benchmarks write them as they run)."""
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                f":!{RESULTS.relative_to(REPO)}",
+            ],
             cwd=REPO,
             capture_output=True,
             text=True,
