@@ -144,8 +144,10 @@ def test_report_has_one_run_per_series_and_the_followups_plot(run):
     assert (run / "followups.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("scheduled", [False, True])
-def test_finetune_holds_the_masks_and_trains_the_rest(scheduled):
+@pytest.mark.parametrize(
+    "scheduled, optimizer", [(False, "adagrad"), (True, "adagrad"), (False, "sgd")]
+)
+def test_finetune_holds_the_masks_and_trains_the_rest(scheduled, optimizer):
     torch.manual_seed(0)
     schedule = (
         (lambda opt: WarmupPolyDecay(opt, warmup_steps=4, decay_start_step=5, decay_steps=5))
@@ -157,7 +159,7 @@ def test_finetune_holds_the_masks_and_trains_the_rest(scheduled):
         embedding_dim=8,
         bottom_mlp=[16],
         top_mlp=[16],
-        optimizer="adagrad",
+        optimizer=optimizer,
         lr=0.05,
         lr_scheduler=schedule,
     )

@@ -26,6 +26,16 @@ def repeat(batches: Iterable) -> Iterator:
             raise ValueError("fine-tuning: the training split yields no batches")
 
 
+def touched_rows(grad: Tensor | None) -> Tensor | None:
+    """The rows a table's sparse gradient ``grad`` updates (sorted, unique); None for a dense
+    gradient (every row may move); empty for no gradient."""
+    if grad is None:
+        return torch.empty(0, dtype=torch.long)
+    if not grad.is_sparse:
+        return None
+    return grad.coalesce().indices()[0]
+
+
 def finetune(module, batches: Iterable[tuple[Tensor, Tensor, Tensor]], steps: int) -> float:
     """Train ``module`` (a ``DLRMModule``) in place for ``steps`` batches of ``batches`` (cycled),
     its embedding tables' zeros held fixed. Returns the mean training loss of the last steps."""
@@ -45,11 +55,15 @@ def finetune(module, batches: Iterable[tuple[Tensor, Tensor, Tensor]], steps: in
             _, loss = module.batch_loss([t.to(device) for t in batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            touched = [touched_rows(table.grad) for table in tables]
             with torch.sparse.check_sparse_tensor_invariants(enable=False):  # as DLRMModule
                 optimizer.step()
             with torch.no_grad():
-                for table, zero in zip(tables, zeros):
-                    table.masked_fill_(zero, 0.0)
+                for table, zero, rows in zip(tables, zeros, touched):
+                    if rows is None:
+                        table.masked_fill_(zero, 0.0)
+                    elif len(rows):
+                        table[rows] = table[rows].masked_fill_(zero[rows], 0.0)
             losses.append(loss.item())
         model.train(was_training)
     tail = losses[-max(1, len(losses) // 10) :]
