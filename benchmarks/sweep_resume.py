@@ -32,7 +32,13 @@ import pandas as pd
 
 from benchmarks.harness import REPO, RESULTS, command_line, write_table
 from lit_dlrm.checkpoint import latest_checkpoint
-from lit_dlrm.sweep.results import FORWARD_TIME_CSV, METADATA_CSV, METRICS_CSV, read_table
+from lit_dlrm.sweep.results import (
+    FORWARD_TIME_CSV,
+    METADATA_CSV,
+    METRICS_CSV,
+    read_table,
+    tested_rows,
+)
 
 TABLES = (METRICS_CSV, METADATA_CSV, FORWARD_TIME_CSV)
 QUIET = ["--trainer.enable_model_summary=false"]
@@ -49,12 +55,7 @@ def sweep_command(ckpt: Path, out: Path, sweep_args: list[str]) -> list[str]:
 def tested(out: Path) -> int:
     """Points of ``out`` tested so far (a row in every table; not counting the rows a sweep
     copies at its end for points of identical masks)."""
-    counts = []
-    for name in TABLES:
-        table = read_table(out, name)
-        copied = int(table["same_mask_as"].notna().sum()) if "same_mask_as" in table else 0
-        counts.append(len(table) - copied)
-    return min(counts)
+    return min(len(tested_rows(read_table(out, name))) for name in TABLES)
 
 
 def execute(cmd: list[str], out: Path, log: Path, kill_after: int | None, rng: random.Random):

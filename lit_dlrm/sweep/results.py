@@ -47,6 +47,14 @@ def read_table(out_dir: str | Path, name: str) -> pd.DataFrame:
     return table
 
 
+def tested_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``table`` that a test wrote: not those a sweep copies at its end for points
+    of identical masks (``same_mask_as`` names their source; empty on the others)."""
+    if "same_mask_as" not in table:
+        return table
+    return table[table["same_mask_as"].astype(str) == ""]
+
+
 def row_points(table: pd.DataFrame) -> list[GridPoint]:
     """The grid point of each row of ``table``."""
     return [GridPoint.from_row(row) for row in table.to_dict("records")]
