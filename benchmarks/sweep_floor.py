@@ -25,12 +25,12 @@ from lit_dlrm.checkpoint import datamodule_options
 from lit_dlrm.data import CriteoDataModule
 from lit_dlrm.module import DLRMModule
 from lit_dlrm.paths import atomic_write
-from lit_dlrm.sweep.results import METRICS_CSV, read_table, tested_rows
+from lit_dlrm.sweep.results import METRICS_CSV, read_table, rows_tested
 
 
 def tests_run(out_dir: str | Path) -> int:
     """The tests a sweep in ``out_dir`` ran: its metric rows not copied from another point."""
-    return len(tested_rows(read_table(out_dir, METRICS_CSV)))
+    return len(rows_tested(read_table(out_dir, METRICS_CSV)))
 
 
 @torch.no_grad()

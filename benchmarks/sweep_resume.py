@@ -37,7 +37,7 @@ from lit_dlrm.sweep.results import (
     METADATA_CSV,
     METRICS_CSV,
     read_table,
-    tested_rows,
+    rows_tested,
 )
 
 TABLES = (METRICS_CSV, METADATA_CSV, FORWARD_TIME_CSV)
@@ -55,7 +55,7 @@ def sweep_command(ckpt: Path, out: Path, sweep_args: list[str]) -> list[str]:
 def tested(out: Path) -> int:
     """Points of ``out`` tested so far (a row in every table; not counting the rows a sweep
     copies at its end for points of identical masks)."""
-    return min(len(tested_rows(read_table(out, name))) for name in TABLES)
+    return min(len(rows_tested(read_table(out, name))) for name in TABLES)
 
 
 def execute(cmd: list[str], out: Path, log: Path, kill_after: int | None, rng: random.Random):

@@ -308,7 +308,9 @@ def test_ddp_sweep_tables_equal_one_process(sweeps):
         (one.precision > 0).all() and (one.recall > 0).all() and one.roc_auc.nunique() == 3
     )  # a real comparison
     for column in QUALITY_CLOSE:
-        np.testing.assert_allclose(ddp[column], one[column], rtol=0, atol=1e-6, err_msg=column)
+        # float32 sums in another order across 2 processes: roc_auc differed by 2.7e-6 on a fresh
+        # venv of 2026-12-05 (the same at the commit whose CI passed with 1e-6 the day before)
+        np.testing.assert_allclose(ddp[column], one[column], rtol=0, atol=1e-5, err_msg=column)
     for column in QUALITY_EXACT:
         assert list(ddp[column]) == list(one[column]), column
     sizes = ["zip_bytes", "zstd_sparse_bytes"]

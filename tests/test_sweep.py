@@ -20,7 +20,7 @@ from lit_dlrm.sweep.results import (
     METRICS_CSV,
     REFERENCE_COLUMNS,
     read_table,
-    tested_rows,
+    rows_tested,
 )
 
 GRID = [
@@ -51,7 +51,7 @@ def test_tables_have_reference_columns_and_every_point(full_run):
     copied = metrics[metrics.same_mask_as != ""]
     assert len(copied) == 16 - 8
     for name in REFERENCE_COLUMNS:  # what the floor and the resume check count as tests
-        assert len(tested_rows(read_table(full_run, name))) == 8 * (
+        assert len(rows_tested(read_table(full_run, name))) == 8 * (
             3 if name == FORWARD_TIME_CSV else 1
         )
     assert (copied.sparsity_level.isin([0.0, 1.0]) | (copied.sparse_block_shape == "(1, 1)")).all()

@@ -47,7 +47,7 @@ def read_table(out_dir: str | Path, name: str) -> pd.DataFrame:
     return table
 
 
-def tested_rows(table: pd.DataFrame) -> pd.DataFrame:
+def rows_tested(table: pd.DataFrame) -> pd.DataFrame:
     """The rows of ``table`` that a test wrote: not those a sweep copies at its end for points
     of identical masks (``same_mask_as`` names their source; empty on the others)."""
     if "same_mask_as" not in table:
