@@ -1,13 +1,16 @@
 """Checkpoint size measurement: the reference zip and the sparse-shuffle-zstd format."""
 
 import io
+import json
 import os
+import struct
 import zipfile
 
 import pytest
 import torch
 from pruning_oracle import prune
 
+from lit_dlrm.sparsity import compression
 from lit_dlrm.sparsity.compression import (
     load_compressed,
     reference_zip_size,
@@ -35,8 +38,11 @@ def sample_state_dict(level=0.5, signed=False):
     }
 
 
+@pytest.mark.parametrize("block", [None, 7])  # 7: survivors shuffled in many short blocks
 @pytest.mark.parametrize("signed", [False, True])
-def test_round_trip_is_bit_exact(tmp_path, signed):
+def test_round_trip_is_bit_exact(tmp_path, monkeypatch, signed, block):
+    if block:
+        monkeypatch.setattr(compression, "BLOCK", block)
     sd = sample_state_dict(signed=signed)
     if signed:
         assert torch.signbit(sd["emb_l.0.weight"][sd["emb_l.0.weight"] == 0]).any()
@@ -49,6 +55,22 @@ def test_round_trip_is_bit_exact(tmp_path, signed):
         assert back[k].dtype == sd[k].dtype and back[k].shape == sd[k].shape
         assert torch.equal(bits(back[k]), bits(sd[k])), k  # -0.0 and NaN payloads included
     assert [p.name for p in tmp_path.iterdir()] == ["m.lds"]  # no temp file left behind
+
+
+def test_version_1_files_still_load(tmp_path, monkeypatch):
+    """Version 1 shuffled each tensor's survivors as one block and had no "block" key."""
+    sd = sample_state_dict(signed=True)
+    monkeypatch.setattr(compression, "BLOCK", 1 << 30)
+    path = tmp_path / "m.lds"
+    save_compressed(sd, path)
+    raw = path.read_bytes()
+    hlen = struct.unpack("<Q", raw[8:16])[0]
+    header = json.loads(raw[16 : 16 + hlen])
+    del header["block"]
+    v1 = raw[:4] + struct.pack("<IQ", 1, hlen) + json.dumps(header).encode().ljust(hlen)
+    path.write_bytes(v1 + raw[16 + hlen :])
+    back = load_compressed(path)
+    assert all(torch.equal(bits(back[k]), bits(sd[k])) for k in sd)
 
 
 def test_reference_zip_reports_bytes_and_floored_mib(tmp_path):

@@ -20,6 +20,7 @@ import os
 import shutil
 import struct
 import tempfile
+import threading
 import time
 import zipfile
 from dataclasses import dataclass
@@ -30,10 +31,10 @@ import numpy as np
 import torch
 
 from lit_dlrm.paths import atomic_write, naming_no_space
-from lit_dlrm.sparsity.chunks import map_tables
+from lit_dlrm.sparsity.chunks import map_tables, row_chunks
 
 MAGIC = b"LDSZ"
-VERSION = 1
+VERSION = 2  # 2: survivors shuffled BLOCK at a time (1: the whole tensor at once)
 SUFFIX = ".lds"
 DEFAULT_LEVEL = (
     1  # zstd level: measured best speed/size trade-off for fp32 tables (benchmarks/compress.py)
@@ -48,7 +49,7 @@ class SizeResult:
     format: str  # "torch.save+deflate" or "sparse-shuffle-zstd"
     bytes: int  # size of the file on disk
     write_s: float  # serialise + compress + write
-    read_s: float  # read + decompress + rebuild the state_dict
+    read_s: float  # read + decompress (zip: into a state_dict; zstd: each tensor, then dropped)
     path: str | None = None  # where it was kept (None when deleted)
 
     @property
@@ -169,9 +170,17 @@ def _keep(path: Path, keep_dir: str | os.PathLike | None) -> str | None:
 
 # --------------------------------------------------------------------------- sparse-shuffle-zstd
 
+SECTIONS = ("mask", "signs", "values")
+BLOCK = 1 << 20  # elements byte-shuffled together: bounds the encoder's and decoder's buffers
+_WIDE = 10**20 - 1  # wider than any count or offset: the header's length is reserved with it
 
-def _encode(t: torch.Tensor, level: int) -> tuple[dict, list[bytes]]:
-    """One tensor -> (header entry, [compressed bitmask, compressed signs, compressed values])."""
+
+def _header(entries: list[dict]) -> bytes:
+    return json.dumps({"block": BLOCK, "tensors": entries}).encode()
+
+
+def _encode(t: torch.Tensor, level: int) -> tuple[dict, list[list[bytes]]]:
+    """One tensor -> (header entry, the compressed parts of its mask, signs and values)."""
     import zstandard
 
     cctx = zstandard.ZstdCompressor(level=level)  # one per call: compressors are not thread-safe
@@ -181,29 +190,30 @@ def _encode(t: torch.Tensor, level: int) -> tuple[dict, list[bytes]]:
     elems = raw.view(_UINT[itemsize])  # (numel,) bit patterns
     sign_only = _UINT[itemsize](1 << (8 * itemsize - 1))  # -0.0 for floats
     neg_zero = elems == sign_only  # (numel,) bool
-    keep = elems != 0  # (numel,) bool
     n_neg = int(np.count_nonzero(neg_zero))
+    keep = elems != 0  # (numel,) bool
     if n_neg:
         keep &= ~neg_zero
     nnz = int(np.count_nonzero(keep))
-    values = elems if nnz == elems.size else np.compress(keep, elems)  # (nnz,) survivors
-    del elems
-    mask_c = cctx.compress(memoryview(np.packbits(keep)))
+    mask = [cctx.compress(memoryview(np.packbits(keep)))]
     # which of the zeros are -0.0 (only when there are any): 1 bit per zero
-    signs_c = cctx.compress(memoryview(np.packbits(neg_zero[~keep]))) if n_neg else b""
-    del keep, neg_zero
-    vals_c = b""
-    if nnz:
-        planes = values.view(np.uint8).reshape(-1, itemsize).T.copy()  # (itemsize, nnz) shuffled
-        del values
-        vals_c = cctx.compress(memoryview(planes))
+    signs = [cctx.compress(memoryview(np.packbits(neg_zero[~keep])))] if n_neg else []
+    del neg_zero
+    values: list[bytes] = []
+    if nnz:  # the survivors, byte-shuffled BLOCK elements at a time, in one zstd frame
+        stream = cctx.compressobj(size=nnz * itemsize)
+        for i0, i1 in row_chunks(elems.size, 1, BLOCK):
+            block = elems[i0:i1] if nnz == elems.size else np.compress(keep[i0:i1], elems[i0:i1])
+            planes = block.view(np.uint8).reshape(-1, itemsize).T.copy()  # (itemsize, n)
+            values.append(stream.compress(memoryview(planes)))
+        values.append(stream.flush())
     entry = {
         "dtype": str(t.dtype).removeprefix("torch."),
         "shape": list(t.shape),
         "nnz": nnz,
         "neg_zeros": n_neg,
     }
-    return entry, [mask_c, signs_c, vals_c]
+    return entry, [mask, signs, values]
 
 
 def save_compressed(
@@ -215,31 +225,38 @@ def save_compressed(
     """Write `state_dict` (tensors only) in the sparse-shuffle-zstd format; returns bytes.
 
     Tensors are encoded ``workers`` at a time (:func:`~lit_dlrm.sparsity.chunks.map_tables`;
-    None: its default), each by one thread. Atomic: written to a temporary file beside `path`,
-    then renamed.
+    None: its default), each by one thread, and written as each is done: memory holds the
+    tensors in flight, not the file. Atomic: written to a temporary file beside `path`, then
+    renamed.
     """
     path = Path(path)
     for name, t in state_dict.items():
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"state_dict[{name!r}]: expected a tensor, got {type(t).__name__}")
-    tensors = list(state_dict.values())
-    encoded = map_tables(lambda i: _encode(tensors[i], level), tensors, workers)
-    entries, blobs = [], []
-    offset = 0
-    for name, (entry, sections) in zip(state_dict, encoded):
-        entry["name"] = name
-        for key, blob in zip(("mask", "signs", "values"), sections):
-            entry[key] = [offset, len(blob)]
-            offset += len(blob)
-        entries.append(entry)
-        blobs += sections
-    header = json.dumps({"tensors": entries}).encode()
+    names, tensors = list(state_dict), list(state_dict.values())
+    widest = {"nnz": _WIDE, "neg_zeros": _WIDE, **{key: [_WIDE, _WIDE] for key in SECTIONS}}
+    reserved = len(_header([{"name": n, "dtype": str(t.dtype), "shape": list(t.shape), **widest}
+                            for n, t in zip(names, tensors)]))  # fmt: skip
+    start = len(MAGIC) + 12 + reserved  # where the sections begin
 
     def write(tmp: Path) -> None:
+        lock = threading.Lock()
         with open(tmp, "wb") as f:
-            f.write(MAGIC + struct.pack("<IQ", VERSION, len(header)) + header)
-            for b in blobs:
-                f.write(b)
+            f.seek(start)
+
+            def encode(i: int) -> dict:
+                entry, sections = _encode(tensors[i], level)
+                with lock:  # sections in the order tensors finish; the header says where
+                    for key, parts in zip(SECTIONS, sections):
+                        offset = f.tell() - start
+                        for part in parts:
+                            f.write(part)
+                        entry[key] = [offset, f.tell() - start - offset]
+                return {"name": names[i], **entry}
+
+            header = _header(map_tables(encode, tensors, workers))
+            f.seek(0)  # the header, padded with JSON whitespace to the length reserved
+            f.write(MAGIC + struct.pack("<IQ", VERSION, reserved) + header.ljust(reserved))
 
     atomic_write(path, write)
     return os.path.getsize(path)
@@ -251,57 +268,85 @@ def is_compressed_file(path: str | os.PathLike) -> bool:
         return f.read(len(MAGIC)) == MAGIC
 
 
-def _decode(e: dict, data: memoryview, out: torch.Tensor) -> None:
-    """Fill ``out`` (``e``'s dtype and shape) from header entry ``e``; ``data``: the sections."""
+def _decode(e: dict, data: memoryview, out: torch.Tensor, block: int) -> None:
+    """Fill ``out`` (``e``'s dtype and shape) from header entry ``e``; ``data``: the sections;
+    ``block``: elements shuffled together (version 1: the whole tensor)."""
     import zstandard
 
     dctx = zstandard.ZstdDecompressor()  # one per call: decompressors are not thread-safe
 
-    def section(key: str) -> np.ndarray:
+    def section(key: str) -> memoryview:
         start, length = e[key]
-        return np.frombuffer(dctx.decompress(data[start : start + length]), dtype=np.uint8)
+        return data[start : start + length]
 
-    numel, itemsize = out.numel(), out.element_size()
+    numel, itemsize, nnz = out.numel(), out.element_size(), e["nnz"]
     elems = out.reshape(-1).view(torch.uint8).numpy().view(_UINT[itemsize])  # (numel,)
-    keep = np.unpackbits(section("mask"), count=numel).view(bool)  # (numel,)
-    if e["nnz"] == 0:
-        elems[:] = 0
-    elif e["nnz"] == numel:  # unshuffled straight into place
-        elems.view(np.uint8).reshape(numel, itemsize)[:] = section("values").reshape(itemsize, -1).T
+    keep = None  # (numel,) bool; not needed when every element survives
+    if nnz < numel:
+        keep = np.unpackbits(np.frombuffer(dctx.decompress(section("mask")), np.uint8), count=numel)
+        keep = keep.view(bool)
+    if nnz:
+        with dctx.stream_reader(section("values")) as stream:
+            for i0, i1 in row_chunks(numel, 1, block):
+                n = i1 - i0 if keep is None else int(np.count_nonzero(keep[i0:i1]))
+                planes = np.empty((itemsize, n), np.uint8)
+                view, got = memoryview(planes.reshape(-1)), 0
+                while got < planes.size:
+                    read = stream.readinto(view[got:])
+                    if not read:
+                        raise ValueError(f"{e['name']}: values section ends early")
+                    got += read
+                if keep is None:  # unshuffled straight into place
+                    elems[i0:i1].view(np.uint8).reshape(-1, itemsize)[:] = planes.T
+                else:
+                    elems[i0:i1] = 0
+                    elems[i0:i1][keep[i0:i1]] = planes.T.copy().view(_UINT[itemsize]).reshape(-1)
     else:
         elems[:] = 0
-        planes = section("values").reshape(itemsize, -1)  # (itemsize, nnz)
-        elems[keep] = planes.T.copy().view(_UINT[itemsize]).reshape(-1)
     if e["neg_zeros"]:
-        is_zero = ~keep  # (numel,) bool; no int64 positions of table size
         neg = np.zeros(numel, dtype=bool)
-        neg[is_zero] = np.unpackbits(section("signs"), count=numel - e["nnz"]).view(bool)
-        del is_zero
+        signs = np.frombuffer(dctx.decompress(section("signs")), np.uint8)
+        neg[~keep] = np.unpackbits(signs, count=numel - nnz).view(bool)
         elems[neg] = _UINT[itemsize](1 << (8 * itemsize - 1))
 
 
-def load_compressed(path: str | os.PathLike, workers: int | None = None) -> dict[str, torch.Tensor]:
-    """Read a sparse-shuffle-zstd file back into a state_dict, bit-for-bit; tensors are decoded
-    ``workers`` at a time (:func:`~lit_dlrm.sparsity.chunks.map_tables`; None: its default)."""
+def _read_compressed(path: str | os.PathLike, workers: int | None, keep: bool) -> dict:
+    """The tensors of a sparse-shuffle-zstd file, decoded ``workers`` at a time; with ``keep``
+    False each is dropped once decoded (what a read costs, holding only the tensors in flight)."""
     with open(path, "rb") as f:
         head = f.read(16)
         if len(head) < 16 or head[:4] != MAGIC:
             raise ValueError(f"{path}: not a sparse-shuffle-zstd file (bad magic)")
         version, hlen = struct.unpack("<IQ", head[4:])
-        if version != VERSION:
-            raise ValueError(f"{path}: format version {version}, expected {VERSION}")
+        if version not in (1, VERSION):
+            raise ValueError(f"{path}: format version {version}, expected 1 or {VERSION}")
         header = json.loads(f.read(hlen))
         entries = header["tensors"]
-        out = [torch.empty(e["shape"], dtype=getattr(torch, e["dtype"])) for e in entries]
+        shapes = [torch.empty(e["shape"], device="meta") for e in entries]  # sizes, for the order
+        out: dict[str, torch.Tensor] = dict.fromkeys(e["name"] for e in entries) if keep else {}
+
+        def decode(i: int) -> None:
+            e = entries[i]
+            t = torch.empty(e["shape"], dtype=getattr(torch, e["dtype"]))
+            _decode(e, data, t, header.get("block") or t.numel())
+            if keep:
+                out[e["name"]] = t
+
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
             whole = memoryview(mapped)
             data = whole[16 + hlen :]
             try:
-                map_tables(lambda i: _decode(entries[i], data, out[i]), out, workers)
+                map_tables(decode, shapes, workers)
             finally:
                 data.release()
                 whole.release()
-    return {e["name"]: t for e, t in zip(entries, out)}
+    return out
+
+
+def load_compressed(path: str | os.PathLike, workers: int | None = None) -> dict[str, torch.Tensor]:
+    """Read a sparse-shuffle-zstd file back into a state_dict, bit-for-bit; tensors are decoded
+    ``workers`` at a time (:func:`~lit_dlrm.sparsity.chunks.map_tables`; None: its default)."""
+    return _read_compressed(path, workers, keep=True)
 
 
 def zstd_sparse_size(
@@ -323,7 +368,7 @@ def zstd_sparse_size(
         read_s = float("nan")
         if measure_read:
             t0 = time.perf_counter()
-            load_compressed(path, workers=workers)
+            _read_compressed(path, workers, keep=False)
             read_s = time.perf_counter() - t0
         kept = _keep(path, keep_dir)
     return SizeResult("sparse-shuffle-zstd", size, write_s, read_s, kept)
