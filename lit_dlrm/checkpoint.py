@@ -118,10 +118,12 @@ def _dlrm_state(obj, path: Path) -> dict[str, Tensor]:
     return state
 
 
-def load_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """The DLRM state_dict (reference key names, CPU tensors) stored in ``path``."""
+def load_state_dict(path: str | Path, mmap: bool = False) -> dict[str, Tensor]:
+    """The DLRM state_dict (reference key names, CPU tensors) stored in ``path``; with ``mmap``,
+    a torch zip file's tensors are mapped from it copy-on-write (read on demand, never written
+    back) instead of read into memory."""
     path = Path(path)
-    return _dlrm_state(_load(path), path)
+    return _dlrm_state(_load(path, mmap=mmap), path)
 
 
 def check_resumable(path: str | Path, model_options: dict) -> None:

@@ -158,11 +158,15 @@ class DLRMModule(L.LightningModule):
     def from_weights(cls, path: str, backend: Backend = "torch") -> DLRMModule:
         """A module holding the DLRM weights in ``path``: a lit_dlrm checkpoint, a
         facebookresearch/dlrm ``--save-model`` file or a bare state_dict (read safely), its
-        tables in ``backend``."""
-        state = load_state_dict(path)
+        tables in ``backend``. With the torch backend the weights of a torch zip file stay mapped
+        from it, copy-on-write: the file's pages, not a copy in the process's own memory."""
+        state = load_state_dict(path, mmap=backend == "torch")
         try:
             module = cls(**architecture(state), backend=backend)
-            module.model.load_state_dict(to_torchrec(state) if backend == "torchrec" else state)
+            if backend == "torchrec":
+                module.model.load_state_dict(to_torchrec(state))
+            else:
+                module.model.load_state_dict(state, assign=True)
         except (CheckpointError, RuntimeError, KeyError) as err:
             raise CheckpointError(f"{path}: not a DLRM this code can rebuild: {err}") from err
         return module
