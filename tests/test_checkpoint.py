@@ -1,6 +1,7 @@
 """Checkpoints: facebookresearch/dlrm's layout, bare state_dicts, and refusing unsafe files."""
 
 import pickle
+from pathlib import Path
 
 import dlrm_reference as ref
 import numpy as np
@@ -63,6 +64,33 @@ def test_reference_save_model_checkpoint_loads_and_matches(tmp_path, model_and_b
         )
         assert (ours - theirs(*batch[:3])[:, 0]).abs().max() <= 1e-6  # dlrm's own forward
     assert loaded.interaction == "dot" and [t.num_embeddings for t in loaded.emb_l] == TABLES
+
+
+def mapped_files(tensor: torch.Tensor) -> set[str]:
+    """The files /proc/self/maps shows mapped where ``tensor``'s first element lies."""
+    ptr, names = tensor.data_ptr(), set()
+    for line in open("/proc/self/maps"):
+        fields = line.split(maxsplit=5)
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        if start <= ptr < end and len(fields) == 6:
+            names.add(fields[5].strip())
+    return names
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux's /proc")
+def test_from_weights_maps_the_tables_from_the_file(tmp_path, model_and_batch):
+    """The sweep's dense tables are the checkpoint's pages, not a copy in anonymous memory;
+    writes to them stay private (copy-on-write): the file never changes."""
+    model, dense, sparse = model_and_batch
+    path = tmp_path / "m.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
+    before = path.read_bytes()
+    loaded = DLRMModule.from_weights(path).model
+    assert all(mapped_files(t.weight) == {str(path)} for t in loaded.emb_l)
+    with torch.no_grad():
+        assert torch.equal(loaded(dense, sparse), model(dense, sparse))
+        loaded.emb_l[0].weight.add_(1.0)
+    assert path.read_bytes() == before
 
 
 def test_bare_state_dict_loads_identically(tmp_path, model_and_batch):
