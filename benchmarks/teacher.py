@@ -1,13 +1,14 @@
 """The synthetic teacher's AUC decomposition next to trained DLRMs, for every teacher preset.
 
     python -m benchmarks.teacher                              # both presets, the default recipe
-    python -m benchmarks.teacher --teacher default --max_epochs 1 3
+    python -m benchmarks.teacher --teacher default --max_epochs 1 3 --lr 0.02 0.1
 
 For each preset (``--data.teacher``), on the test split of the default-sized data: the AUC of the
 teacher's logit cut down (``Teacher.auc_decomposition``: dense term only; dense + the categories'
 own effects, no pairwise term; the whole logit, the Bayes-optimal ranking, with its log loss),
 then DLRM trained by ``lit-dlrm-train`` with the default recipe (``configs/train.yaml``; the best
-validation checkpoint, scored on the test split) with ``--model.interaction=dot`` and ``cat``.
+validation checkpoint, scored on the test split) with ``--model.interaction=dot`` and ``cat``,
+for each of ``--max_epochs`` and ``--lr`` (the recipe's Adagrad learning rate).
 ``cat`` is the "interaction switched off" baseline: the same inputs, tables and MLPs, the bottom
 output and the 26 embeddings concatenated without their pairwise products (facebookresearch/dlrm's
 ``--arch-interaction-op=cat``). Each run trains into ``--out`` and is reused when it finished
@@ -32,8 +33,11 @@ def four_places(value) -> str:
     return "" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def run_dir(teacher: str, interaction: str, max_epochs: int, out: Path = OUT) -> Path:
-    return out / f"{teacher}-{interaction}-e{max_epochs}"
+LR = 0.02  # configs/train.yaml's
+
+
+def run_dir(teacher: str, interaction: str, max_epochs: int, out: Path = OUT, lr: float = LR):
+    return out / f"{teacher}-{interaction}-e{max_epochs}{'' if lr == LR else f'-lr{lr:g}'}"
 
 
 def test_metrics(directory: Path) -> dict[str, float] | None:
@@ -48,18 +52,22 @@ def test_metrics(directory: Path) -> dict[str, float] | None:
     return None
 
 
-def trained(teacher: str, interaction: str, max_epochs: int = 1, out: Path = OUT) -> Path:
+def trained(
+    teacher: str, interaction: str, max_epochs: int = 1, out: Path = OUT, lr: float = LR
+) -> Path:
     """The run directory of DLRM trained by ``lit-dlrm-train`` (default recipe, but for the
-    preset, the interaction and the epochs) on ``teacher``'s data; trained unless finished."""
+    preset, the interaction, the epochs and the learning rate) on ``teacher``'s data; trained
+    unless finished."""
     from lit_dlrm import cli
 
-    directory = run_dir(teacher, interaction, max_epochs, out)
+    directory = run_dir(teacher, interaction, max_epochs, out, lr)
     if test_metrics(directory) is None:
         cli.train(
             [
                 f"--data.teacher={teacher}",
                 f"--model.interaction={interaction}",
                 f"--trainer.max_epochs={max_epochs}",
+                f"--model.lr={lr}",
                 f"--trainer.logger.init_args.save_dir={directory}",
                 "--trainer.enable_progress_bar=false",
             ]
@@ -73,7 +81,7 @@ def best_checkpoint(directory: Path) -> Path:
     return best
 
 
-def measure(teachers: list[str], epochs: list[int], out: Path) -> list[dict]:
+def measure(teachers: list[str], epochs: list[int], out: Path, lrs=(LR,)) -> list[dict]:
     from lit_dlrm.data import CriteoDataModule
 
     rows = []
@@ -88,11 +96,13 @@ def measure(teachers: list[str], epochs: list[int], out: Path) -> list[dict]:
             {**row, "ranking": "teacher: main effects (no pairwise)", "auc": cut["main_effects"]},
             {**row, "ranking": "teacher: Bayes (whole logit)", **bayes},
         ]
-        for max_epochs in epochs:
-            for interaction in INTERACTIONS:
-                metrics = test_metrics(trained(teacher, interaction, max_epochs, out))
-                what = f"DLRM {interaction}, {max_epochs} epoch{'s' * (max_epochs > 1)}"
-                rows.append({**row, "ranking": what, **metrics})
+        for lr in lrs:
+            for max_epochs in epochs:
+                for interaction in INTERACTIONS:
+                    metrics = test_metrics(trained(teacher, interaction, max_epochs, out, lr))
+                    what = f"DLRM {interaction}, {max_epochs} epoch{'s' * (max_epochs > 1)}"
+                    what += "" if lr == LR else f", lr {lr:g}"
+                    rows.append({**row, "ranking": what, **metrics})
     return rows
 
 
@@ -101,10 +111,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", nargs="+", choices=TEACHERS, default=list(TEACHERS))
     parser.add_argument("--max_epochs", nargs="+", type=int, default=[1])
+    parser.add_argument("--lr", nargs="+", type=float, default=[LR])
     parser.add_argument("--out", type=Path, default=OUT, help="training runs (reused)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    rows = measure(args.teacher, args.max_epochs, args.out)
+    rows = measure(args.teacher, args.max_epochs, args.out, args.lr)
     markdown = write_table(
         "teacher",
         "Synthetic teacher: AUC decomposition and trained DLRM, test split",
@@ -112,9 +123,9 @@ def main(argv: list[str] | None = None) -> None:
         ["teacher", "ranking", "auc", "log_loss", "positive_rate"],
         command_line("benchmarks.teacher", argv),
         "Default data (2M rows, tables capped at 20,000); DLRM: configs/train.yaml's recipe"
-        " (Adagrad, lr 0.02, batch 2048), the best validation checkpoint; `cat` = the same model"
-        " without the pairwise products. Each DLRM row is one training run, made by this command or"
-        " an earlier one into --out and reused.",
+        " (Adagrad, lr 0.02 unless the row says, batch 2048), the best validation checkpoint;"
+        " `cat` = the same model without the pairwise products. Each DLRM row is one training"
+        " run, made by this command or an earlier one into --out and reused.",
         args.results,
         shown=["teacher", "ranking", "auc", "log_loss"],
         value=four_places,
