@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from lit_dlrm.module import BottomCache, DLRMModule
 from lit_dlrm.sharded.shards import held_tables
+from lit_dlrm.sparsity.chunks import release_freed_memory
 from lit_dlrm.sweep.context import SweepCallback, SweepContext
 from lit_dlrm.sweep.grid import GridPoint, squares_preserve_order
 from lit_dlrm.sweep.results import read_table, row_points, upsert_rows, write_table
@@ -113,6 +114,7 @@ def run_sweep(
             context.point, context.plan = point, to_test[i + 1 :]
             progress.set_postfix_str(point.key)  # the point under test, then its AUC
             results = trainer.test(module, datamodule=datamodule, verbose=False)
+            release_freed_memory()
             if results and "test/auc" in results[0]:
                 progress.set_postfix_str(f"{point.key} auc={results[0]['test/auc']:.4f}")
     finally:
