@@ -3,6 +3,7 @@
     python -m benchmarks.end_to_end --lines 2000000     # a rehearsal, minutes
     python -m benchmarks.end_to_end                     # Kaggle's 45,840,617 lines, hours
     python -m benchmarks.end_to_end --stages write preprocess train   # the sweep left for later
+    python -m benchmarks.end_to_end --synthetic         # the quick start's job: train, sweep, floor
 
 Each stage is one command (the file: ``python -m lit_dlrm.data.synthetic write``; the cache:
 ``CriteoDataModule.prepare_data``; training: ``scripts/train.py`` with ``configs/kaggle.yaml``;
@@ -19,7 +20,10 @@ is the last execution's only). A second sweep of the same checkpoint is another
 ``--sweep-name`` with its ``--sweep-args`` (``--stages sweep floor --sweep-name sweep_no_zip
 --sweep-args=--compression.reference_zip=false``: the sweep the floor goal is about); the floor
 summary covers every sweep. Writes ``benchmarks/results/end_to_end_<lines>.md``
-(``kaggle_end_to_end.md`` at full size).
+(``kaggle_end_to_end.md`` at full size). ``--synthetic`` runs the README's quick start instead:
+``scripts/train.py`` and ``scripts/sweep.py`` with their defaults (the synthetic data generated
+into ``--work``, default ``benchmarks/out/end_to_end_synthetic``), then the floor; it writes
+``end_to_end_synthetic.md``.
 """
 
 from __future__ import annotations
@@ -64,13 +68,18 @@ def shown(cmd: list[str], work: Path) -> str:
     return " ".join(cmd).replace(sys.executable, "python").replace(str(work), "$WORK")
 
 
-def commands(work: Path, lines: int, train_steps: int | None) -> dict[str, list[str]]:
+def commands(
+    work: Path, lines: int, train_steps: int | None, synthetic: bool = False
+) -> dict[str, list[str]]:
     """The command lines of the stages before the sweep, run from the repository root."""
     py, text, cache = sys.executable, work / "train.txt", work / "cache"
-    data = [f"--data.path={text}", f"--data.cache_dir={cache}"]
+    data = [f"--data.cache_dir={cache}"] if synthetic else [f"--data.path={text}"]
+    data += [] if synthetic else [f"--data.cache_dir={cache}"]
     runs = work / "runs"
-    train = [py, "scripts/train.py", "--config", "configs/train.yaml", "--config"]
-    train += ["configs/kaggle.yaml", *data, f"--trainer.logger.init_args.save_dir={runs}", *QUIET]
+    train = [py, "scripts/train.py"]
+    if not synthetic:
+        train += ["--config", "configs/train.yaml", "--config", "configs/kaggle.yaml"]
+    train += [*data, f"--trainer.logger.init_args.save_dir={runs}", *QUIET]
     if train_steps is not None:
         train.append(f"--trainer.max_steps={train_steps}")
     last = runs / "train" / "version_0" / "checkpoints" / "last.ckpt"
@@ -124,6 +133,7 @@ def run(
     stages: tuple[str, ...] = STAGES,
     sweep_args: tuple[str, ...] = (),
     sweep_name: str = "sweep",
+    synthetic: bool = False,
 ) -> dict[str, dict]:
     """Run those of ``stages`` not yet done in ``work``, the sweep as ``sweep_name`` (its row,
     log and out_dir); the row of every finished stage."""
@@ -137,7 +147,7 @@ def run(
         if stage in ("sweep", "floor"):
             cmd = sweep_commands(work, list(sweep_args), sweep_name)[stage]
         else:
-            cmd = commands(work, lines, train_steps)[stage]
+            cmd = commands(work, lines, train_steps, synthetic)[stage]
         resumed = (stage == "train" and "--ckpt_path" in " ".join(cmd)) or (
             stage == "sweep" and (work / sweep_name / METRICS_CSV).is_file()
         )
@@ -164,7 +174,7 @@ def run(
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lines", type=int, default=KAGGLE_TRAIN_ROWS)
+    parser.add_argument("--lines", type=int, default=None, help="default: Kaggle's")
     parser.add_argument("--work", type=Path, default=None, help="where the stages' files go")
     parser.add_argument("--train-steps", type=int, default=None, help="default: one epoch")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
@@ -175,22 +185,42 @@ def main(argv: list[str] | None = None) -> None:
         "--sweep-args", default="", help="further options of scripts/sweep.py, in one string"
     )
     parser.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="the quick start's job on the synthetic default (stages train, sweep, floor)",
+    )
+    parser.add_argument(
         "--sweep-name",
         default="sweep",
         help="the sweep's row and out_dir (a second sweep of the same checkpoint: another name)",
     )
     args = parser.parse_args(argv)
+    if args.synthetic and (args.lines is not None or {"write", "preprocess"} & set(args.stages)):
+        if args.lines is not None or args.stages != list(STAGES):
+            parser.error("--lines, --stages write/preprocess: there is no file with --synthetic")
+        args.stages = ["train", "sweep", "floor"]
+    args.lines = KAGGLE_TRAIN_ROWS if args.lines is None else args.lines
     if args.lines < 1:
         parser.error(f"--lines: expected >= 1, got {args.lines}")
-    work = args.work or REPO / "benchmarks" / "out" / f"end_to_end_{args.lines}"
+    suffix = "synthetic" if args.synthetic else args.lines
+    work = args.work or REPO / "benchmarks" / "out" / f"end_to_end_{suffix}"
     work = work.resolve()
     if not args.sweep_name.startswith("sweep") or Path(args.sweep_name).name != args.sweep_name:
         parser.error(f"--sweep-name: expected a file name starting 'sweep', got {args.sweep_name}")
     sweep_args = shlex.split(args.sweep_args)
-    rows = run(args.lines, work, args.train_steps, args.stages, sweep_args, args.sweep_name)
-    stem = "kaggle_end_to_end" if args.lines == KAGGLE_TRAIN_ROWS else f"end_to_end_{args.lines}"
+    rows = run(
+        args.lines, work, args.train_steps, args.stages, sweep_args, args.sweep_name, args.synthetic
+    )
+    full = not args.synthetic and args.lines == KAGGLE_TRAIN_ROWS
+    stem = "kaggle_end_to_end" if full else f"end_to_end_{suffix}"
+    what = (
+        "The README's quick start (its two commands with their defaults, the synthetic data "
+        "generated by the first)"
+        if args.synthetic
+        else f"A Kaggle-shaped train.txt of {args.lines:,} lines"
+    )
     notes = (
-        f"A Kaggle-shaped train.txt of {args.lines:,} lines through the whole job on this machine;"
+        f"{what} through the whole job on this machine;"
         " each stage one command (in the row; $WORK: the --work directory), timed in one "
         "execution unless `resumed`; peak: the process tree's RSS (the pages of the memory-mapped "
         "cache it read included), and its anonymous part, what the processes allocated (RssAnon); "
@@ -205,7 +235,11 @@ def main(argv: list[str] | None = None) -> None:
             command = command.replace(str(path), name)
     order = [*STAGES[:3], *(k for k in rows if k.startswith("sweep")), "floor"]
     table = [rows[k] for k in order if k in rows]
-    title = f"end to end, {args.lines:,} lines"
+    title = (
+        "end to end, the synthetic default"
+        if args.synthetic
+        else f"end to end, {args.lines:,} lines"
+    )
     print(write_table(stem, title, table, COLUMNS, command, notes, args.out_dir))
 
 

@@ -6,7 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.end_to_end import STAGES
+import pytest
+
+from benchmarks.end_to_end import STAGES, main
 from lit_dlrm.sweep.results import METADATA_CSV, METRICS_CSV, read_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,3 +45,11 @@ def test_the_whole_job_on_a_small_kaggle_file_then_a_second_sweep_only(tmp_path)
     assert (metadata.zstd_sparse_bytes > 0).all()
     text = (out / "end_to_end_200000.md").read_text()
     assert "`sweep_no_zip` ran 2 tests" in text and "| sweep_no_zip |" in text
+
+
+def test_synthetic_takes_no_file_options(tmp_path, capsys):
+    for wrong in (["--lines=5"], ["--stages", "write", "train"]):
+        with pytest.raises(SystemExit):
+            main(["--synthetic", f"--work={tmp_path}", *wrong])
+        assert "there is no file with --synthetic" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before any work
