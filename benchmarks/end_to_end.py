@@ -73,8 +73,7 @@ def commands(
 ) -> dict[str, list[str]]:
     """The command lines of the stages before the sweep, run from the repository root."""
     py, text, cache = sys.executable, work / "train.txt", work / "cache"
-    data = [f"--data.cache_dir={cache}"] if synthetic else [f"--data.path={text}"]
-    data += [] if synthetic else [f"--data.cache_dir={cache}"]
+    data = ([] if synthetic else [f"--data.path={text}"]) + [f"--data.cache_dir={cache}"]
     runs = work / "runs"
     train = [py, "scripts/train.py"]
     if not synthetic:
@@ -195,10 +194,11 @@ def main(argv: list[str] | None = None) -> None:
         help="the sweep's row and out_dir (a second sweep of the same checkpoint: another name)",
     )
     args = parser.parse_args(argv)
-    if args.synthetic and (args.lines is not None or {"write", "preprocess"} & set(args.stages)):
-        if args.lines is not None or args.stages != list(STAGES):
+    if args.synthetic:  # no file: the stages from training on
+        named = args.stages != list(STAGES) and {"write", "preprocess"} & set(args.stages)
+        if args.lines is not None or named:
             parser.error("--lines, --stages write/preprocess: there is no file with --synthetic")
-        args.stages = ["train", "sweep", "floor"]
+        args.stages = [s for s in args.stages if s not in ("write", "preprocess")]
     args.lines = KAGGLE_TRAIN_ROWS if args.lines is None else args.lines
     if args.lines < 1:
         parser.error(f"--lines: expected >= 1, got {args.lines}")

@@ -235,8 +235,11 @@ def save_compressed(
             raise TypeError(f"state_dict[{name!r}]: expected a tensor, got {type(t).__name__}")
     names, tensors = list(state_dict), list(state_dict.values())
     widest = {"nnz": _WIDE, "neg_zeros": _WIDE, **{key: [_WIDE, _WIDE] for key in SECTIONS}}
-    reserved = len(_header([{"name": n, "dtype": str(t.dtype), "shape": list(t.shape), **widest}
-                            for n, t in zip(names, tensors)]))  # fmt: skip
+    widest_entries = [
+        {"name": n, "dtype": str(t.dtype), "shape": list(t.shape), **widest}
+        for n, t in zip(names, tensors)
+    ]
+    reserved = len(_header(widest_entries))
     start = len(MAGIC) + 12 + reserved  # where the sections begin
 
     def write(tmp: Path) -> None:
