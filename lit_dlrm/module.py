@@ -57,7 +57,7 @@ class BottomCache:
     Holds the dense rows (B, 13) and the output (B, d) of every batch of a test split, side by
     side in slabs of ``SLAB_ROWS`` rows: a few large allocations, which the allocator maps and
     unmaps whole. Two small ones per batch, long-lived among each batch's freed temporaries,
-    kept those temporaries' heap pages resident (about 2 GB over a Kaggle-sized test split)."""
+    kept those temporaries' heap pages resident (docs/design.md)."""
 
     SLAB_ROWS = 1 << 20
 
