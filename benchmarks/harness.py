@@ -20,6 +20,7 @@ import csv
 import io
 import os
 import platform
+import re
 import resource
 import shlex
 import subprocess
@@ -259,6 +260,16 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo) and the vector unit torch's kernels use
+    (``AVX2``, ``AVX512``, ...): timings from different CPUs are not comparable."""
+    cpuinfo = Path("/proc/cpuinfo")
+    text = cpuinfo.read_text() if cpuinfo.exists() else ""
+    names = re.findall(r"^model name\s*:\s*(.+)$", text, re.M)
+    name = names[0].strip() if names else platform.processor() or "unknown CPU"
+    return f"{name} ({torch.backends.cpu.get_cpu_capability()})"
+
+
 def run_table(
     command: str, repeats: int | str | None, seconds: float | None, cpu: float | None = None
 ) -> str:
@@ -271,8 +282,8 @@ def run_table(
         ("commit", git_commit()),
         (
             "machine",
-            f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} torch threads",
+            f"{platform.machine()} {cpu_model()}, {os.cpu_count()} CPUs, "
+            f"torch {torch.__version__}, {torch.get_num_threads()} torch threads",
         ),
     ]
     if repeats is not None:

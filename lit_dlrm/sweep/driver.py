@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import pandas as pd
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
@@ -42,14 +43,21 @@ def done_points(out_dir: Path, callbacks: list[SweepCallback]) -> set[GridPoint]
     return done or set()
 
 
-def copy_rows(out_dir: Path, cb: SweepCallback, source: GridPoint, target: GridPoint) -> None:
-    """Write ``source``'s rows of ``cb``'s table again under ``target``'s point columns."""
+def copy_rows(out_dir: Path, cb: SweepCallback, pairs: list[tuple[GridPoint, GridPoint]]) -> None:
+    """Write each ``(source, target)``'s source rows of ``cb``'s table again under the target's
+    point columns (one read and one write of the table for all of them)."""
+    if not pairs:
+        return
     table = read_table(out_dir, cb.table)
-    rows = table[[p == source for p in row_points(table)]].copy()
-    for column, value in target.row.items():
-        rows[column] = value
-    rows["same_mask_as"] = source.key
-    upsert_rows(out_dir, cb.table, rows.to_dict("records"), cb.key())
+    points = row_points(table)
+    copies = []
+    for source, target in pairs:
+        rows = table[[p == source for p in points]].copy()
+        for column, value in target.row.items():
+            rows[column] = value
+        rows["same_mask_as"] = source.key
+        copies.append(rows)
+    upsert_rows(out_dir, cb.table, pd.concat(copies).to_dict("records"), cb.key())
 
 
 def sort_table(out_dir: Path, cb: SweepCallback, grid: list[GridPoint]) -> None:
@@ -121,6 +129,5 @@ def run_sweep(
         module.bottom_cache = None
     if trainer.is_global_zero:
         for cb in callbacks:
-            for source, target in to_copy:
-                copy_rows(out_dir, cb, source, target)
+            copy_rows(out_dir, cb, to_copy)
             sort_table(out_dir, cb, grid)
