@@ -1,14 +1,14 @@
 """The synthetic teacher's AUC decomposition next to trained DLRMs, for every teacher preset.
 
     python -m benchmarks.teacher                              # both presets, the default recipe
-    python -m benchmarks.teacher --teacher default --max_epochs 1 3 --lr 0.02 0.1
+    python -m benchmarks.teacher --teacher default --max_epochs 1 3 --lr 0.02 --batch_size 512
 
 For each preset (``--data.teacher``), on the test split of the default-sized data: the AUC of the
 teacher's logit cut down (``Teacher.auc_decomposition``: dense term only; dense + the categories'
 own effects, no pairwise term; the whole logit, the Bayes-optimal ranking, with its log loss),
 then DLRM trained by ``lit-dlrm-train`` with the default recipe (``configs/train.yaml``; the best
 validation checkpoint, scored on the test split) with ``--model.interaction=dot`` and ``cat``,
-for each of ``--max_epochs`` and ``--lr`` (the recipe's Adagrad learning rate).
+for each of ``--max_epochs``, ``--lr`` (the recipe's Adagrad learning rate) and ``--batch_size``.
 ``cat`` is the "interaction switched off" baseline: the same inputs, tables and MLPs, the bottom
 output and the 26 embeddings concatenated without their pairwise products (facebookresearch/dlrm's
 ``--arch-interaction-op=cat``). Each run trains into ``--out`` and is reused when it finished
@@ -18,6 +18,7 @@ there (delete it to retrain). Writes ``benchmarks/results/teacher.md`` (and ``.c
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 
@@ -33,11 +34,19 @@ def four_places(value) -> str:
     return "" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-LR = 0.02  # configs/train.yaml's
+LR, BATCH = 0.005, 2048  # configs/train.yaml's --model.lr, CriteoDataModule's --data.batch_size
 
 
-def run_dir(teacher: str, interaction: str, max_epochs: int, out: Path = OUT, lr: float = LR):
-    return out / f"{teacher}-{interaction}-e{max_epochs}{'' if lr == LR else f'-lr{lr:g}'}"
+def run_dir(
+    teacher: str,
+    interaction: str,
+    max_epochs: int,
+    out: Path = OUT,
+    lr: float = LR,
+    batch_size: int = BATCH,
+) -> Path:
+    name = f"{teacher}-{interaction}-e{max_epochs}{'' if lr == LR else f'-lr{lr:g}'}"
+    return out / (name if batch_size == BATCH else f"{name}-b{batch_size}")
 
 
 def test_metrics(directory: Path) -> dict[str, float] | None:
@@ -53,14 +62,19 @@ def test_metrics(directory: Path) -> dict[str, float] | None:
 
 
 def trained(
-    teacher: str, interaction: str, max_epochs: int = 1, out: Path = OUT, lr: float = LR
+    teacher: str,
+    interaction: str,
+    max_epochs: int = 1,
+    out: Path = OUT,
+    lr: float = LR,
+    batch_size: int = BATCH,
 ) -> Path:
     """The run directory of DLRM trained by ``lit-dlrm-train`` (default recipe, but for the
-    preset, the interaction, the epochs and the learning rate) on ``teacher``'s data; trained
-    unless finished."""
+    preset, the interaction, the epochs, the learning rate and the batch size) on ``teacher``'s
+    data; trained unless finished."""
     from lit_dlrm import cli
 
-    directory = run_dir(teacher, interaction, max_epochs, out, lr)
+    directory = run_dir(teacher, interaction, max_epochs, out, lr, batch_size)
     if test_metrics(directory) is None:
         cli.train(
             [
@@ -68,6 +82,7 @@ def trained(
                 f"--model.interaction={interaction}",
                 f"--trainer.max_epochs={max_epochs}",
                 f"--model.lr={lr}",
+                f"--data.batch_size={batch_size}",
                 f"--trainer.logger.init_args.save_dir={directory}",
                 "--trainer.enable_progress_bar=false",
             ]
@@ -81,7 +96,9 @@ def best_checkpoint(directory: Path) -> Path:
     return best
 
 
-def measure(teachers: list[str], epochs: list[int], out: Path, lrs=(LR,)) -> list[dict]:
+def measure(
+    teachers: list[str], epochs: list[int], out: Path, lrs=(LR,), batch_sizes=(BATCH,)
+) -> list[dict]:
     from lit_dlrm.data import CriteoDataModule
 
     rows = []
@@ -96,13 +113,13 @@ def measure(teachers: list[str], epochs: list[int], out: Path, lrs=(LR,)) -> lis
             {**row, "ranking": "teacher: main effects (no pairwise)", "auc": cut["main_effects"]},
             {**row, "ranking": "teacher: Bayes (whole logit)", **bayes},
         ]
-        for lr in lrs:
-            for max_epochs in epochs:
-                for interaction in INTERACTIONS:
-                    metrics = test_metrics(trained(teacher, interaction, max_epochs, out, lr))
-                    what = f"DLRM {interaction}, {max_epochs} epoch{'s' * (max_epochs > 1)}"
-                    what += "" if lr == LR else f", lr {lr:g}"
-                    rows.append({**row, "ranking": what, **metrics})
+        for lr, batch_size, max_epochs in itertools.product(lrs, batch_sizes, epochs):
+            for interaction in INTERACTIONS:
+                run = trained(teacher, interaction, max_epochs, out, lr, batch_size)
+                what = f"DLRM {interaction}, {max_epochs} epoch{'s' * (max_epochs > 1)}"
+                what += "" if lr == LR else f", lr {lr:g}"
+                what += "" if batch_size == BATCH else f", batch {batch_size}"
+                rows.append({**row, "ranking": what, **test_metrics(run)})
     return rows
 
 
@@ -112,10 +129,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--teacher", nargs="+", choices=TEACHERS, default=list(TEACHERS))
     parser.add_argument("--max_epochs", nargs="+", type=int, default=[1])
     parser.add_argument("--lr", nargs="+", type=float, default=[LR])
+    parser.add_argument("--batch_size", nargs="+", type=int, default=[BATCH])
     parser.add_argument("--out", type=Path, default=OUT, help="training runs (reused)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    rows = measure(args.teacher, args.max_epochs, args.out, args.lr)
+    rows = measure(args.teacher, args.max_epochs, args.out, args.lr, args.batch_size)
     markdown = write_table(
         "teacher",
         "Synthetic teacher: AUC decomposition and trained DLRM, test split",
@@ -123,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
         ["teacher", "ranking", "auc", "log_loss", "positive_rate"],
         command_line("benchmarks.teacher", argv),
         "Default data (2M rows, tables capped at 20,000); DLRM: configs/train.yaml's recipe"
-        " (Adagrad, lr 0.02 unless the row says, batch 2048), the best validation checkpoint;"
+        f" (Adagrad, lr {LR:g} and batch {BATCH} unless the row says), the best validation"
+        " checkpoint;"
         " `cat` = the same model without the pairwise products. Each DLRM row is one training"
         " run, made by this command or an earlier one into --out and reused.",
         args.results,
