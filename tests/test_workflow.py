@@ -221,6 +221,7 @@ def test_training_follows_the_schedule(tmp_path, tiny_data_args, capsys):
             "--trainer.enable_progress_bar=false",
             "--trainer.limit_train_batches=10",
             "--trainer.log_every_n_steps=2",
+            "--model.lr=0.02",
             "--model.lr_scheduler=WarmupPolyDecay",
             "--model.lr_scheduler.warmup_steps=4",
             "--model.lr_scheduler.decay_start_step=6",
