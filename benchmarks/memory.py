@@ -1,12 +1,12 @@
 """Memory of the current process or a process tree (Linux ``/proc``), for the benchmarks."""
 
-import ctypes
-import ctypes.util
 import shlex
 import subprocess
 import threading
 from pathlib import Path
 from typing import NamedTuple
+
+from lit_dlrm.sparsity.chunks import release_freed_memory
 
 
 def _status_mib(field: str, pid: int | str = "self") -> float:
@@ -50,23 +50,11 @@ def rss_mib() -> float:
     return _status_mib("VmRSS")
 
 
-def release_freed() -> bool:
-    """Hand the heap's free pages back to the OS (glibc ``malloc_trim(0)``), so that memory freed
-    by an earlier run no longer counts in the RSS and a later run that reuses it pages it in
-    again. False where the C library has no ``malloc_trim`` (not glibc)."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    trim = getattr(libc, "malloc_trim", None)
-    if trim is None:
-        return False
-    trim(0)
-    return True
-
-
 def reset_peak() -> bool:
-    """Release the heap's free pages (:func:`release_freed`), then reset the peak RSS to the
+    """Release the heap's free pages (:func:`release_freed_memory`), then reset the peak RSS to the
     current RSS (Linux >= 4.0). False where either is not possible: a peak measured from here
     would miss memory reused from the heap."""
-    if not release_freed():
+    if not release_freed_memory():
         return False
     try:
         Path("/proc/self/clear_refs").write_text("5")

@@ -37,13 +37,16 @@ def torch_threads(n: int | None):
         torch.set_num_threads(old)
 
 
-def release_freed_memory() -> None:
-    """Hand the pages of freed heap memory back to the OS (glibc's ``malloc_trim``; elsewhere
-    nothing). Freed temporaries stay resident around the small allocations that outlive them, and
-    each worker thread's arena keeps its own; trimmed, they do not add up over a sweep's points."""
+def release_freed_memory() -> bool:
+    """Hand the pages of freed heap memory back to the OS (glibc's ``malloc_trim``); False where
+    the C library has none (not glibc). Freed temporaries stay resident around the small
+    allocations that outlive them, and each worker thread's arena keeps its own; trimmed, they do
+    not add up over a sweep's points."""
     trim = getattr(ctypes.CDLL(None), "malloc_trim", None) if sys.platform == "linux" else None
-    if trim is not None:
-        trim(0)
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 def map_tables(fn: Callable[[int], object], tables: Sequence[torch.Tensor], workers=None) -> list:
