@@ -25,7 +25,7 @@ from lit_dlrm.sharded.shards import held_tables
 from lit_dlrm.sparsity.chunks import release_freed_memory
 from lit_dlrm.sweep.context import SweepCallback, SweepContext
 from lit_dlrm.sweep.grid import GridPoint, squares_preserve_order
-from lit_dlrm.sweep.results import read_table, row_points, upsert_rows, write_table
+from lit_dlrm.sweep.results import read_table, row_points, upserted, write_table
 
 
 def done_points(out_dir: Path, callbacks: list[SweepCallback]) -> set[GridPoint]:
@@ -43,12 +43,11 @@ def done_points(out_dir: Path, callbacks: list[SweepCallback]) -> set[GridPoint]
     return done or set()
 
 
-def copy_rows(out_dir: Path, cb: SweepCallback, pairs: list[tuple[GridPoint, GridPoint]]) -> None:
-    """Write each ``(source, target)``'s source rows of ``cb``'s table again under the target's
-    point columns (one read and one write of the table for all of them)."""
-    if not pairs:
-        return
-    table = read_table(out_dir, cb.table)
+def copied_rows(
+    table: pd.DataFrame, pairs: list[tuple[GridPoint, GridPoint]]
+) -> list[pd.DataFrame]:
+    """For each ``(source, target)``, ``table``'s rows of the source under the target's point
+    columns, ``same_mask_as`` naming the source."""
     points = row_points(table)
     copies = []
     for source, target in pairs:
@@ -57,13 +56,21 @@ def copy_rows(out_dir: Path, cb: SweepCallback, pairs: list[tuple[GridPoint, Gri
             rows[column] = value
         rows["same_mask_as"] = source.key
         copies.append(rows)
-    upsert_rows(out_dir, cb.table, pd.concat(copies).to_dict("records"), cb.key())
+    return copies
 
 
-def sort_table(out_dir: Path, cb: SweepCallback, grid: list[GridPoint]) -> None:
-    """Rewrite ``cb``'s table in grid order (rows of points outside this grid go last)."""
-    order = {p: i for i, p in enumerate(grid)}
+def finish_table(
+    out_dir: Path,
+    cb: SweepCallback,
+    pairs: list[tuple[GridPoint, GridPoint]],
+    grid: list[GridPoint],
+) -> None:
+    """Rewrite ``cb``'s table once: with the rows copied for ``pairs`` (:func:`copied_rows`), in
+    grid order (rows of points outside this grid go last)."""
     table = read_table(out_dir, cb.table)
+    if pairs:
+        table = upserted(table, pd.concat(copied_rows(table, pairs)), cb.key())
+    order = {p: i for i, p in enumerate(grid)}
     rank = [order.get(p, len(order)) for p in row_points(table)]
     kind = [cb.kind[0]] if cb.kind else []
     table = table.assign(_rank=rank).sort_values(["_rank", *kind], kind="stable")
@@ -129,5 +136,4 @@ def run_sweep(
         module.bottom_cache = None
     if trainer.is_global_zero:
         for cb in callbacks:
-            copy_rows(out_dir, cb, to_copy)
-            sort_table(out_dir, cb, grid)
+            finish_table(out_dir, cb, to_copy, grid)

@@ -74,11 +74,12 @@ def upsert_rows(
     out_dir: str | Path, name: str, rows: Iterable[dict], key: Sequence[str] = COLUMNS
 ) -> None:
     """Add ``rows`` to the table ``name``, replacing any row with the same ``key`` columns."""
-    new = pd.DataFrame(list(rows))
-    old = read_table(out_dir, name)
+    write_table(out_dir, name, upserted(read_table(out_dir, name), pd.DataFrame(list(rows)), key))
+
+
+def upserted(old: pd.DataFrame, new: pd.DataFrame, key: Sequence[str] = COLUMNS) -> pd.DataFrame:
+    """``old`` without its rows whose ``key`` columns match a row of ``new``, then ``new``."""
     key = list(key)
-    if len(old):
-        replaced = old.set_index(key).index.isin(new.set_index(key).index)
-        old = old[~replaced]
-    combined = new if old.empty else pd.concat([old, new], ignore_index=True)
-    write_table(out_dir, name, combined)
+    if len(old) and len(new):
+        old = old[~old.set_index(key).index.isin(new.set_index(key).index)]
+    return new if old.empty else pd.concat([old, new], ignore_index=True)
