@@ -43,12 +43,14 @@ from benchmarks.sweep_floor import tests_run
 from lit_dlrm.checkpoint import latest_checkpoint
 from lit_dlrm.data.kaggle import KAGGLE_TRAIN_ROWS
 from lit_dlrm.paths import atomic_write
-from lit_dlrm.sweep.results import METRICS_CSV
+from lit_dlrm.sweep.grid import DEFAULTS
+from lit_dlrm.sweep.results import METADATA_CSV, METRICS_CSV, read_table
 
-STAGES = ("write", "preprocess", "train", "sweep", "floor")
+STAGES = ("write", "preprocess", "train", "sweep", "floor", "reference")
 COLUMNS = ["stage", "wall_s", "peak_rss_mib", "peak_anon_mib", "disk_gib", "resumed", "date"]
 COLUMNS += ["commit", "command"]
 FLOOR = "floor.json"  # what the floor stage writes in the work directory
+REFERENCE = "reference.json"  # what the reference stage writes there
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
 
@@ -95,12 +97,18 @@ def commands(
 
 def sweep_commands(work: Path, sweep_args: list[str], name: str) -> dict[str, list[str]]:
     """The sweep of the training run's best checkpoint into ``work / name`` (its data options
-    come with it; then ``sweep_args``) and the floor measured on the same checkpoint."""
+    come with it; then ``sweep_args``), the floor and the reference approach's points measured
+    on the same checkpoint."""
     best = latest_checkpoint(work / "runs" / "train")
     sweep = [sys.executable, "scripts/sweep.py", f"--ckpt_path={best}"]
     sweep += [f"--out_dir={work / name}", *QUIET, *sweep_args]
     floor = [sys.executable, "-m", "benchmarks.sweep_floor", str(best)]
-    return {"sweep": sweep, "floor": [*floor, f"--out={work / FLOOR}"]}
+    reference = [sys.executable, "-m", "benchmarks.reference_point", str(best)]
+    return {
+        "sweep": sweep,
+        "floor": [*floor, f"--out={work / FLOOR}"],
+        "reference": [*reference, f"--out={work / REFERENCE}"],
+    }
 
 
 def floor_summary(work: Path, rows: dict[str, dict]) -> str:
@@ -125,6 +133,53 @@ def floor_summary(work: Path, rows: dict[str, dict]) -> str:
     return text
 
 
+def reference_summary(work: Path, rows: dict[str, dict]) -> str:
+    """The reference approach's 60 points against each sweep that ran its grid with the zip,
+    once measured (benchmarks/reference_point.py); else empty. Its measured points' AUC must
+    match the sweep's at the same points (within 1e-3: blocks tied at the cut may differ), or
+    AssertionError: both ran the same models."""
+    if not (work / REFERENCE).is_file():
+        return ""
+    ref = json.loads((work / REFERENCE).read_text())
+    points = ref["points"]
+    keys = ("sparsify_s", "zip_s", "test_s", "forward_s", "point_s")
+    steps = {k: sum(p[k] for p in points) / len(points) for k in keys}
+    levels = ", ".join(f"{level:g}" for level in ref["levels"])
+    text = (
+        f"Reference approach (benchmarks/reference_point.py, {ref['test_rows']:,} test rows, "
+        f"{ref['workers']} loader workers, {ref['threads']} threads): {len(points)} points "
+        f"measured (its 3 series at levels {levels}), {steps['point_s']:,.0f} s "
+        f"a point on average (sparsify {steps['sparsify_s']:.0f} s, torch.save + zip "
+        f"{steps['zip_s']:.0f} s, test loop {steps['test_s']:.0f} s, 2 x 100 forward passes "
+        f"{steps['forward_s']:.0f} s); its {ref['grid_points']} points: {ref['grid_s']:,.0f} s."
+    )
+    for name in (k for k in rows if k.startswith("sweep")):
+        zipped = read_table(work / name, METADATA_CSV).zip_file_size.astype(str)
+        if zipped.isin(["", "nan"]).any():
+            continue  # the reference's zip left out: not the reference's columns
+        metrics = read_table(work / name, METRICS_CSV)
+        for column, value in DEFAULTS.items():  # the main grid's rows
+            metrics = metrics[metrics[column] == value]
+        diffs = []
+        for p in points:
+            same = metrics[
+                (metrics.norm == p["norm"])
+                & (metrics.sparse_block_shape == p["sparse_block_shape"])
+                & ((metrics.sparsity_level - p["sparsity_level"]).abs() < 1e-9)
+            ]
+            diffs += [abs(float(v) - p["roc_auc"]) for v in same.roc_auc]
+        if len(diffs) != len(points):
+            continue  # a grid without the reference's measured points
+        if max(diffs) > 1e-3:
+            raise AssertionError(f"{name}: AUC differs from the reference's by {max(diffs):.4f}")
+        text += (
+            f" `{name}` ran the reference's points with its columns in "
+            f"{rows[name]['wall_s']:,.0f} s: {ref['grid_s'] / rows[name]['wall_s']:.1f}x "
+            f"faster (AUC at the measured points within {max(diffs):.1e} of the reference's)."
+        )
+    return text
+
+
 def run(
     lines: int,
     work: Path,
@@ -143,7 +198,7 @@ def run(
         key = sweep_name if stage == "sweep" else stage
         if key in done or stage not in stages:
             continue
-        if stage in ("sweep", "floor"):
+        if stage in ("sweep", "floor", "reference"):
             cmd = sweep_commands(work, list(sweep_args), sweep_name)[stage]
         else:
             cmd = commands(work, lines, train_steps, synthetic)[stage]
@@ -228,12 +283,13 @@ def main(argv: list[str] | None = None) -> None:
         "the stage; floor: the sweep's floor measured on its checkpoint "
         "(benchmarks/sweep_floor.py)."
     )
-    notes = " ".join(filter(None, [notes, floor_summary(work, rows)]))
+    summaries = [floor_summary(work, rows), reference_summary(work, rows)]
+    notes = " ".join(filter(None, [notes, *summaries]))
     command = command_line("benchmarks.end_to_end", argv)
     for path, name in ((args.work, "$WORK"), (args.out_dir, "$OUT")):
         if path is not None and path != RESULTS:  # no path of this machine in the results
             command = command.replace(str(path), name)
-    order = [*STAGES[:3], *(k for k in rows if k.startswith("sweep")), "floor"]
+    order = [*STAGES[:3], *(k for k in rows if k.startswith("sweep")), *STAGES[4:]]
     table = [rows[k] for k in order if k in rows]
     title = (
         "end to end, the synthetic default"

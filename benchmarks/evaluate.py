@@ -94,20 +94,21 @@ def lit_test(module, directory: str, rows: int) -> float:
 
 
 class PerSampleRows(torch.utils.data.Dataset):
-    """The reference's dataset: one row at a time, as numpy rows."""
+    """The reference's dataset: one row at a time, as numpy rows: rows [start, start + rows)."""
 
-    def __init__(self, directory: str, rows: int):
+    def __init__(self, directory: str, rows: int, start: int = 0):
         self.arrays = [
             np.load(Path(directory) / f"{k}.npy", mmap_mode="r")
             for k in ("dense", "sparse", "label")
         ]
-        self.rows = rows
+        self.rows, self.start = rows, start
 
     def __len__(self) -> int:
         return self.rows
 
     def __getitem__(self, i):
         dense, sparse, label = self.arrays
+        i += self.start
         return dense[i], sparse[i], label[i]
 
 
@@ -120,13 +121,13 @@ def collate_like_reference(batch):
     return dense, sparse, label
 
 
-def reference_test(model, directory: str, rows: int, workers: int) -> float:
-    """The reference's way: per-sample loading on ``workers`` processes, no no_grad,
-    scikit-learn metrics at the end -> AUC."""
+def reference_test(model, directory: str, rows: int, workers: int, start: int = 0) -> float:
+    """The reference's way over rows [start, start + rows): per-sample loading on ``workers``
+    processes, no no_grad, scikit-learn metrics at the end -> AUC."""
     from sklearn import metrics as skm
 
     loader = torch.utils.data.DataLoader(
-        PerSampleRows(directory, rows),
+        PerSampleRows(directory, rows, start),
         batch_size=BATCH,
         collate_fn=collate_like_reference,
         num_workers=workers,

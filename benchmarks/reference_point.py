@@ -1,0 +1,125 @@
+"""The reference approach's grid points, measured on a real checkpoint and its test split.
+
+    python -m benchmarks.reference_point CKPT --out reference.json [--levels 0.5 0.95]
+
+PyTorch's DLRM benchmark runs a grid point in four steps (../shared/reference/REFERENCE.md
+sections 1-4), each timed here on the checkpoint's network, its tables in memory:
+
+* sparsify: ``DataNormSparsifier`` ``step()`` + ``squash_mask()`` on the 26 tables, in place;
+* disk: ``torch.save`` of the state dict, then ``zipfile`` deflate at its default level;
+* metrics: the reference-style test loop over the test split
+  (:func:`benchmarks.evaluate.reference_test`: per-sample rows, its 7 loader workers, no
+  ``no_grad``, scikit-learn metrics);
+* forward time: 100 passes over one test batch of 16384 rows, dense and COO
+  (:func:`callbacks.timing.coo_forward`) each, as ``evaluate_forward_time.py`` runs them.
+
+One point per series the reference runs (L1 (1, 1), L1 (1, 4), L2 (1, 4); it skips L2 (1, 1)) at
+each of ``--levels``, the dense tables restored (untimed) between points. Its cost falls with the
+level (the zip and the COO pass shrink; sparsify and the test loop do not), so the default
+levels stand each for half of its 20 levels: 0.5 for 0.0-0.9, 0.95 for 0.91-1.0. Writes per point
+its step times and test AUC, and ``grid_s``: its 60 points as 10 x each measured point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.compress import zipfile_size
+from benchmarks.evaluate import BATCH, REFERENCE_WORKERS, reference_test
+from benchmarks.sparsify import REFERENCE_COMBOS
+from callbacks.timing import coo_forward, time_runs
+from lit_dlrm.checkpoint import datamodule_options
+from lit_dlrm.data import CriteoDataModule
+from lit_dlrm.module import DLRMModule
+from lit_dlrm.paths import atomic_write
+from lit_dlrm.sweep.grid import DEFAULT_LEVELS
+
+FORWARD_RUNS = 100  # the reference's passes per model; it drops the first
+
+
+def sparsify(tables: list[torch.nn.Parameter], norm: str, block, level: float) -> float:
+    """Seconds of DataNormSparsifier step + squash_mask on ``tables``, pruned in place."""
+    from torch.ao.pruning._experimental.data_sparsifier import DataNormSparsifier
+
+    sparsifier = DataNormSparsifier(sparsity_level=level, sparse_block_shape=block, norm=norm)
+    for i, table in enumerate(tables):
+        sparsifier.add_data(f"emb_l_{i}", table)
+    start = time.perf_counter()
+    sparsifier.step()
+    sparsifier.squash_mask()
+    return time.perf_counter() - start
+
+
+def measure(ckpt_path: Path, levels: list[float]) -> dict:
+    """Each reference point's step times (see the module's docstring) and the grid's estimate."""
+    options = datamodule_options(ckpt_path)
+    if options is None:
+        raise ValueError(f"{ckpt_path}: holds no data options (not a lit_dlrm checkpoint)")
+    data = CriteoDataModule(**options)
+    data.prepare_data()
+    data.setup("test")
+    start, stop = data.split_range("test")
+    network = DLRMModule.from_weights(str(ckpt_path)).model.eval()
+    tables = []
+    for table in network.emb_l:  # in memory, as the reference loads its checkpoint
+        table.weight = torch.nn.Parameter(table.weight.data.clone(), requires_grad=False)
+        tables.append(table.weight)
+    dense = [t.data.clone() for t in tables]  # to restore between points, untimed
+    dense_in, sparse_in, _ = next(iter(data.dataloader("test", rank=0, world_size=1)))
+    batch = (dense_in[:BATCH], sparse_in[:BATCH])  # the reference's fixed batch of 16384
+    points = []
+    for norm, block in REFERENCE_COMBOS:
+        for level in levels:
+            for table, original in zip(tables, dense):
+                table.data.copy_(original)
+            point = {"norm": norm, "sparse_block_shape": str(block), "sparsity_level": level}
+            point["sparsify_s"] = sparsify(tables, norm, block, level)
+            with tempfile.TemporaryDirectory(dir=ckpt_path.parent) as tmp:
+                zipped = zipfile_size(network.state_dict(), tmp, measure_read=False)
+            point["zip_s"], point["zip_mib"] = zipped.write_s, zipped.bytes / 2**20
+            t0 = time.perf_counter()
+            point["roc_auc"] = reference_test(
+                network, str(data.cache_path), stop - start, REFERENCE_WORKERS, start
+            )
+            point["test_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for run in (lambda: network(*batch), lambda: coo_forward(network, *batch)):
+                time_runs(run, torch.device("cpu"), 1, FORWARD_RUNS - 1)
+            point["forward_s"] = time.perf_counter() - t0
+            steps = ("sparsify_s", "zip_s", "test_s", "forward_s")
+            point["point_s"] = sum(point[k] for k in steps)
+            points.append(point)
+            print(json.dumps(point), file=sys.stderr, flush=True)
+    per_level = len(DEFAULT_LEVELS) / len(levels)  # grid levels each measured level stands for
+    return {
+        "points": points,
+        "levels": levels,
+        "grid_points": len(REFERENCE_COMBOS) * len(DEFAULT_LEVELS),
+        "grid_s": per_level * sum(p["point_s"] for p in points),
+        "test_rows": stop - start,
+        "workers": REFERENCE_WORKERS,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("ckpt_path", type=Path)
+    parser.add_argument("--out", type=Path, required=True, help="the JSON file to write")
+    parser.add_argument("--levels", type=float, nargs="+", default=[0.5, 0.95])
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if not all(0.0 <= level <= 1.0 for level in args.levels):
+        parser.error(f"--levels: expected values in [0, 1], got {args.levels}")
+    result = measure(args.ckpt_path, args.levels)
+    atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(result, indent=1)))
+
+
+if __name__ == "__main__":
+    main()
