@@ -3,13 +3,16 @@
     python -m benchmarks.end_to_end --lines 2000000     # a rehearsal, minutes
     python -m benchmarks.end_to_end                     # Kaggle's 45,840,617 lines, hours
     python -m benchmarks.end_to_end --stages write preprocess train   # the sweep left for later
-    python -m benchmarks.end_to_end --synthetic         # the quick start's job: train, sweep, floor
+    python -m benchmarks.end_to_end --synthetic         # the quick start's job, then the floor
 
 Each stage is one command (the file: ``python -m lit_dlrm.data.synthetic write``; the cache:
 ``CriteoDataModule.prepare_data``; training: ``scripts/train.py`` with ``configs/kaggle.yaml``;
 the sweep: ``scripts/sweep.py`` with its default grid on the best checkpoint, ``--sweep-args``
 added; the floor: ``benchmarks/sweep_floor.py`` on that checkpoint, so that the results give the
-sweep's time over F, its tests times one plain forward over the test split), run in ``--work``
+sweep's time over F, its tests times one plain forward over the test split; the reference:
+``benchmarks/reference_point.py``, the reference approach's own points on that checkpoint, at
+``--reference-levels``, so that they give its 60 points' time, set beside each sweep that ran
+them with the zip), run in ``--work``
 (default ``benchmarks/out/end_to_end_<lines>``) with its output in ``<stage>.log``. Measured per
 stage: wall time, the peak RSS of its process tree and the peak of its anonymous part (what the
 processes allocated, the mapped cache left out; sampled every 10 ms) and the disk ``--work``
@@ -22,7 +25,8 @@ is the last execution's only). A second sweep of the same checkpoint is another
 summary covers every sweep. Writes ``benchmarks/results/end_to_end_<lines>.md``
 (``kaggle_end_to_end.md`` at full size). ``--synthetic`` runs the README's quick start instead:
 ``scripts/train.py`` and ``scripts/sweep.py`` with their defaults (the synthetic data generated
-into ``--work``, default ``benchmarks/out/end_to_end_synthetic``), then the floor; it writes
+into ``--work``, default ``benchmarks/out/end_to_end_synthetic``), then the floor and the
+reference; it writes
 ``end_to_end_synthetic.md``.
 """
 
@@ -95,15 +99,20 @@ def commands(
     }
 
 
-def sweep_commands(work: Path, sweep_args: list[str], name: str) -> dict[str, list[str]]:
+def sweep_commands(
+    work: Path, sweep_args: list[str], name: str, reference_levels: list[float] | None = None
+) -> dict[str, list[str]]:
     """The sweep of the training run's best checkpoint into ``work / name`` (its data options
-    come with it; then ``sweep_args``), the floor and the reference approach's points measured
-    on the same checkpoint."""
+    come with it; then ``sweep_args``), the floor and the reference approach's points (at
+    ``reference_levels``, None: benchmarks/reference_point.py's) measured on the same
+    checkpoint."""
     best = latest_checkpoint(work / "runs" / "train")
     sweep = [sys.executable, "scripts/sweep.py", f"--ckpt_path={best}"]
     sweep += [f"--out_dir={work / name}", *QUIET, *sweep_args]
     floor = [sys.executable, "-m", "benchmarks.sweep_floor", str(best)]
     reference = [sys.executable, "-m", "benchmarks.reference_point", str(best)]
+    if reference_levels:
+        reference += ["--levels", *map(str, reference_levels)]
     return {
         "sweep": sweep,
         "floor": [*floor, f"--out={work / FLOOR}"],
@@ -188,6 +197,7 @@ def run(
     sweep_args: tuple[str, ...] = (),
     sweep_name: str = "sweep",
     synthetic: bool = False,
+    reference_levels: list[float] | None = None,
 ) -> dict[str, dict]:
     """Run those of ``stages`` not yet done in ``work``, the sweep as ``sweep_name`` (its row,
     log and out_dir); the row of every finished stage."""
@@ -199,7 +209,7 @@ def run(
         if key in done or stage not in stages:
             continue
         if stage in ("sweep", "floor", "reference"):
-            cmd = sweep_commands(work, list(sweep_args), sweep_name)[stage]
+            cmd = sweep_commands(work, list(sweep_args), sweep_name, reference_levels)[stage]
         else:
             cmd = commands(work, lines, train_steps, synthetic)[stage]
         resumed = (stage == "train" and "--ckpt_path" in " ".join(cmd)) or (
@@ -248,6 +258,13 @@ def main(argv: list[str] | None = None) -> None:
         default="sweep",
         help="the sweep's row and out_dir (a second sweep of the same checkpoint: another name)",
     )
+    parser.add_argument(
+        "--reference-levels",
+        type=float,
+        nargs="+",
+        default=None,
+        help="the levels of the reference's measured points (default: reference_point.py's)",
+    )
     args = parser.parse_args(argv)
     if args.synthetic:  # no file: the stages from training on
         named = args.stages != list(STAGES) and {"write", "preprocess"} & set(args.stages)
@@ -264,7 +281,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--sweep-name: expected a file name starting 'sweep', got {args.sweep_name}")
     sweep_args = shlex.split(args.sweep_args)
     rows = run(
-        args.lines, work, args.train_steps, args.stages, sweep_args, args.sweep_name, args.synthetic
+        args.lines,
+        work,
+        args.train_steps,
+        args.stages,
+        sweep_args,
+        args.sweep_name,
+        args.synthetic,
+        args.reference_levels,
     )
     full = not args.synthetic and args.lines == KAGGLE_TRAIN_ROWS
     stem = "kaggle_end_to_end" if full else f"end_to_end_{suffix}"

@@ -6,14 +6,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from benchmarks.end_to_end import STAGES, main
+from benchmarks import reference_point
+from benchmarks.end_to_end import REFERENCE, STAGES, main, reference_summary
+from lit_dlrm.cli import sweep, train
 from lit_dlrm.sweep.results import METADATA_CSV, METRICS_CSV, read_table
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP = "--sweep.studies=[] --sweep.norm=[L1] --sweep.sparse_block_shape=[[1,4]] "
 SWEEP += "--sweep.sparsity_level=[0.5,0.9] --timing.repeats=2"
+# the reference stage's 2 x 100 forward passes of 16384 rows per point take minutes: tested below
+# on a small model
+WITHOUT_REFERENCE = [s for s in STAGES if s != "reference"]
 
 
 def end_to_end(work: Path, out: Path, *more: str, sweep: str = SWEEP) -> str:
@@ -24,9 +30,9 @@ def end_to_end(work: Path, out: Path, *more: str, sweep: str = SWEEP) -> str:
 
 def test_the_whole_job_on_a_small_kaggle_file_then_a_second_sweep_only(tmp_path):
     work, out = tmp_path / "work", tmp_path / "results"
-    end_to_end(work, out)
+    end_to_end(work, out, "--stages", *WITHOUT_REFERENCE)
     stages = json.loads((work / "stages.json").read_text())
-    assert list(stages) == list(STAGES)
+    assert list(stages) == WITHOUT_REFERENCE
     for row in stages.values():
         assert row["wall_s"] > 0 and row["disk_gib"] > 0, row
         assert row["peak_rss_mib"] >= row["peak_anon_mib"] > 0, row
@@ -53,3 +59,48 @@ def test_synthetic_takes_no_file_options(tmp_path, capsys):
             main(["--synthetic", f"--work={tmp_path}", *wrong])
         assert "there is no file with --synthetic" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # refused before any work
+
+
+def test_reference_points_score_as_the_sweep_does(tmp_path, tiny_data_args):
+    """The reference approach's points (DataNormSparsifier, its test loop) on a small trained
+    checkpoint: the AUC of the sweep's same points, so the summary sets the two side by side."""
+    runs = tmp_path / "runs"
+    train(
+        [*tiny_data_args, "--trainer.max_steps=20", f"--trainer.logger.init_args.save_dir={runs}"]
+    )
+    (best,) = (runs / "train" / "version_0" / "checkpoints").glob("best-*.ckpt")
+    grid = ["--sweep.studies=[]", "--sweep.sparsity_level=[0.9]", "--timing.repeats=1"]
+    sweep([*grid, f"--ckpt_path={best}", f"--out_dir={tmp_path / 'sweep'}"])
+    reference_point.main([str(best), f"--out={tmp_path / REFERENCE}", "--levels", "0.9"])
+    ref = json.loads((tmp_path / REFERENCE).read_text())
+    assert [(p["norm"], p["sparse_block_shape"]) for p in ref["points"]] == [
+        ("L1", "(1, 1)"),
+        ("L1", "(1, 4)"),
+        ("L2", "(1, 4)"),
+    ]
+    assert ref["grid_s"] == pytest.approx(20 * sum(p["point_s"] for p in ref["points"]))
+    text = reference_summary(tmp_path, {"sweep": {"wall_s": 1.0}})
+    assert "its 60 points: " in text and "`sweep` ran the reference's points" in text
+
+
+def test_the_ratio_to_the_reference_needs_the_same_auc_at_its_points(tmp_path):
+    point = {"norm": "L1", "sparse_block_shape": "(1, 4)", "sparsity_level": 0.5, "roc_auc": 0.75}
+    steps = {"sparsify_s": 50.0, "zip_s": 60.0, "test_s": 70.0, "forward_s": 80.0}
+    ref = {"points": [{**point, **steps, "point_s": 260.0}], "levels": [0.5], "grid_points": 60}
+    ref.update({"grid_s": 15600.0, "test_rows": 100, "workers": 7, "threads": 2})
+    (tmp_path / REFERENCE).write_text(json.dumps(ref))
+    (tmp_path / "sweep").mkdir()
+
+    def sweep(auc: float, zip_size: str) -> str:
+        pd.DataFrame([{**point, "roc_auc": auc}]).to_csv(tmp_path / "sweep" / METRICS_CSV)
+        pd.DataFrame([{**point, "zip_file_size": zip_size}]).to_csv(
+            tmp_path / "sweep" / METADATA_CSV
+        )
+        return reference_summary(tmp_path, {"sweep": {"wall_s": 1000.0}})
+
+    assert "`sweep` ran the reference's points with its columns in 1,000 s: 15.6x" in sweep(
+        0.7504, "12"
+    )
+    assert "`sweep`" not in sweep(0.75, "")  # no zip: not the reference's columns
+    with pytest.raises(AssertionError, match="AUC differs from the reference's by 0.0100"):
+        sweep(0.76, "12")
