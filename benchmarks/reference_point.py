@@ -34,9 +34,8 @@ import torch
 from benchmarks.compress import zipfile_size
 from benchmarks.evaluate import BATCH, REFERENCE_WORKERS, reference_test
 from benchmarks.sparsify import REFERENCE_COMBOS
+from benchmarks.sweep_floor import checkpoint_data
 from callbacks.timing import coo_forward, time_runs
-from lit_dlrm.checkpoint import datamodule_options
-from lit_dlrm.data import CriteoDataModule
 from lit_dlrm.module import DLRMModule
 from lit_dlrm.paths import atomic_write
 from lit_dlrm.sweep.grid import DEFAULT_LEVELS
@@ -59,12 +58,7 @@ def sparsify(tables: list[torch.nn.Parameter], norm: str, block, level: float) -
 
 def measure(ckpt_path: Path, levels: list[float]) -> dict:
     """Each reference point's step times (see the module's docstring) and the grid's estimate."""
-    options = datamodule_options(ckpt_path)
-    if options is None:
-        raise ValueError(f"{ckpt_path}: holds no data options (not a lit_dlrm checkpoint)")
-    data = CriteoDataModule(**options)
-    data.prepare_data()
-    data.setup("test")
+    data = checkpoint_data(ckpt_path)
     start, stop = data.split_range("test")
     network = DLRMModule.from_weights(str(ckpt_path)).model.eval()
     tables = []

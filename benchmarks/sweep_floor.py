@@ -33,16 +33,23 @@ def tests_run(out_dir: str | Path) -> int:
     return len(rows_tested(read_table(out_dir, METRICS_CSV)))
 
 
-@torch.no_grad()
-def forward_seconds(ckpt_path: str | Path, repeats: int = 3) -> dict:
-    """Seconds of plain forward passes over the test split of ``ckpt_path``'s data (see the
-    module's docstring), and what they ran on."""
+def checkpoint_data(ckpt_path: str | Path) -> CriteoDataModule:
+    """The data module ``ckpt_path`` was trained with, set up for its test split (the rows and
+    batch size the sweep tests on); ValueError if the checkpoint holds no data options."""
     options = datamodule_options(ckpt_path)
     if options is None:
         raise ValueError(f"{ckpt_path}: holds no data options (not a lit_dlrm checkpoint)")
     data = CriteoDataModule(**options)
     data.prepare_data()
     data.setup("test")
+    return data
+
+
+@torch.no_grad()
+def forward_seconds(ckpt_path: str | Path, repeats: int = 3) -> dict:
+    """Seconds of plain forward passes over the test split of ``ckpt_path``'s data (see the
+    module's docstring), and what they ran on."""
+    data = checkpoint_data(ckpt_path)
     batches = [(d, s) for d, s, _ in data.dataloader("test", rank=0, world_size=1)]
     network = DLRMModule.from_weights(str(ckpt_path)).model.eval()
     for table in network.emb_l:  # in memory, as the sweep tests its (pruned) copies; not mapped
