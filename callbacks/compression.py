@@ -10,7 +10,8 @@ each process also writes the part it holds (:func:`~lit_dlrm.sharded.shards.held
 ``zstd_sparse`` format, and the parts' bytes summed over the processes are
 ``zstd_sparse_sharded_bytes``: the size of a sharded checkpoint, which needs no process to hold
 every table (``one_file=False`` skips the gathered measurement; ``reference_zip=False`` skips
-the reference's zip, the costliest measurement of a point). The row goes to
+the reference's zip, the costliest measurement of a point; ``measure_read=False`` the reading
+back). The row goes to
 ``sparse_model_metadata.csv`` (when there is an ``out_dir``); the first process writes it.
 """
 
@@ -40,6 +41,8 @@ class CheckpointCompression(SweepCallback):
         process, which must hold them all); False leaves its columns empty.
     reference_zip: measure the reference's zip of the one-file checkpoint; False leaves the
         ``zip_*`` columns empty (``zip_file_size`` too).
+    measure_read: time reading each file back (``zip_read_s``, ``zstd_sparse_read_s``); False
+        leaves those columns empty (the reference reads nothing back).
     """
 
     table = METADATA_CSV
@@ -55,12 +58,14 @@ class CheckpointCompression(SweepCallback):
         keep_files: bool = False,
         one_file: bool = True,
         reference_zip: bool = True,
+        measure_read: bool = True,
     ) -> None:
         check_directory("out_dir", out_dir)
         super().__init__(SweepContext(out_dir=out_dir))
         self.keep_files = keep_files
         self.one_file = one_file
         self.reference_zip = reference_zip
+        self.measure_read = measure_read
         self.row: dict | None = None
 
     @property
@@ -93,7 +98,9 @@ class CheckpointCompression(SweepCallback):
         if whole is not None:
             state = self._state(whole, point.weight_bits)
             if self.reference_zip:
-                reference = reference_zip_size(state, self.scratch, keep_dir=keep, stem=point.key)
+                reference = reference_zip_size(
+                    state, self.scratch, keep, point.key, measure_read=self.measure_read
+                )
                 row.update(
                     zip_file_size=reference.zip_file_size,
                     path=reference.path or "",
@@ -101,7 +108,9 @@ class CheckpointCompression(SweepCallback):
                     zip_write_s=reference.write_s,
                     zip_read_s=reference.read_s,
                 )
-            ours = zstd_sparse_size(state, self.scratch, keep_dir=keep, stem=point.key)
+            ours = zstd_sparse_size(
+                state, self.scratch, keep, point.key, measure_read=self.measure_read
+            )
             row.update(
                 zstd_sparse_bytes=ours.bytes,
                 zstd_sparse_write_s=ours.write_s,

@@ -122,6 +122,7 @@ CHANGES = {  # option -> (a value other than ONE_POINT's, the tables whose measu
     "compression.keep_files": ("true", {METADATA_CSV}),
     "compression.one_file": ("false", {METADATA_CSV}),
     "compression.reference_zip": ("false", {METADATA_CSV}),
+    "compression.measure_read": ("false", {METADATA_CSV}),
     "timing.batch_size": ("128", {FORWARD_TIME_CSV}),
     "timing.warmup": ("1", {FORWARD_TIME_CSV}),
     "timing.repeats": ("3", {FORWARD_TIME_CSV}),
@@ -152,10 +153,11 @@ def cold_start_clock():
 
 def measurements(out) -> dict[str, pd.DataFrame]:
     """Each table without its point columns and, but for the timings (deterministic under
-    cold_start_clock), without the seconds measured."""
+    cold_start_clock), without the seconds measured (of a read time: whether it was measured)."""
     tables = {name: read_table(out, name).drop(columns=list(COLUMNS)) for name in TABLES}
     for name in (METRICS_CSV, METADATA_CSV):
-        tables[name] = tables[name].filter(regex=r"^(?!.*(_s|_sec)$)")
+        read = tables[name].filter(regex=r"_read_s$").astype(str) != ""  # measured or not
+        tables[name] = tables[name].filter(regex=r"^(?!.*(_s|_sec)$)").join(read)
     return tables
 
 

@@ -49,13 +49,19 @@ def release_freed_memory() -> bool:
     return True
 
 
+def worker_count(workers: int | None = None) -> int:
+    """``workers`` if given, else the default for CPU-bound Python threads: up to 2, the CPU count
+    (numpy, torch, zlib-ng and zstd release the GIL while they work)."""
+    return max(1, workers if workers is not None else min(2, os.cpu_count() or 1))
+
+
 def map_tables(fn: Callable[[int], object], tables: Sequence[torch.Tensor], workers=None) -> list:
     """``[fn(0), fn(1), ...]``, one call per table: largest tables first, over ``workers`` Python
     threads (None: up to 2, the CPU count), torch single-threaded inside; each call runs with the
     caller's grad and inference modes. The first exception raised by ``fn`` propagates. The
     threads' freed memory is handed back at the end (:func:`release_freed_memory`)."""
     order = sorted(range(len(tables)), key=lambda i: tables[i].numel(), reverse=True)
-    workers = workers or max(1, min(2, os.cpu_count() or 1))
+    workers = worker_count(workers)
     inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
 
     def call(i: int):  # grad and inference modes are thread-local: carry the caller's

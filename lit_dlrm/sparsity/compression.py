@@ -24,6 +24,8 @@ import tempfile
 import threading
 import time
 import zipfile
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -32,7 +34,7 @@ import numpy as np
 import torch
 
 from lit_dlrm.paths import atomic_write, naming_no_space
-from lit_dlrm.sparsity.chunks import map_tables, row_chunks
+from lit_dlrm.sparsity.chunks import map_tables, row_chunks, worker_count
 
 MAGIC = b"LDSZ"
 VERSION = 2  # 2: survivors shuffled BLOCK at a time (1: the whole tensor at once)
@@ -64,34 +66,73 @@ class SizeResult:
 
 ZIP_LEVEL = 6  # zipfile's default, zlib's Z_DEFAULT_COMPRESSION
 _CHUNK = 1 << 24  # bytes deflated at a time: bounds the compressor's output buffer
+_WINDOW = 1 << 15  # deflate's window: a chunk's dictionary, the 32 KiB of input before it
 _ZIP64 = 0xFFFFFFFF  # a size or offset held in the zip64 extra field instead
+
+
+def _deflate_chunk(chunk: bytes, dictionary: bytes, level: int, last: bool) -> bytes:
+    """Raw deflate of ``chunk``, primed with ``dictionary`` (the input just before it), ending
+    byte-aligned (a sync flush) unless ``last``: the outputs of consecutive chunks concatenate
+    into one deflate stream, nearly as small as one compressor's (pigz's scheme)."""
+    from zlib_ng import zlib_ng
+
+    c = zlib_ng.compressobj(
+        level, zlib_ng.DEFLATED, -15, **({"zdict": dictionary} if dictionary else {})
+    )
+    return c.compress(chunk) + c.flush(zlib_ng.Z_FINISH if last else zlib_ng.Z_SYNC_FLUSH)
 
 
 class _DeflatingWriter(io.RawIOBase):
     """A writable stream that deflates what it is given into ``out`` (raw deflate, zlib-ng),
-    keeping the CRC-32 and size of the bytes written, as a zip member needs them."""
+    keeping the CRC-32 and size of the bytes written, as a zip member needs them. Its input is
+    cut into ``_CHUNK``-byte chunks deflated on ``workers`` threads (:func:`_deflate_chunk`), at
+    most ``workers`` + 1 in flight, written in order."""
 
-    def __init__(self, out: BinaryIO, level: int) -> None:
+    def __init__(self, out: BinaryIO, level: int, workers: int | None = None) -> None:
         from zlib_ng import zlib_ng
 
-        self.out, self.zlib = out, zlib_ng
-        self.compressor = zlib_ng.compressobj(level, zlib_ng.DEFLATED, -15)  # -15: raw deflate
+        self.out, self.crc32, self.level = out, zlib_ng.crc32, level
         self.crc, self.size = 0, 0
+        self.pending = bytearray()  # input not yet deflated: less than one chunk
+        self.dictionary = b""
+        self.workers = worker_count(workers)
+        self.pool = ThreadPoolExecutor(max_workers=self.workers)
+        self.in_flight: deque = deque()
 
     def writable(self) -> bool:
         return True
 
     def write(self, data) -> int:
         view = memoryview(data).cast("B")
-        for i in range(0, len(view), _CHUNK):
-            chunk = view[i : i + _CHUNK]
-            self.crc = self.zlib.crc32(chunk, self.crc)
-            self.out.write(self.compressor.compress(chunk))
+        self.crc = self.crc32(view, self.crc)
         self.size += len(view)
+        i = 0
+        while i < len(view):
+            take = min(_CHUNK - len(self.pending), len(view) - i)
+            self.pending += view[i : i + take]
+            i += take
+            if len(self.pending) == _CHUNK:
+                self._submit(last=False)
         return len(view)
 
+    def _submit(self, last: bool) -> None:
+        chunk, self.pending = bytes(self.pending), bytearray()
+        job = self.pool.submit(_deflate_chunk, chunk, self.dictionary, self.level, last)
+        self.in_flight.append(job)
+        self.dictionary = chunk[-_WINDOW:]
+        while len(self.in_flight) > self.workers:
+            self.out.write(self.in_flight.popleft().result())
+
     def finish(self) -> None:
-        self.out.write(self.compressor.flush())
+        """Deflate what is left, ending the stream, and write every chunk's output."""
+        self._submit(last=True)
+        while self.in_flight:
+            self.out.write(self.in_flight.popleft().result())
+
+    def close(self) -> None:
+        """Stop the threads (chunks not yet deflated are dropped)."""
+        self.pool.shutdown(cancel_futures=True)
+        super().close()
 
 
 def _write_reference_zip(state_dict: dict[str, torch.Tensor], workdir: Path, stem: str) -> Path:
@@ -104,9 +145,9 @@ def _write_reference_zip(state_dict: dict[str, torch.Tensor], workdir: Path, ste
         f.write(local.pack(0x04034B50, 45, 0, 8, 0, 0x21, 0, _ZIP64, _ZIP64, len(name), 20))
         f.write(name + struct.pack("<HHQQ", 1, 16, 0, 0))
         start = f.tell()
-        sink = _DeflatingWriter(f, ZIP_LEVEL)
-        torch.save(state_dict, sink)
-        sink.finish()
+        with _DeflatingWriter(f, ZIP_LEVEL) as sink:
+            torch.save(state_dict, sink)
+            sink.finish()
         packed = f.tell() - start
         central = f.tell()
         fields = (0x02014B50, 3 << 8 | 45, 45, 0, 8, 0, 0x21, sink.crc, _ZIP64, _ZIP64)
