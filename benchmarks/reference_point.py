@@ -15,9 +15,10 @@ sections 1-4), each timed here on the checkpoint's network, its tables in memory
 
 One point per series the reference runs (L1 (1, 1), L1 (1, 4), L2 (1, 4); it skips L2 (1, 1)) at
 each of ``--levels``, the dense tables restored (untimed) between points. Its cost falls with the
-level (the zip and the COO pass shrink; sparsify and the test loop do not), so the default
-levels stand each for half of its 20 levels: 0.5 for 0.0-0.9, 0.95 for 0.91-1.0. Writes per point
-its step times and test AUC, and ``grid_s``: its 60 points as 10 x each measured point.
+level (the zip and the COO pass shrink; sparsify and the test loop do not), so each measured
+level stands for an equal run of the grid's 20 levels (:func:`stands_for`; the default: 0.5 for
+0.0-0.9, 0.95 for 0.91-1.0). Writes per point its step times and test AUC, and ``grid_s``: its
+60 points, each timed as the measured point of its series that stands for its level.
 """
 
 from __future__ import annotations
@@ -41,6 +42,25 @@ from lit_dlrm.paths import atomic_write
 from lit_dlrm.sweep.grid import DEFAULT_LEVELS
 
 FORWARD_RUNS = 100  # the reference's passes per model; it drops the first
+
+
+def stands_for(levels: list[float]) -> dict[float, float]:
+    """Each of the grid's levels -> the measured level that stands for it: the sorted ``levels``
+    split the grid's 20 levels into equal consecutive runs."""
+    runs = sorted(levels)
+    return {
+        level: runs[i * len(runs) // len(DEFAULT_LEVELS)] for i, level in enumerate(DEFAULT_LEVELS)
+    }
+
+
+def point_seconds(ref: dict, norm: str, block: str, level: float) -> float | None:
+    """The reference's time for grid point (norm, block, level) from its measured points in
+    ``ref`` (what :func:`measure` returns); None for a point it does not run."""
+    measured = stands_for(ref["levels"]).get(level)
+    for p in ref["points"]:
+        if (p["norm"], p["sparse_block_shape"], p["sparsity_level"]) == (norm, block, measured):
+            return p["point_s"]
+    return None
 
 
 def sparsify(tables: list[torch.nn.Parameter], norm: str, block, level: float) -> float:
@@ -91,16 +111,16 @@ def measure(ckpt_path: Path, levels: list[float]) -> dict:
             point["point_s"] = sum(point[k] for k in steps)
             points.append(point)
             print(json.dumps(point), file=sys.stderr, flush=True)
-    per_level = len(DEFAULT_LEVELS) / len(levels)  # grid levels each measured level stands for
-    return {
+    result = {
         "points": points,
         "levels": levels,
         "grid_points": len(REFERENCE_COMBOS) * len(DEFAULT_LEVELS),
-        "grid_s": per_level * sum(p["point_s"] for p in points),
         "test_rows": stop - start,
         "workers": REFERENCE_WORKERS,
         "threads": torch.get_num_threads(),
     }
+    grid = [(n, str(b), level) for n, b in REFERENCE_COMBOS for level in DEFAULT_LEVELS]
+    return {**result, "grid_s": sum(point_seconds(result, *point) for point in grid)}
 
 
 def main(argv: list[str] | None = None) -> None:

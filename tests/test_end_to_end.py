@@ -80,7 +80,8 @@ def test_reference_points_score_as_the_sweep_does(tmp_path, tiny_data_args):
     ]
     assert ref["grid_s"] == pytest.approx(20 * sum(p["point_s"] for p in ref["points"]))
     text = reference_summary(tmp_path, {"sweep": {"wall_s": 1.0}})
-    assert "its 60 points: " in text and "`sweep` ran the reference's points" in text
+    assert "its 60 points: " in text and "`sweep` ran 3 of the reference's points" in text
+    assert "(AUC at its 3 measured points within " in text
 
 
 def test_the_ratio_to_the_reference_needs_the_same_auc_at_its_points(tmp_path):
@@ -96,9 +97,10 @@ def test_the_ratio_to_the_reference_needs_the_same_auc_at_its_points(tmp_path):
         pd.DataFrame([{**point, "zip_file_size": zip_size}]).to_csv(
             tmp_path / "sweep" / METADATA_CSV
         )
-        return reference_summary(tmp_path, {"sweep": {"wall_s": 1000.0}})
+        return reference_summary(tmp_path, {"sweep": {"wall_s": 26.0}})
 
-    assert "`sweep` ran the reference's points with its columns in 1,000 s: 15.6x" in sweep(
+    ran = "`sweep` ran 1 of the reference's points with its columns in 26 s; the reference takes "
+    assert ran + "260 s for them: 10.0x (AUC at its 1 measured points within 4.0e-04)." in sweep(
         0.7504, "12"
     )
     assert "`sweep`" not in sweep(0.75, "")  # no zip: not the reference's columns
