@@ -10,9 +10,9 @@ mask`` leaves -0.0 for pruned negatives, which deflate handles badly). Per level
 write and read the same state dict, ABBA, ``repeats`` times. The reference side is the
 reference's own code (``torch.save`` to a ``.pt`` file, zipped by ``zipfile`` at its default
 level); the sweep's zip (:func:`~lit_dlrm.sparsity.compression.reference_zip_size`: one pass,
-zlib-ng at the same level) runs beside it, in its own row. Threads: deflate is single-threaded
-on both zip sides; zstd_sparse encodes a tensor per core, as the sweep runs it, and again on one
-thread (``workers=1``) for a matched row. Same work: each format's file has the same bytes on
+zlib-ng at the same level, 16 MiB chunks deflated on 2 threads) runs beside it, in its own row.
+Threads: zipfile deflates on one thread; the sweep's zip and zstd_sparse use a thread per core,
+as the sweep runs them, and zstd_sparse again on one thread (``workers=1``) for a matched row. Same work: each format's file has the same bytes on
 every run, zstd_sparse reads back bit for bit, the sweep's zip holds ``torch.save``'s bytes and
 differs from zipfile's in size by less than 1% (checked once per state dict, untimed).
 """
