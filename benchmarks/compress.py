@@ -12,9 +12,10 @@ reference's own code (``torch.save`` to a ``.pt`` file, zipped by ``zipfile`` at
 level); the sweep's zip (:func:`~lit_dlrm.sparsity.compression.reference_zip_size`: one pass,
 zlib-ng at the same level, 16 MiB chunks deflated on 2 threads) runs beside it, in its own row.
 Threads: zipfile deflates on one thread; the sweep's zip and zstd_sparse use a thread per core,
-as the sweep runs them, and zstd_sparse again on one thread (``workers=1``) for a matched row. Same work: each format's file has the same bytes on
-every run, zstd_sparse reads back bit for bit, the sweep's zip holds ``torch.save``'s bytes and
-differs from zipfile's in size by less than 1% (checked once per state dict, untimed).
+as the sweep runs them, and zstd_sparse again on one thread (``workers=1``) for a matched row.
+Same work: each format's file has the same bytes on every run, zstd_sparse reads back bit for
+bit, the sweep's zip holds ``torch.save``'s bytes and differs from zipfile's in size by less than
+1% (checked once per state dict, untimed).
 """
 
 from __future__ import annotations
