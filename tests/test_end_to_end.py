@@ -43,7 +43,7 @@ def test_the_whole_job_on_a_small_kaggle_file_then_a_second_sweep_only(tmp_path)
     assert "`sweep` ran 2 tests: F = " in text and str(tmp_path) not in text
     # a second sweep of the same checkpoint: only it runs, the other rows are kept
     no_zip = f"{SWEEP} --compression.reference_zip=false"  # the same 2 points, no zip
-    end_to_end(work, out, "--sweep-name=sweep_no_zip", sweep=no_zip)
+    end_to_end(work, out, "--stages", "sweep", "--sweep-name=sweep_no_zip", sweep=no_zip)
     again = json.loads((work / "stages.json").read_text())
     assert {k: again[k] for k in stages} == stages and list(again)[-1] == "sweep_no_zip"
     metadata = read_table(work / "sweep_no_zip", METADATA_CSV)
