@@ -49,7 +49,7 @@ from lit_dlrm.checkpoint import latest_checkpoint
 from lit_dlrm.data.kaggle import KAGGLE_TRAIN_ROWS
 from lit_dlrm.paths import atomic_write
 from lit_dlrm.sweep.grid import DEFAULTS
-from lit_dlrm.sweep.results import METADATA_CSV, METRICS_CSV, read_table
+from lit_dlrm.sweep.results import FORWARD_TIME_CSV, METADATA_CSV, METRICS_CSV, read_table
 
 STAGES = ("write", "preprocess", "train", "sweep", "floor", "reference")
 COLUMNS = ["stage", "wall_s", "peak_rss_mib", "peak_anon_mib", "disk_gib", "resumed", "date"]
@@ -147,7 +147,8 @@ def reference_summary(work: Path, rows: dict[str, dict]) -> str:
     """The reference approach's time (benchmarks/reference_point.py) against each sweep that ran
     its points with the zip: the reference's time for the points of the sweep it runs, each
     from its measured point (:func:`benchmarks.reference_point.point_seconds`), over the sweep's
-    wall time; empty until measured. Where a sweep ran a measured point, both AUCs must agree
+    wall time, with the sweep's timing protocol beside it (the reference times 99 runs of 16,384
+    rows per path); empty until measured. Where a sweep ran a measured point, both AUCs must agree
     within 1e-3 (blocks tied at the cut may differ), or AssertionError: the same models."""
     if not (work / REFERENCE).is_file():
         return ""
@@ -184,10 +185,12 @@ def reference_summary(work: Path, rows: dict[str, dict]) -> str:
         if diffs and max(diffs) > 1e-3:
             raise AssertionError(f"{name}: AUC differs from the reference's by {max(diffs):.4f}")
         wall = rows[name]["wall_s"]
+        timed = read_table(work / name, FORWARD_TIME_CSV).iloc[0]
         text += (
             f" `{name}` ran {len(seconds)} of the reference's points with its columns in "
-            f"{wall:,.0f} s; the reference takes {sum(seconds):,.0f} s for them: "
-            f"{sum(seconds) / wall:.1f}x"
+            f"{wall:,.0f} s (its forward times: {int(timed.repeats)} runs of "
+            f"{int(timed.batch_size):,} rows per path); the reference takes "
+            f"{sum(seconds):,.0f} s for them: {sum(seconds) / wall:.1f}x"
         )
         if diffs:
             text += f" (AUC at its {len(diffs)} measured points within {max(diffs):.1e})"
