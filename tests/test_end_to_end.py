@@ -2,8 +2,6 @@
 stage's row, the sweep's floor, and a second sweep of the same checkpoint that runs alone."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +12,6 @@ from benchmarks.end_to_end import REFERENCE, STAGES, main, reference_summary
 from lit_dlrm.cli import sweep, train
 from lit_dlrm.sweep.results import FORWARD_TIME_CSV, METADATA_CSV, METRICS_CSV, read_table
 
-REPO = Path(__file__).resolve().parents[1]
 SWEEP = "--sweep.studies=[] --sweep.norm=[L1] --sweep.sparse_block_shape=[[1,4]] "
 SWEEP += "--sweep.sparsity_level=[0.5,0.9] --timing.repeats=2"
 # the reference stage's 2 x 100 forward passes of 16384 rows per point take minutes: tested below
@@ -22,10 +19,18 @@ SWEEP += "--sweep.sparsity_level=[0.5,0.9] --timing.repeats=2"
 WITHOUT_REFERENCE = [s for s in STAGES if s != "reference"]
 
 
-def end_to_end(work: Path, out: Path, *more: str, sweep: str = SWEEP) -> str:
-    cmd = [sys.executable, "-m", "benchmarks.end_to_end", "--lines=200000", "--train-steps=150"]
-    cmd += [f"--work={work}", f"--out-dir={out}", f"--sweep-args={sweep}", *more]
-    return subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True).stdout
+def end_to_end(work: Path, out: Path, *more: str, sweep: str = SWEEP) -> None:
+    """The command, in this process (its stages run as their own processes either way)."""
+    main(
+        [
+            "--lines=200000",
+            "--train-steps=150",
+            f"--work={work}",
+            f"--out-dir={out}",
+            f"--sweep-args={sweep}",
+            *more,
+        ]
+    )
 
 
 def test_the_whole_job_on_a_small_kaggle_file_then_a_second_sweep_only(tmp_path):
