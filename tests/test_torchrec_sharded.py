@@ -23,7 +23,7 @@ else:
 
 from conftest import REPO  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
-from torchrec_workers import prune_sharded, train_sharded  # noqa: E402
+from torchrec_workers import train_sharded, train_then_prune_sharded  # noqa: E402
 
 from lit_dlrm.checkpoint import datamodule_options, load_state_dict  # noqa: E402
 from lit_dlrm.cli import sweep  # noqa: E402
@@ -168,18 +168,10 @@ LEVELS = [0.0, 0.3, 0.5, 0.9, 1.0]
 def test_sharded_pruning_equals_one_process(tmp_path, sharding_type):
     """A checkpoint trained sharded, pruned shard by shard on 2 ranks (the ranks agreeing on each
     split table's cut): the shards equal the one-process engine's pruned tables bit for bit."""
-    ckpt = tmp_path / "sharded.ckpt"
-    mp.spawn(
-        train_sharded,
-        args=(2, str(tmp_path / "init"), ARCH, sharding_type, "sgd", 0.1, batches(2), str(ckpt)),
-        nprocs=2,
-    )
-    out = tmp_path / "pruned"
-    mp.spawn(
-        prune_sharded,
-        args=(2, str(tmp_path / "init2"), ARCH, sharding_type, str(ckpt), COMBOS, LEVELS, str(out)),
-        nprocs=2,
-    )
+    ckpt, out = tmp_path / "sharded.ckpt", tmp_path / "pruned"
+    trained = (ARCH, sharding_type, "sgd", 0.1, batches(2), str(ckpt))
+    pruned = (ARCH, sharding_type, str(ckpt), COMBOS, LEVELS, str(out))
+    mp.spawn(train_then_prune_sharded, args=(2, str(tmp_path / "init"), trained, pruned), nprocs=2)
     one = load_state_dict(to_one_file(ckpt, tmp_path / "one.ckpt"))
     whole = [one[f"emb_l.{k}.weight"] for k in range(len(ARCH["table_sizes"]))]
     held = [torch.load(f"{out}.{rank}.pt") for rank in range(2)]

@@ -36,9 +36,17 @@ def train_sharded(rank, world, init_file, *args) -> None:
     in_group(rank, world, init_file, train, *args)
 
 
-def prune_sharded(rank, world, init_file, *args) -> None:
-    """:func:`prune` in a group of ``world`` ranks."""
-    in_group(rank, world, init_file, prune, *args)
+def train_then_prune_sharded(rank, world, init_file, train_args, prune_args) -> None:
+    """:func:`train`, then :func:`prune` of the checkpoint it saved, in one group of ``world``
+    ranks (one start of the processes for both)."""
+
+    def both(rank, world):
+        train(rank, world, *train_args)
+        gc.collect()  # the trained network's reducer, before the next network takes the group
+        dist.barrier()  # every rank's shards saved before any rank loads them
+        prune(rank, world, *prune_args)
+
+    in_group(rank, world, init_file, both)
 
 
 def train(rank, world, arch, sharding_type, optimizer, lr, steps, out):
