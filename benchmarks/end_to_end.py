@@ -41,7 +41,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.harness import REPO, RESULTS, command_line, git_commit, write_table
+from benchmarks.harness import REPO, RESULTS, command_line, fmt, git_commit, write_table
 from benchmarks.memory import run_measured
 from benchmarks.reference_point import point_seconds
 from benchmarks.sweep_floor import tests_run
@@ -161,8 +161,9 @@ def reference_summary(work: Path, rows: dict[str, dict]) -> str:
         f"Reference approach (benchmarks/reference_point.py, {ref['test_rows']:,} test rows, "
         f"{ref['workers']} loader workers, {ref['threads']} threads): {len(points)} points "
         f"measured (its 3 series at levels {levels}), {steps['point_s']:,.0f} s a point on "
-        f"average (sparsify {steps['sparsify_s']:.0f} s, torch.save + zip {steps['zip_s']:.0f} s, "
-        f"test loop {steps['test_s']:.0f} s, 2 x 100 forward passes {steps['forward_s']:.0f} s); "
+        f"average (sparsify {fmt(steps['sparsify_s'])} s, torch.save + zip "
+        f"{fmt(steps['zip_s'])} s, test loop {fmt(steps['test_s'])} s, 2 x 100 forward passes "
+        f"{fmt(steps['forward_s'])} s); "
         f"its {ref['grid_points']} points: {ref['grid_s']:,.0f} s."
     )
     measured = {(p["norm"], p["sparse_block_shape"], p["sparsity_level"]): p for p in points}
