@@ -1,10 +1,22 @@
 """Shared fixtures: a tiny synthetic data set, built once per test session."""
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+    """Under pytest-xdist each of its workers (one per core) runs torch on one thread, and so do
+    the processes its tests start: two workers of two threads each would fight for two cores."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        import torch
+
+        torch.set_num_threads(1)
+
 
 # Small enough for seconds of training, large enough for every split to hold both labels.
 TINY_DATA = [
