@@ -3,7 +3,7 @@
     python -m benchmarks.end_to_end --lines 2000000     # a rehearsal, minutes
     python -m benchmarks.end_to_end                     # Kaggle's 45,840,617 lines, hours
     python -m benchmarks.end_to_end --stages write preprocess train   # the sweep left for later
-    python -m benchmarks.end_to_end --synthetic         # the quick start's job, then the floor
+    python -m benchmarks.end_to_end --synthetic         # the quick start's job, floor, reference
 
 Each stage is one command (the file: ``python -m lit_dlrm.data.synthetic write``; the cache:
 ``CriteoDataModule.prepare_data``; training: ``scripts/train.py`` with ``configs/kaggle.yaml``;
