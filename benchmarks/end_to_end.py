@@ -18,11 +18,11 @@ stage: wall time, the peak RSS of its process tree and the peak of its anonymous
 processes allocated, the mapped cache left out; sampled every 10 ms) and the disk ``--work``
 holds after it. A finished stage's row goes to ``<work>/stages.json`` with its date and commit
 and is not run again, so a stopped run goes on stage by stage; training goes on from its
-``last.ckpt`` and the sweep from its finished points, and such a row says ``resumed`` (its time
-is the last execution's only). A second sweep of the same checkpoint is another
-``--sweep-name`` with its ``--sweep-args`` (``--stages sweep floor --sweep-name sweep_no_zip
---sweep-args=--compression.reference_zip=false``: the sweep the floor goal is about); the floor
-summary covers every sweep. Writes ``benchmarks/results/end_to_end_<lines>.md``
+``last.ckpt``, the sweep and the reference from their finished points, and such a row says
+``resumed`` (its time is the last execution's only). A second sweep of the same checkpoint is
+another ``--sweep-name`` with its ``--sweep-args`` (``--stages sweep floor --sweep-name
+sweep_no_zip --sweep-args=--compression.reference_zip=false``: the sweep the floor goal is
+about); the floor summary covers every sweep. Writes ``benchmarks/results/end_to_end_<lines>.md``
 (``kaggle_end_to_end.md`` at full size). ``--synthetic`` runs the README's quick start instead:
 ``scripts/train.py`` and ``scripts/sweep.py`` with their defaults (the synthetic data generated
 into ``--work``, default ``benchmarks/out/end_to_end_synthetic``), then the floor and the
@@ -222,8 +222,10 @@ def run(
             cmd = sweep_commands(work, list(sweep_args), sweep_name, reference_levels)[stage]
         else:
             cmd = commands(work, lines, train_steps, synthetic)[stage]
-        resumed = (stage == "train" and "--ckpt_path" in " ".join(cmd)) or (
-            stage == "sweep" and (work / sweep_name / METRICS_CSV).is_file()
+        resumed = (
+            (stage == "train" and "--ckpt_path" in " ".join(cmd))
+            or (stage == "sweep" and (work / sweep_name / METRICS_CSV).is_file())
+            or (stage == "reference" and (work / REFERENCE).is_file())
         )
         print(f"{key}: {' '.join(cmd)}", file=sys.stderr, flush=True)
         with open(work / f"{key}.log", "ab") as log:

@@ -18,7 +18,9 @@ each of ``--levels``, the dense tables restored (untimed) between points. Its co
 level (the zip and the COO pass shrink; sparsify and the test loop do not), so each measured
 level stands for an equal run of the grid's 20 levels (:func:`stands_for`; the default: 0.5 for
 0.0-0.9, 0.95 for 0.91-1.0). Writes per point its step times and test AUC, and ``grid_s``: its
-60 points, each timed as the measured point of its series that stands for its level.
+60 points, each timed as the measured point of its series that stands for its level. ``--out``
+is rewritten after every point: a run stopped and started again measures only the points it
+lacks.
 """
 
 from __future__ import annotations
@@ -76,8 +78,9 @@ def sparsify(tables: list[torch.nn.Parameter], norm: str, block, level: float) -
     return time.perf_counter() - start
 
 
-def measure(ckpt_path: Path, levels: list[float]) -> dict:
-    """Each reference point's step times (see the module's docstring) and the grid's estimate."""
+def measure(ckpt_path: Path, levels: list[float], out: Path) -> dict:
+    """Each reference point's step times (see the module's docstring) and the grid's estimate;
+    the points measured so far in ``out`` after each point, those already there kept."""
     data = checkpoint_data(ckpt_path)
     start, stop = data.split_range("test")
     network = DLRMModule.from_weights(str(ckpt_path)).model.eval()
@@ -88,12 +91,24 @@ def measure(ckpt_path: Path, levels: list[float]) -> dict:
     dense = [t.data.clone() for t in tables]  # to restore between points, untimed
     dense_in, sparse_in, _ = next(iter(data.dataloader("test", rank=0, world_size=1)))
     batch = (dense_in[:BATCH], sparse_in[:BATCH])  # the reference's fixed batch of 16384
-    points = []
+    result = {
+        "ckpt": str(ckpt_path.resolve()),
+        "levels": levels,
+        "grid_points": len(REFERENCE_COMBOS) * len(DEFAULT_LEVELS),
+        "test_rows": stop - start,
+        "workers": REFERENCE_WORKERS,
+        "threads": torch.get_num_threads(),
+        "points": [],
+    }
+    done = {_key(p): p for p in earlier_points(out, result)}
     for norm, block in REFERENCE_COMBOS:
         for level in levels:
+            point = {"norm": norm, "sparse_block_shape": str(block), "sparsity_level": level}
+            if _key(point) in done:
+                result["points"].append(done[_key(point)])
+                continue
             for table, original in zip(tables, dense):
                 table.data.copy_(original)
-            point = {"norm": norm, "sparse_block_shape": str(block), "sparsity_level": level}
             point["sparsify_s"] = sparsify(tables, norm, block, level)
             with tempfile.TemporaryDirectory(dir=ckpt_path.parent) as tmp:
                 zipped = zipfile_size(network.state_dict(), tmp, measure_read=False)
@@ -109,18 +124,36 @@ def measure(ckpt_path: Path, levels: list[float]) -> dict:
             point["forward_s"] = time.perf_counter() - t0
             steps = ("sparsify_s", "zip_s", "test_s", "forward_s")
             point["point_s"] = sum(point[k] for k in steps)
-            points.append(point)
+            result["points"].append(point)
             print(json.dumps(point), file=sys.stderr, flush=True)
-    result = {
-        "points": points,
-        "levels": levels,
-        "grid_points": len(REFERENCE_COMBOS) * len(DEFAULT_LEVELS),
-        "test_rows": stop - start,
-        "workers": REFERENCE_WORKERS,
-        "threads": torch.get_num_threads(),
-    }
+            _write(out, result)
     grid = [(n, str(b), level) for n, b in REFERENCE_COMBOS for level in DEFAULT_LEVELS]
     return {**result, "grid_s": sum(point_seconds(result, *point) for point in grid)}
+
+
+def _key(point: dict) -> tuple:
+    return point["norm"], point["sparse_block_shape"], point["sparsity_level"]
+
+
+def _write(out: Path, result: dict) -> None:
+    atomic_write(out, lambda tmp: tmp.write_text(json.dumps(result, indent=1)))
+
+
+def earlier_points(out: Path, result: dict) -> list[dict]:
+    """The points an earlier run of the same measurement (``result``'s checkpoint, levels, test
+    rows, workers and threads) left in ``out``; none when there is no ``out``. Raises ValueError
+    naming ``out`` and what differs when it holds another measurement's points."""
+    if not out.is_file():
+        return []
+    earlier = json.loads(out.read_text())
+    same = [k for k in result if k != "points"]
+    differ = {k: (earlier.get(k), result[k]) for k in same if earlier.get(k) != result[k]}
+    if differ:
+        raise ValueError(
+            f"{out}: holds the points of another measurement ({differ}: its value, then this "
+            "run's); delete it or give another --out"
+        )
+    return earlier["points"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -131,8 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if not all(0.0 <= level <= 1.0 for level in args.levels):
         parser.error(f"--levels: expected values in [0, 1], got {args.levels}")
-    result = measure(args.ckpt_path, args.levels)
-    atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(result, indent=1)))
+    _write(args.out, measure(args.ckpt_path, args.levels, args.out))
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ class SparseCooTiming(SweepCallback):
         out_dir: str | None = None,
         batch_size: int | None = None,
         warmup: int = 2,
-        repeats: int = 10,
+        repeats: int = 5,
     ) -> None:
         if repeats < 1 or warmup < 0:
             raise ValueError(

@@ -66,9 +66,10 @@ def test_synthetic_takes_no_file_options(tmp_path, capsys):
     assert not any(tmp_path.iterdir())  # refused before any work
 
 
-def test_reference_points_score_as_the_sweep_does(tmp_path, tiny_data_args):
+def test_reference_points_score_as_the_sweep_does(tmp_path, tiny_data_args, monkeypatch):
     """The reference approach's points (DataNormSparsifier, its test loop) on a small trained
-    checkpoint: the AUC of the sweep's same points, so the summary sets the two side by side."""
+    checkpoint: the AUC of the sweep's same points, so the summary sets the two side by side. A
+    run stopped after its first point is taken up at the second."""
     runs = tmp_path / "runs"
     train(
         [*tiny_data_args, "--trainer.max_steps=20", f"--trainer.logger.init_args.save_dir={runs}"]
@@ -76,8 +77,25 @@ def test_reference_points_score_as_the_sweep_does(tmp_path, tiny_data_args):
     (best,) = (runs / "train" / "version_0" / "checkpoints").glob("best-*.ckpt")
     grid = ["--sweep.studies=[]", "--sweep.sparsity_level=[0.9]", "--timing.repeats=1"]
     sweep([*grid, f"--ckpt_path={best}", f"--out_dir={tmp_path / 'sweep'}"])
-    reference_point.main([str(best), f"--out={tmp_path / REFERENCE}", "--levels", "0.9"])
+    tests, real_test = [], reference_point.reference_test
+
+    def stopped_at_the_second(*args):
+        tests.append(args)
+        if len(tests) == 2:
+            raise KeyboardInterrupt
+        return real_test(*args)
+
+    command = [str(best), f"--out={tmp_path / REFERENCE}", "--levels", "0.9"]
+    monkeypatch.setattr(reference_point, "reference_test", stopped_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        reference_point.main(command)
+    (first,) = json.loads((tmp_path / REFERENCE).read_text())["points"]
+    reference_point.main(command)  # tests the second and third points only
+    assert len(tests) == 4
     ref = json.loads((tmp_path / REFERENCE).read_text())
+    assert ref["points"][0] == first
+    with pytest.raises(ValueError, match="holds the points of another measurement.*levels"):
+        reference_point.main([*command[:-1], "0.5"])
     assert [(p["norm"], p["sparse_block_shape"]) for p in ref["points"]] == [
         ("L1", "(1, 1)"),
         ("L1", "(1, 4)"),
