@@ -14,10 +14,11 @@ sweep's time over F, its tests times one plain forward over the test split; the 
 ``--reference-levels``, so that they give its 60 points' time, set beside each sweep that ran
 them with the zip), run in ``--work``
 (default ``benchmarks/out/end_to_end_<lines>``) with its output in ``<stage>.log``. Measured per
-stage: wall time, the peak RSS of its process tree and the peak of its anonymous part (what the
-processes allocated, the mapped cache left out; sampled every 10 ms) and the disk ``--work``
-holds after it. A finished stage's row goes to ``<work>/stages.json`` with its date and commit
-and is not run again, so a stopped run goes on stage by stage; training goes on from its
+stage: wall time, the peak resident memory of its process tree and the peak of its anonymous part
+(what the processes allocated, the mapped cache left out; pages that processes of the tree share
+counted once: :func:`benchmarks.memory.tree_memory_mib`) and the disk ``--work`` holds after it.
+A finished stage's row goes to ``<work>/stages.json`` with its date and commit and is not run
+again, so a stopped run goes on stage by stage; training goes on from its
 ``last.ckpt``, the sweep and the reference from their finished points, and such a row says
 ``resumed`` (its time is the last execution's only). A second sweep of the same checkpoint is
 another ``--sweep-name`` with its ``--sweep-args`` (``--stages sweep floor --sweep-name
@@ -315,6 +316,8 @@ def main(argv: list[str] | None = None) -> None:
         " each stage one command (in the row; $WORK: the --work directory), timed in one "
         "execution unless `resumed`; peak: the process tree's RSS (the pages of the memory-mapped "
         "cache it read included), and its anonymous part, what the processes allocated (RssAnon); "
+        "with several processes, their proportional shares (Pss, Pss_Anon: pages they share "
+        "counted once); "
         "disk: what $WORK holds after "
         "the stage; floor: the sweep's floor measured on its checkpoint "
         "(benchmarks/sweep_floor.py)."

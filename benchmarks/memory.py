@@ -3,6 +3,7 @@
 import shlex
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -16,27 +17,54 @@ def _status_mib(field: str, pid: int | str = "self") -> float:
     raise RuntimeError(f"no {field} in /proc/{pid}/status: memory is measured on Linux only")
 
 
-def tree_rss_mib(pid: int, field: str = "VmRSS") -> float:
-    """Resident memory now of process ``pid`` and all its descendants (``field`` of their
-    ``/proc`` status: ``VmRSS``, or ``RssAnon`` for what they allocated, the pages of mapped files
-    left out); processes that end while they are read count 0."""
-    total, stack = 0.0, [pid]
+def tree_pids(pid: int) -> list[int]:
+    """``pid`` and all its descendants still running."""
+    pids, stack = [], [pid]
     while stack:
         p = stack.pop()
         try:
-            total += _status_mib(field, p)
             for task in Path(f"/proc/{p}/task").iterdir():
                 stack += [int(c) for c in (task / "children").read_text().split()]
-        except (OSError, ValueError, RuntimeError):
+        except (OSError, ValueError):
             continue
-    return total
+        pids.append(p)
+    return pids
+
+
+def _rollup_mib(pid: int) -> tuple[float, float]:
+    """(Pss, Pss_Anon) of ``/proc/<pid>/smaps_rollup``, in MiB."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        name, _, rest = line.partition(":")
+        if name in ("Pss", "Pss_Anon"):
+            fields[name] = int(rest.split()[0]) / 1024  # kB
+    return fields["Pss"], fields["Pss_Anon"]
 
 
 class Peaks(NamedTuple):
-    """Peaks of a process tree's memory, in MiB."""
+    """A process tree's memory (its peaks, where :func:`run_measured` returns it), in MiB."""
 
     rss_mib: float  # resident memory, the pages of memory-mapped files it read included
     anon_mib: float  # what it allocated (RssAnon): mapped files left out
+
+
+def tree_memory_mib(pid: int) -> Peaks:
+    """Resident memory now of process ``pid`` and its descendants, and its anonymous part. One
+    process: its ``VmRSS`` and ``RssAnon``. Several: the sum of their proportional shares
+    (``Pss`` and ``Pss_Anon`` of ``smaps_rollup``: a page mapped by n processes counts 1/n in
+    each), so the pages forked workers share with their parent count once, not once a process.
+    Processes that end while they are read count 0."""
+    pids, total = tree_pids(pid), (0.0, 0.0)
+    for p in pids:
+        try:
+            if len(pids) == 1:
+                values = _status_mib("VmRSS", p), _status_mib("RssAnon", p)
+            else:
+                values = _rollup_mib(p)
+        except (OSError, KeyError, RuntimeError):
+            continue
+        total = (total[0] + values[0], total[1] + values[1])
+    return Peaks(*total)
 
 
 def peak_rss_mib() -> float:
@@ -70,17 +98,20 @@ def run_measured(
     stdout=subprocess.PIPE,
     stderr=subprocess.PIPE,
 ) -> tuple[bytes | None, bytes | None, Peaks]:
-    """(stdout, stderr, the process tree's memory peaks, sampled every 10 ms) of ``cmd`` run in
-    ``cwd`` (``stdout`` / ``stderr``: a pipe, or a file for long runs); raises RuntimeError
-    with the command and its stderr's tail when it fails."""
+    """(stdout, stderr, the process tree's memory peaks (:func:`tree_memory_mib`)) of ``cmd``
+    run in ``cwd`` (``stdout`` / ``stderr``: a pipe, or a file for long runs); raises
+    RuntimeError with the command and its stderr's tail when it fails. Sampled every 10 ms, or
+    less often while reading the tree's memory takes longer than a millisecond (several large
+    processes), so that sampling takes at most a tenth of a core."""
     proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, env=env, cwd=cwd)
     peak, stop = [0.0, 0.0], threading.Event()
 
     def sample():
         while not stop.is_set():
-            peak[0] = max(peak[0], tree_rss_mib(proc.pid))
-            peak[1] = max(peak[1], tree_rss_mib(proc.pid, "RssAnon"))
-            stop.wait(0.01)
+            start = time.perf_counter()
+            now = tree_memory_mib(proc.pid)
+            peak[:] = max(peak[0], now.rss_mib), max(peak[1], now.anon_mib)
+            stop.wait(max(0.01, 10 * (time.perf_counter() - start)))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
