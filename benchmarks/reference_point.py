@@ -146,12 +146,15 @@ def earlier_points(out: Path, result: dict) -> list[dict]:
     if not out.is_file():
         return []
     earlier = json.loads(out.read_text())
-    same = [k for k in result if k != "points"]
-    differ = {k: (earlier.get(k), result[k]) for k in same if earlier.get(k) != result[k]}
+    differ = [
+        f"{k} {earlier.get(k)!r} there, {v!r} here"
+        for k, v in result.items()
+        if k != "points" and earlier.get(k) != v
+    ]
     if differ:
         raise ValueError(
-            f"{out}: holds the points of another measurement ({differ}: its value, then this "
-            "run's); delete it or give another --out"
+            f"{out}: holds the points of another measurement ({'; '.join(differ)}); delete it "
+            "or give another --out"
         )
     return earlier["points"]
 
