@@ -15,10 +15,10 @@ sweep's time over F, its tests times one plain forward over the test split; the 
 them with the zip), run in ``--work``
 (default ``benchmarks/out/end_to_end_<lines>``) with its output in ``<stage>.log``. Measured per
 stage: wall time, the peak resident memory of its process tree and the peak of its anonymous part
-(what the processes allocated, the mapped cache left out; pages that processes of the tree share
-counted once: :func:`benchmarks.memory.tree_memory_mib`) and the disk ``--work`` holds after it.
-A finished stage's row goes to ``<work>/stages.json`` with its date and commit and is not run
-again, so a stopped run goes on stage by stage; training goes on from its
+(what the processes allocated, the mapped cache left out; pages a worker shares with the root
+process counted once: :func:`benchmarks.memory.tree_memory_mib`) and the disk ``--work`` holds
+after it. A finished stage's row goes to ``<work>/stages.json`` with its date and commit and is
+not run again, so a stopped run goes on stage by stage; training goes on from its
 ``last.ckpt``, the sweep and the reference from their finished points, and such a row says
 ``resumed`` (its time is the last execution's only). A second sweep of the same checkpoint is
 another ``--sweep-name`` with its ``--sweep-args`` (``--stages sweep floor --sweep-name
@@ -27,8 +27,7 @@ about); the floor summary covers every sweep. Writes ``benchmarks/results/end_to
 (``kaggle_end_to_end.md`` at full size). ``--synthetic`` runs the README's quick start instead:
 ``scripts/train.py`` and ``scripts/sweep.py`` with their defaults (the synthetic data generated
 into ``--work``, default ``benchmarks/out/end_to_end_synthetic``), then the floor and the
-reference; it writes
-``end_to_end_synthetic.md``.
+reference; it writes ``end_to_end_synthetic.md``.
 """
 
 from __future__ import annotations
@@ -149,11 +148,12 @@ def reference_summary(work: Path, rows: dict[str, dict]) -> str:
     its points with the zip: the reference's time for the points of the sweep it runs, each
     from its measured point (:func:`benchmarks.reference_point.point_seconds`), over the sweep's
     wall time, with the sweep's timing protocol beside it (the reference times 99 runs of 16,384
-    rows per path); empty until measured. Where a sweep ran a measured point, both AUCs must agree
-    within 1e-3 (blocks tied at the cut may differ), or AssertionError: the same models."""
-    if not (work / REFERENCE).is_file():
+    rows per path); empty until all its points are measured (a stopped reference stage leaves
+    them without ``grid_s``). Where a sweep ran a measured point, both AUCs must agree within
+    1e-3 (blocks tied at the cut may differ), or AssertionError: the same models."""
+    ref = json.loads((work / REFERENCE).read_text()) if (work / REFERENCE).is_file() else {}
+    if "grid_s" not in ref:
         return ""
-    ref = json.loads((work / REFERENCE).read_text())
     points = ref["points"]
     keys = ("sparsify_s", "zip_s", "test_s", "forward_s", "point_s")
     steps = {k: sum(p[k] for p in points) / len(points) for k in keys}
@@ -316,8 +316,8 @@ def main(argv: list[str] | None = None) -> None:
         " each stage one command (in the row; $WORK: the --work directory), timed in one "
         "execution unless `resumed`; peak: the process tree's RSS (the pages of the memory-mapped "
         "cache it read included), and its anonymous part, what the processes allocated (RssAnon); "
-        "with several processes, their proportional shares (Pss, Pss_Anon: pages they share "
-        "counted once); "
+        "with workers, the root process's plus each worker's private pages (what a worker "
+        "shares with the root counted once); "
         "disk: what $WORK holds after "
         "the stage; floor: the sweep's floor measured on its checkpoint "
         "(benchmarks/sweep_floor.py)."

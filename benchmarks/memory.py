@@ -18,52 +18,68 @@ def _status_mib(field: str, pid: int | str = "self") -> float:
 
 
 def tree_pids(pid: int) -> list[int]:
-    """``pid`` and all its descendants still running."""
+    """``pid`` and all its descendants still running, ``pid`` first."""
     pids, stack = [], [pid]
     while stack:
         p = stack.pop()
-        try:
-            for task in Path(f"/proc/{p}/task").iterdir():
-                stack += [int(c) for c in (task / "children").read_text().split()]
-        except (OSError, ValueError):
-            continue
         pids.append(p)
+        try:
+            tasks = list(Path(f"/proc/{p}/task").iterdir())
+        except OSError:  # ended
+            continue
+        for task in tasks:
+            try:
+                stack += [int(c) for c in (task / "children").read_text().split()]
+            except (OSError, ValueError):  # the thread ended
+                continue
     return pids
 
 
-def _rollup_mib(pid: int) -> tuple[float, float]:
-    """(Pss, Pss_Anon) of ``/proc/<pid>/smaps_rollup``, in MiB."""
+def _private_mib(pid: int) -> tuple[float, float]:
+    """(Private_Clean + Private_Dirty, Private_Dirty) of ``/proc/<pid>/smaps_rollup`` in MiB: the
+    pages the process maps that no other process does; zeros for one without memory (ended)."""
+    text = Path(f"/proc/{pid}/smaps_rollup").read_text()
     fields = {}
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+    for line in text.splitlines():
         name, _, rest = line.partition(":")
-        if name in ("Pss", "Pss_Anon"):
+        if name in ("Private_Clean", "Private_Dirty"):
             fields[name] = int(rest.split()[0]) / 1024  # kB
-    return fields["Pss"], fields["Pss_Anon"]
+    if text and len(fields) != 2:
+        raise RuntimeError(
+            f"no Private_Clean and Private_Dirty in /proc/{pid}/smaps_rollup: a process tree's "
+            "memory is measured on Linux >= 4.14 only"
+        )
+    clean, dirty = fields.get("Private_Clean", 0.0), fields.get("Private_Dirty", 0.0)
+    return clean + dirty, dirty
 
 
 class Peaks(NamedTuple):
-    """A process tree's memory (its peaks, where :func:`run_measured` returns it), in MiB."""
+    """A process tree's memory (:func:`tree_memory_mib`; its peaks, where :func:`run_measured`
+    returns it), in MiB."""
 
     rss_mib: float  # resident memory, the pages of memory-mapped files it read included
-    anon_mib: float  # what it allocated (RssAnon): mapped files left out
+    anon_mib: float  # what it allocated: mapped files left out
 
 
 def tree_memory_mib(pid: int) -> Peaks:
-    """Resident memory now of process ``pid`` and its descendants, and its anonymous part. One
-    process: its ``VmRSS`` and ``RssAnon``. Several: the sum of their proportional shares
-    (``Pss`` and ``Pss_Anon`` of ``smaps_rollup``: a page mapped by n processes counts 1/n in
-    each), so the pages forked workers share with their parent count once, not once a process.
-    Processes that end while they are read count 0."""
-    pids, total = tree_pids(pid), (0.0, 0.0)
-    for p in pids:
+    """Resident memory now of process ``pid`` and its descendants, and its anonymous part: the
+    root's ``VmRSS`` and ``RssAnon``, plus each descendant's private pages (``smaps_rollup``:
+    ``Private_Clean + Private_Dirty``, and ``Private_Dirty`` for the anonymous part). A page a
+    worker shares with the root (the tables a forked worker inherits, the libraries) counts
+    once, in the root, not once a process; pages shared only between descendants are left out.
+    Processes that end while they are read count 0. Raises RuntimeError where the kernel does not
+    give these fields."""
+    root, *descendants = tree_pids(pid)
+    try:
+        total = [_status_mib("VmRSS", root), _status_mib("RssAnon", root)]
+    except (OSError, RuntimeError):  # ended (a zombie's status has no VmRSS)
+        return Peaks(0.0, 0.0)
+    for p in descendants:
         try:
-            if len(pids) == 1:
-                values = _status_mib("VmRSS", p), _status_mib("RssAnon", p)
-            else:
-                values = _rollup_mib(p)
-        except (OSError, KeyError, RuntimeError):
+            rss, anon = _private_mib(p)
+        except OSError:  # ended
             continue
-        total = (total[0] + values[0], total[1] + values[1])
+        total = [total[0] + rss, total[1] + anon]
     return Peaks(*total)
 
 
@@ -100,16 +116,21 @@ def run_measured(
 ) -> tuple[bytes | None, bytes | None, Peaks]:
     """(stdout, stderr, the process tree's memory peaks (:func:`tree_memory_mib`)) of ``cmd``
     run in ``cwd`` (``stdout`` / ``stderr``: a pipe, or a file for long runs); raises
-    RuntimeError with the command and its stderr's tail when it fails. Sampled every 10 ms, or
-    less often while reading the tree's memory takes longer than a millisecond (several large
-    processes), so that sampling takes at most a tenth of a core."""
+    RuntimeError with the command and its stderr's tail when it fails, or with why its memory
+    could not be read. Sampled every 10 ms, or less often while reading the tree's memory takes
+    longer than a millisecond (large descendants), so that sampling takes at most a tenth of a
+    core."""
     proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, env=env, cwd=cwd)
-    peak, stop = [0.0, 0.0], threading.Event()
+    peak, stop, failed = [0.0, 0.0], threading.Event(), []
 
     def sample():
         while not stop.is_set():
             start = time.perf_counter()
-            now = tree_memory_mib(proc.pid)
+            try:
+                now = tree_memory_mib(proc.pid)
+            except RuntimeError as err:
+                failed.append(err)
+                return
             peak[:] = max(peak[0], now.rss_mib), max(peak[1], now.anon_mib)
             stop.wait(max(0.01, 10 * (time.perf_counter() - start)))
 
@@ -121,4 +142,6 @@ def run_measured(
     if proc.returncode != 0:
         tail = err.decode()[-2000:] if err else "(stderr: see its file)"
         raise RuntimeError(f"{shlex.join(cmd)} failed ({proc.returncode}):\n{tail}")
+    if failed:
+        raise failed[0]
     return out, err, Peaks(*peak)

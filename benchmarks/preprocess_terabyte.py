@@ -14,8 +14,9 @@ the day files:
 Both sides hash with MLPerf's `max_ind_range` (40,000,000). Same work: every run's labels, dense
 integers and ids (lit_dlrm's cache, dlrm's `terabyte_processed.npz`) must be equal, else the run
 fails (:class:`benchmarks.harness.WorkMismatch`). Rows/s from the seconds measured inside each
-process; peak: the whole process tree's RSS (children included, absolute; pages its processes
-share counted once), sampled every 10 ms.
+process; peak: the whole process tree's RSS (children included, absolute; pages a child shares
+with the root counted once), sampled every 10 ms or, while large children make reading slow,
+less often.
 
     python -m benchmarks.preprocess_terabyte --scale small --dlrm DLRM_CHECKOUT \\
         --dlrm-python DLRM_VENV/bin/python
@@ -61,8 +62,8 @@ MAX_IND_RANGE = 40_000_000  # MLPerf's
 NOTES = (
     "ratio: of the medians; > 1 means lit_dlrm is better (lit_dlrm / reference, rows/s). Every "
     "run is a fresh process; rows/s from the seconds measured inside it; peak MiB: the whole "
-    "process tree's RSS (absolute, children included, pages its processes share counted once), "
-    "sampled every 10 ms. Every run of every "
+    "process tree's RSS (absolute, children included, pages a child shares with the root "
+    "counted once), sampled every >= 10 ms. Every run of every "
     "side is checked to have written the same labels, dense integers and ids; a run that did not "
     "fails the benchmark."
 )
@@ -207,7 +208,7 @@ def run(
     data = (
         f"{days} synthetic day files x {rows_per_day:,} rows ({raw_mib:,.1f} MiB), "
         f"max_ind_range {MAX_IND_RANGE:,}; each run a fresh process; peak: the process tree's "
-        "RSS (absolute, children included, shared pages counted once, sampled every 10 ms); "
+        "RSS (absolute, children included, shared pages counted once, sampled every >= 10 ms); "
         "lit_dlrm's cache: "
         f"{max(cache_bytes) / rows:.2f} bytes a row (label, dense, sparse .npy), parts removed"
     )

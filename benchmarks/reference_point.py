@@ -19,8 +19,9 @@ level (the zip and the COO pass shrink; sparsify and the test loop do not), so e
 level stands for an equal run of the grid's 20 levels (:func:`stands_for`; the default: 0.5 for
 0.0-0.9, 0.95 for 0.91-1.0). Writes per point its step times and test AUC, and ``grid_s``: its
 60 points, each timed as the measured point of its series that stands for its level. ``--out``
-is rewritten after every point: a run stopped and started again measures only the points it
-lacks.
+is rewritten after every point (``grid_s`` comes last, with the last point): a run stopped and
+started again measures only the points it lacks, if its checkpoint file, levels, test rows,
+workers, threads, torch and CPU are those of the points already there.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import torch
 
 from benchmarks.compress import zipfile_size
 from benchmarks.evaluate import BATCH, REFERENCE_WORKERS, reference_test
+from benchmarks.harness import cpu_model
 from benchmarks.sparsify import REFERENCE_COMBOS
 from benchmarks.sweep_floor import checkpoint_data
 from callbacks.timing import coo_forward, time_runs
@@ -91,8 +93,12 @@ def measure(ckpt_path: Path, levels: list[float], out: Path) -> dict:
     dense = [t.data.clone() for t in tables]  # to restore between points, untimed
     dense_in, sparse_in, _ = next(iter(data.dataloader("test", rank=0, world_size=1)))
     batch = (dense_in[:BATCH], sparse_in[:BATCH])  # the reference's fixed batch of 16384
+    stat = ckpt_path.stat()
     result = {
         "ckpt": str(ckpt_path.resolve()),
+        "ckpt_bytes_mtime": [stat.st_size, stat.st_mtime_ns],
+        "torch": torch.__version__,
+        "cpu": cpu_model(),
         "levels": levels,
         "grid_points": len(REFERENCE_COMBOS) * len(DEFAULT_LEVELS),
         "test_rows": stop - start,
@@ -140,8 +146,8 @@ def _write(out: Path, result: dict) -> None:
 
 
 def earlier_points(out: Path, result: dict) -> list[dict]:
-    """The points an earlier run of the same measurement (``result``'s checkpoint, levels, test
-    rows, workers and threads) left in ``out``; none when there is no ``out``. Raises ValueError
+    """The points an earlier run of the same measurement (every field of ``result`` but its
+    points) left in ``out``; none when there is no ``out``. Raises ValueError
     naming ``out`` and what differs when it holds another measurement's points."""
     if not out.is_file():
         return []

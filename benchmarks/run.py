@@ -23,6 +23,8 @@ import argparse
 import sys
 import time
 
+import yaml
+
 from benchmarks import (
     compact,
     compress,
@@ -39,6 +41,7 @@ from benchmarks import (
 )
 from benchmarks.harness import (
     NOTES,
+    REPO,
     RESULTS,
     command_line,
     cpu_seconds,
@@ -65,13 +68,21 @@ SHARED_TABLES = {"sparsify", "compress", "global", "quantize"}
 TESTED_POINTS = 56  # of the sweep's 80: level 0/1 and L2 (1, 1) reuse identical masks
 
 
+def timed_runs() -> int:
+    """The forward runs a sweep point makes per path by default: configs/sweep.yaml's timing
+    warm-up plus repeats."""
+    timing = yaml.safe_load((REPO / "configs" / "sweep.yaml").read_text())["timing"]
+    return int(timing["warmup"]) + int(timing["repeats"])
+
+
 def sweep_estimate(rows: list[dict], scale: str) -> list[dict]:
     """A full sweep at this scale from the measured medians, or [] without the stages it needs.
 
     Per point, lit_dlrm: sparsify (its grid / 80) + zstd_sparse and deflate writes (it measures
-    the reference's size too) + one test loop over the test split + 11 runs of the dense, COO and
-    compact forwards + the compact build. Reference: its DataNormSparsifier point + deflate + its
-    test loop + 100 runs of the dense and COO forwards; 60 points.
+    the reference's size too) + one test loop over the test split + its default forward runs
+    (:func:`timed_runs`) of the dense, COO and compact forwards + the compact build. Reference:
+    its DataNormSparsifier point + deflate + its test loop + 100 runs of the dense and COO
+    forwards; 60 points.
     """
     by = {r["stage"]: r for r in rows}
     writes = [r for r in rows if r["benchmark"] == "compress" and r["stage"].endswith(" write")]
@@ -83,7 +94,7 @@ def sweep_estimate(rows: list[dict], scale: str) -> list[dict]:
     build = by.get("compact build L1 (1, 4) 0.5")
     if not (writes and grid and loop and forward and coo and build):
         return []
-    zstd = sum(r["lit_dlrm"] for r in writes) / len(writes)
+    zstd, runs = sum(r["lit_dlrm"] for r in writes) / len(writes), timed_runs()
     deflate = sum(r["reference"] for r in writes) / len(writes)
     test_rows = evaluate.SCALES[scale][1]
     dense_s, coo_s = coo["lit_dlrm"], coo["reference"]
@@ -94,7 +105,7 @@ def sweep_estimate(rows: list[dict], scale: str) -> list[dict]:
             + deflate
             + test_rows / loop["lit_dlrm"]
             + build["lit_dlrm"]
-            + 11 * (dense_s + coo_s + forward["lit_dlrm"])
+            + runs * (dense_s + coo_s + forward["lit_dlrm"])
         )
         + grid["lit_dlrm"]
     )
@@ -112,7 +123,7 @@ def sweep_estimate(rows: list[dict], scale: str) -> list[dict]:
             "ratio": theirs / ours,
             "note": "from the medians above: per point sparsify + deflate (+ zstd_sparse and the "
             "compact tables for lit_dlrm) + one pass over the test split + forward timing "
-            "(11 runs each for lit_dlrm, 100 for the reference)",
+            f"({runs} runs each for lit_dlrm, 100 for the reference)",
         }
     ]
 
