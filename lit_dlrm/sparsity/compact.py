@@ -17,6 +17,7 @@ tables of any DLRM. Layouts compared and measured: ``docs/design.md``.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -31,6 +32,14 @@ _SMALL = (torch.uint8, torch.int16, torch.int32)
 def _index_dtype(limit: int, small: tuple[torch.dtype, ...]) -> torch.dtype:
     """The first dtype of ``small`` that holds every value in [0, limit], else int64."""
     return next((dtype for dtype in small if limit <= torch.iinfo(dtype).max), torch.int64)
+
+
+def flatnonzero(mask: Tensor) -> Tensor:
+    """Positions of the True entries of the 1-D bool ``mask`` -> (k,) int64; on CPU numpy's,
+    an order of magnitude faster than ``torch.nonzero`` there."""
+    if mask.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(mask.numpy()))
+    return mask.nonzero().squeeze(1)
 
 
 def _check_weight(weight: Tensor, block_width: int) -> tuple[int, int, int]:
@@ -130,7 +139,7 @@ class CompactEmbeddingBag(nn.Module):
         values = torch.empty(nnz, block_width, dtype=w.dtype, device=w.device)  # (nnz, bw)
         for r0, r1 in row_chunks(n, d, chunk_elems):
             chunk = w[r0:r1].reshape(-1, block_width)  # (r * nb, bw)
-            kept = (chunk != 0).any(1).nonzero().squeeze(1)  # (k,) the chunk's surviving blocks
+            kept = flatnonzero((chunk != 0).any(1))  # (k,) the chunk's surviving blocks
             a = int(row_ptr[r0])
             torch.index_select(chunk, 0, kept, out=values[a : a + kept.numel()])
             cols[a : a + kept.numel()] = kept.remainder_(nb)
