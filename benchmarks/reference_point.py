@@ -147,8 +147,8 @@ def _write(out: Path, result: dict) -> None:
 
 def earlier_points(out: Path, result: dict) -> list[dict]:
     """The points an earlier run of the same measurement (every field of ``result`` but its
-    points) left in ``out``; none when there is no ``out``. Raises ValueError
-    naming ``out`` and what differs when it holds another measurement's points."""
+    points) left in ``out``; none when there is no ``out``. Raises ValueError naming ``out`` and
+    what differs when it holds another measurement's points."""
     if not out.is_file():
         return []
     earlier = json.loads(out.read_text())
