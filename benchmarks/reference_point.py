@@ -85,14 +85,6 @@ def measure(ckpt_path: Path, levels: list[float], out: Path) -> dict:
     the points measured so far in ``out`` after each point, those already there kept."""
     data = checkpoint_data(ckpt_path)
     start, stop = data.split_range("test")
-    network = DLRMModule.from_weights(str(ckpt_path)).model.eval()
-    tables = []
-    for table in network.emb_l:  # in memory, as the reference loads its checkpoint
-        table.weight = torch.nn.Parameter(table.weight.data.clone(), requires_grad=False)
-        tables.append(table.weight)
-    dense = [t.data.clone() for t in tables]  # to restore between points, untimed
-    dense_in, sparse_in, _ = next(iter(data.dataloader("test", rank=0, world_size=1)))
-    batch = (dense_in[:BATCH], sparse_in[:BATCH])  # the reference's fixed batch of 16384
     stat = ckpt_path.stat()
     result = {
         "ckpt": str(ckpt_path.resolve()),
@@ -106,7 +98,16 @@ def measure(ckpt_path: Path, levels: list[float], out: Path) -> dict:
         "threads": torch.get_num_threads(),
         "points": [],
     }
+    # before the network is loaded: refusing another measurement's file costs nothing
     done = {_key(p): p for p in earlier_points(out, result)}
+    network = DLRMModule.from_weights(str(ckpt_path)).model.eval()
+    tables = []
+    for table in network.emb_l:  # in memory, as the reference loads its checkpoint
+        table.weight = torch.nn.Parameter(table.weight.data.clone(), requires_grad=False)
+        tables.append(table.weight)
+    dense = [t.data.clone() for t in tables]  # to restore between points, untimed
+    dense_in, sparse_in, _ = next(iter(data.dataloader("test", rank=0, world_size=1)))
+    batch = (dense_in[:BATCH], sparse_in[:BATCH])  # the reference's fixed batch of 16384
     for norm, block in REFERENCE_COMBOS:
         for level in levels:
             point = {"norm": norm, "sparse_block_shape": str(block), "sparsity_level": level}

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import yaml
 
@@ -41,12 +42,12 @@ from benchmarks import (
 )
 from benchmarks.harness import (
     NOTES,
-    REPO,
     RESULTS,
     command_line,
     cpu_seconds,
     write_results,
 )
+from lit_dlrm.cli import default_config
 
 BENCHMARKS = {
     "preprocess": preprocess.run,
@@ -71,7 +72,7 @@ TESTED_POINTS = 56  # of the sweep's 80: level 0/1 and L2 (1, 1) reuse identical
 def timed_runs() -> int:
     """The forward runs a sweep point makes per path by default: configs/sweep.yaml's timing
     warm-up plus repeats."""
-    timing = yaml.safe_load((REPO / "configs" / "sweep.yaml").read_text())["timing"]
+    timing = yaml.safe_load(Path(default_config("sweep.yaml")).read_text())["timing"]
     return int(timing["warmup"]) + int(timing["repeats"])
 
 
