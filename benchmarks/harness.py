@@ -43,6 +43,7 @@ OURS, REF = "lit_dlrm", "reference"
 # the least repeats the rules allow: 5 where one run takes under a minute, else 3 (tiny: smoke)
 REPEATS = {"tiny": 2, "small": 5, "kaggle": 5}
 SLOW_REPEATS = {"tiny": 2, "small": 5, "kaggle": 3}  # for stages whose reference side exceeds 1 min
+_timed = [0.0]  # seconds in alternate's timed rounds, this process (timed_seconds)
 COLUMNS = [
     "benchmark",
     "stage",
@@ -127,8 +128,17 @@ def alternate(
     samples: dict[str, list[Sample]] = {name: [] for name in names}
     for r in range(repeats):
         for name in names if r % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
             samples[name].append(sides[name]())
+            _timed[0] += time.perf_counter() - start
     return samples
+
+
+def timed_seconds() -> float:
+    """Wall seconds this process has spent so far in :func:`alternate`'s timed rounds (every
+    side's ``repeats`` runs, their fingerprints included; warm-ups not): what the repeats cost,
+    whatever else a benchmark spends on building its inputs and checking them."""
+    return _timed[0]
 
 
 def check_same_work(
@@ -271,11 +281,16 @@ def cpu_model() -> str:
 
 
 def run_table(
-    command: str, repeats: int | str | None, seconds: float | None, cpu: float | None = None
+    command: str,
+    repeats: int | str | None,
+    seconds: float | None,
+    cpu: float | None = None,
+    parts: Sequence[tuple[str, float, float]] = (),
 ) -> str:
     """The run's own table: command, date, commit, machine, threads, repeats (None: a measurement
     that is not repeated), duration (wall seconds, and ``cpu`` seconds of all its threads and
-    child processes where given)."""
+    child processes where given) and, for a run of several benchmarks, each one's ``parts``:
+    (name, wall seconds, seconds of them in timed rounds, :func:`timed_seconds`)."""
     items = [
         ("command", f"`{command}`"),
         ("date", time.strftime("%Y-%m-%d %H:%M %Z")),
@@ -291,6 +306,10 @@ def run_table(
     if seconds is not None:
         cpu_text = "" if cpu is None else f" wall, {cpu:,.0f} s CPU (all threads and workers)"
         items.append(("duration", f"{seconds:,.0f} s{cpu_text}"))
+    if parts:
+        timed = sum(t for _, _, t in parts)
+        each = ", ".join(f"{name} {wall:,.0f} s ({t:,.0f} s)" for name, wall, t in parts)
+        items.append(("by benchmark", f"wall (of it in timed runs); {timed:,.0f} s timed: {each}"))
     lines = ["| run | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in items]
     return "\n".join(lines) + "\n"
 
@@ -308,16 +327,18 @@ def write_results(
     seconds: float | None = None,
     notes: str = "",
     cpu: float | None = None,
+    parts: Sequence[tuple[str, float, float]] = (),
 ) -> str:
     """The results text (run table, ``notes``, the rows' table); written as ``<stem>.md`` and
     ``<stem>.csv`` (every column of :data:`COLUMNS`) into ``out_dir`` unless it is None. The run
-    table's repeats are the rows' ``runs``, as they were run."""
+    table's repeats are the rows' ``runs``, as they were run; ``parts`` as for
+    :func:`run_table`."""
     runs = sorted({int(r["runs"]) for r in rows if r.get("runs")})
     repeats = (
         None if not runs else runs[0] if len(runs) == 1 else f"{runs[0]}-{runs[-1]} (by row: runs)"
     )
     text = (
-        f"# {title}\n\n{run_table(command, repeats, seconds, cpu)}\n"
+        f"# {title}\n\n{run_table(command, repeats, seconds, cpu, parts)}\n"
         + (f"{notes.strip()}\n\n" if notes else "")
         + markdown_table(rows)
     )

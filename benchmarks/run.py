@@ -11,8 +11,9 @@ when named in ``--only``; ``preprocess_terabyte``'s own options (``--dlrm``, ``-
 Each stage runs both sides ``repeats`` times in ABBA order and checks that they did the same work
 (:mod:`benchmarks.harness`). A run writes one results file, ``run_<scale>.md`` (and ``.csv``), or
 ``run_<scale>_<names>.md`` with ``--only``, headed by its command, date, commit, machine and its
-own duration; it never splices rows of earlier runs. When sparsify, compress, evaluate and compact
-run together, the table ends with an estimate of a full sweep from the measured medians:
+own duration, and each benchmark's wall time with the part of it spent in timed runs; it never
+splices rows of earlier runs. When sparsify, compress, evaluate and compact run together, the
+table ends with an estimate of a full sweep from the measured medians:
 lit_dlrm's 80 points (56 tests), the reference's 60 (it skips L2 (1, 1)). At the end the README's
 result blocks are rewritten from the committed results files (:mod:`benchmarks.readme`).
 """
@@ -45,6 +46,7 @@ from benchmarks.harness import (
     RESULTS,
     command_line,
     cpu_seconds,
+    timed_seconds,
     write_results,
 )
 from lit_dlrm.cli import default_config
@@ -151,15 +153,25 @@ def main(argv: list[str] | None = None) -> list[dict]:
             parser.error(f"{flags}: options of {name}, which this run does not include (--only)")
     start, cpu = time.perf_counter(), cpu_seconds()
     rows: list[dict] = []
+    parts: list[tuple[str, float, float]] = []  # (name, wall s, s in timed runs)
     for i, name in enumerate(names):
-        t0, c0 = time.perf_counter(), cpu_seconds()
+        t0, c0, timed0 = time.perf_counter(), cpu_seconds(), timed_seconds()
         bench = {**BENCHMARKS, **ON_REQUEST}[name]
         kwargs = {d: getattr(args, d) for d in dests.get(name, [])}
         rows += [{"benchmark": name, **r} for r in bench(args.scale, args.repeats, **kwargs)]
         if not SHARED_TABLES.intersection(names[i + 1 :]):  # none left reads them: free them
             sparsify.shared_tables.cache_clear()
-        wall, used = time.perf_counter() - t0, cpu_seconds() - c0
-        print(f"{name}: {wall:.0f} s wall, {used:.0f} s CPU", file=sys.stderr, flush=True)
+        wall, used, timed = (
+            time.perf_counter() - t0,
+            cpu_seconds() - c0,
+            timed_seconds() - timed0,
+        )
+        parts.append((name, wall, timed))
+        print(
+            f"{name}: {wall:.0f} s wall ({timed:.0f} s in timed runs), {used:.0f} s CPU",
+            file=sys.stderr,
+            flush=True,
+        )
     rows += sweep_estimate(rows, args.scale)
     stem = f"run_{args.scale}" + ("" if args.only is None else "_" + "-".join(args.only))
     text = write_results(
@@ -171,6 +183,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         time.perf_counter() - start,
         NOTES,
         cpu_seconds() - cpu,
+        parts,
     )
     print(text)
     if not args.no_readme:

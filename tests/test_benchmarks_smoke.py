@@ -1,6 +1,8 @@
 """The benchmark harness: ABBA order, spreads, same-work checks (which fail when the sides
 differ), one results writer; and a few benchmarks end to end at a tiny scale (figures unchecked)."""
 
+import time
+
 import pytest
 import torch
 
@@ -14,6 +16,13 @@ def test_alternate_runs_the_sides_abba():
     samples = harness.alternate(sides, 4)
     assert order == [OURS, REF, REF, OURS, OURS, REF, REF, OURS]
     assert [len(v) for v in samples.values()] == [4, 4]
+
+
+def test_timed_seconds_count_the_timed_rounds_and_not_the_warmups():
+    sides = {name: (lambda: time.sleep(0.02) or Sample(1.0)) for name in (OURS, REF)}
+    before = harness.timed_seconds()
+    harness.alternate(sides, 2, warmup=3)  # 4 timed runs of 0.02 s, 6 warm-up runs
+    assert 0.08 <= harness.timed_seconds() - before < 0.08 + 6 * 0.02
 
 
 def test_compare_reports_medians_spreads_ratio_and_a_missed_target():
@@ -103,6 +112,8 @@ def test_run_writes_one_file_per_run_with_the_reference_grid_of_60(tmp_path):
         "run_tiny_sparsify.csv",
         "run_tiny_sparsify.md",
     ]
+    text = (tmp_path / "run_tiny_sparsify.md").read_text()
+    assert "| by benchmark | wall (of it in timed runs); " in text and ": sparsify " in text
 
 
 @pytest.mark.parametrize("name", ["compress", "quantize", "global_threshold", "train_throughput"])
