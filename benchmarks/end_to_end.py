@@ -47,7 +47,7 @@ from benchmarks.reference_point import point_seconds
 from benchmarks.sweep_floor import tests_run
 from lit_dlrm.checkpoint import latest_checkpoint
 from lit_dlrm.data.kaggle import KAGGLE_TRAIN_ROWS
-from lit_dlrm.paths import atomic_write
+from lit_dlrm.paths import write_json
 from lit_dlrm.sweep.grid import DEFAULTS
 from lit_dlrm.sweep.results import FORWARD_TIME_CSV, METADATA_CSV, METRICS_CSV, read_table
 
@@ -244,7 +244,7 @@ def run(
             "commit": git_commit(),
             "command": shown(cmd, work),
         }
-        atomic_write(record, lambda tmp: tmp.write_text(json.dumps(done, indent=1)))
+        write_json(record, done)
     return done
 
 

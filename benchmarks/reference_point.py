@@ -42,7 +42,7 @@ from benchmarks.sparsify import REFERENCE_COMBOS
 from benchmarks.sweep_floor import checkpoint_data
 from callbacks.timing import coo_forward, time_runs
 from lit_dlrm.module import DLRMModule
-from lit_dlrm.paths import atomic_write
+from lit_dlrm.paths import write_json
 from lit_dlrm.sweep.grid import DEFAULT_LEVELS
 
 FORWARD_RUNS = 100  # the reference's passes per model; it drops the first
@@ -143,7 +143,7 @@ def _key(point: dict) -> tuple:
 
 
 def _write(out: Path, result: dict) -> None:
-    atomic_write(out, lambda tmp: tmp.write_text(json.dumps(result, indent=1)))
+    write_json(out, result)
 
 
 def earlier_points(out: Path, result: dict) -> list[dict]:

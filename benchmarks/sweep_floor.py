@@ -13,7 +13,6 @@ its min and max, the rows, the batch size and the threads as JSON. A sweep that 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -24,7 +23,7 @@ import torch
 from lit_dlrm.checkpoint import datamodule_options
 from lit_dlrm.data import CriteoDataModule
 from lit_dlrm.module import DLRMModule
-from lit_dlrm.paths import atomic_write
+from lit_dlrm.paths import write_json
 from lit_dlrm.sweep.results import METRICS_CSV, read_table, rows_tested
 
 
@@ -80,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.repeats < 1:
         parser.error(f"--repeats: expected >= 1, got {args.repeats}")
     result = forward_seconds(args.ckpt_path, args.repeats)
-    atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(result)))
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from lit_dlrm.model import DLRM, with_tables
-from lit_dlrm.paths import atomic_write
+from lit_dlrm.paths import atomic_write, write_json
 from lit_dlrm.sparsity.compact import CompactEmbeddingBag
 from lit_dlrm.sparsity.compression import is_compressed_file, load_compressed
 from lit_dlrm.sparsity.quantize import QuantizedEmbeddingBag, QuantizedTable
@@ -97,7 +97,7 @@ def save_weights(model: DLRM, directory: str | Path) -> Path:
         "tables": tables,
     }
     atomic_write(directory / WEIGHTS, lambda tmp: save_file(tensors, str(tmp)))
-    atomic_write(directory / CONFIG, lambda tmp: tmp.write_text(json.dumps(config, indent=1)))
+    write_json(directory / CONFIG, config)
     return directory
 
 

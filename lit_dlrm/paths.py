@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -72,3 +73,8 @@ def atomic_write(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json(path: Path, value) -> None:
+    """``value`` as JSON text at ``path``, written by :func:`atomic_write` (whole or not at all)."""
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(value, indent=1)))

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..paths import atomic_write, naming_no_space
+from ..paths import naming_no_space, write_json
 from .kaggle import NUM_DAYS, NUM_DENSE, NUM_SPARSE
 
 log = logging.getLogger("lit_dlrm.data")
@@ -475,7 +475,7 @@ def ensure_cache(
                 created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 complete=True,
             )
-            atomic_write(tmp / META, lambda part: part.write_text(json.dumps(meta, indent=1)))
+            write_json(tmp / META, meta)
             if final.exists():
                 shutil.rmtree(final)
             os.rename(tmp, final)
