@@ -38,6 +38,7 @@ from benchmarks.harness import (
     OURS,
     REF,
     REPEATS,
+    SLOW_REPEATS,
     Sample,
     alternate,
     check_same_work,
@@ -157,7 +158,7 @@ def grid(tables) -> Sample:
 
 
 def run(scale: str = "small", repeats: int | None = None) -> list[dict]:
-    repeats = repeats or REPEATS[scale]
+    repeats = repeats or (SLOW_REPEATS if scale == "kaggle" else REPEATS)[scale]
     tables = list(shared_tables(scale))
     floor = alternate({OURS: lambda: timed(lambda: [t.clone() for t in tables])}, repeats)
     rows = [single("floor (clone all tables)", "s", floor[OURS], "one read + one write")]
