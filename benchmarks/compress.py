@@ -34,7 +34,6 @@ import torch
 from benchmarks.harness import (
     OURS,
     REF,
-    REPEATS,
     SLOW_REPEATS,
     Sample,
     alternate,
@@ -133,7 +132,7 @@ def zip_sizes(ours: int, theirs: int, within_1pct: bool = True) -> str:
 
 
 def run(scale: str = "small", repeats: int | None = None, levels=LEVELS) -> list[dict]:
-    repeats = repeats or (SLOW_REPEATS if scale == "kaggle" else REPEATS)[scale]
+    repeats = repeats or SLOW_REPEATS[scale]
     tables = list(shared_tables(scale))
     mlp = mlp_state(torch.Generator().manual_seed(1))
     rows = []

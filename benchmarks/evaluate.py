@@ -26,7 +26,6 @@ import torch
 from benchmarks.harness import (
     OURS,
     REF,
-    REPEATS,
     SLOW_REPEATS,
     alternate,
     check_same_work,
@@ -147,7 +146,7 @@ def reference_test(model, directory: str, rows: int, workers: int, start: int = 
 
 def run(scale: str = "small", repeats: int | None = None) -> list[dict]:
     """The test loop at ``scale``, both sides on the same rows; rows of the harness's schema."""
-    repeats = repeats or (SLOW_REPEATS if scale == "kaggle" else REPEATS)[scale]
+    repeats = repeats or SLOW_REPEATS[scale]
     rows = SCALES[scale][1]
     sizes = table_sizes(scale)
     module = model_for(sizes)

@@ -33,7 +33,6 @@ import torch
 from benchmarks.harness import (
     OURS,
     REF,
-    REPEATS,
     SLOW_REPEATS,
     Sample,
     alternate,
@@ -115,7 +114,7 @@ def reference(tables, norm, block) -> dict:
 
 
 def run(scale: str = "small", repeats: int | None = None) -> list[dict]:
-    repeats = repeats or (SLOW_REPEATS if scale == "kaggle" else REPEATS)[scale]
+    repeats = repeats or SLOW_REPEATS[scale]
     tables = list(shared_tables(scale))
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     rows = []

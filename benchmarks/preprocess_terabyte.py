@@ -45,7 +45,6 @@ import numpy as np
 from benchmarks.harness import (
     OURS,
     REF,
-    REPEATS,
     REPO,
     SLOW_REPEATS,
     Sample,
@@ -140,7 +139,7 @@ def run(
     from lit_dlrm.data.terabyte import PARTS, write_days
 
     # the capacity check runs once: it is about memory and disk, and takes minutes per side
-    repeats = repeats or {**REPEATS, "kaggle": SLOW_REPEATS["kaggle"], "large": 1}[scale]
+    repeats = repeats or {**SLOW_REPEATS, "large": 1}[scale]
     workers = workers or os.cpu_count() or 1
     if workers < 1:
         raise ValueError(f"--workers: expected >= 1, got {workers}")

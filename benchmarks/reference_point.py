@@ -133,17 +133,13 @@ def measure(ckpt_path: Path, levels: list[float], out: Path) -> dict:
             point["point_s"] = sum(point[k] for k in steps)
             result["points"].append(point)
             print(json.dumps(point), file=sys.stderr, flush=True)
-            _write(out, result)
+            write_json(out, result)
     grid = [(n, str(b), level) for n, b in REFERENCE_COMBOS for level in DEFAULT_LEVELS]
     return {**result, "grid_s": sum(point_seconds(result, *point) for point in grid)}
 
 
 def _key(point: dict) -> tuple:
     return point["norm"], point["sparse_block_shape"], point["sparsity_level"]
-
-
-def _write(out: Path, result: dict) -> None:
-    write_json(out, result)
 
 
 def earlier_points(out: Path, result: dict) -> list[dict]:
@@ -174,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if not all(0.0 <= level <= 1.0 for level in args.levels):
         parser.error(f"--levels: expected values in [0, 1], got {args.levels}")
-    _write(args.out, measure(args.ckpt_path, args.levels, args.out))
+    write_json(args.out, measure(args.ckpt_path, args.levels, args.out))
 
 
 if __name__ == "__main__":

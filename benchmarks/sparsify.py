@@ -37,7 +37,6 @@ import torch
 from benchmarks.harness import (
     OURS,
     REF,
-    REPEATS,
     SLOW_REPEATS,
     Sample,
     alternate,
@@ -158,7 +157,7 @@ def grid(tables) -> Sample:
 
 
 def run(scale: str = "small", repeats: int | None = None) -> list[dict]:
-    repeats = repeats or (SLOW_REPEATS if scale == "kaggle" else REPEATS)[scale]
+    repeats = repeats or SLOW_REPEATS[scale]
     tables = list(shared_tables(scale))
     floor = alternate({OURS: lambda: timed(lambda: [t.clone() for t in tables])}, repeats)
     rows = [single("floor (clone all tables)", "s", floor[OURS], "one read + one write")]
