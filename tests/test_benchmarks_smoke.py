@@ -19,10 +19,16 @@ def test_alternate_runs_the_sides_abba():
 
 
 def test_timed_seconds_count_the_timed_rounds_and_not_the_warmups():
-    sides = {name: (lambda: time.sleep(0.02) or Sample(1.0)) for name in (OURS, REF)}
+    calls = []
+
+    def side():  # the 6 warm-up runs sleep 0.1 s each, the 4 timed runs 0.02 s
+        calls.append(None)
+        time.sleep(0.1 if len(calls) <= 6 else 0.02)
+        return Sample(1.0)
+
     before = harness.timed_seconds()
-    harness.alternate(sides, 2, warmup=3)  # 4 timed runs of 0.02 s, 6 warm-up runs
-    assert 0.08 <= harness.timed_seconds() - before < 0.08 + 6 * 0.02
+    harness.alternate({OURS: side, REF: side}, 2, warmup=3)
+    assert 0.08 <= harness.timed_seconds() - before < 0.08 + 6 * 0.1
 
 
 def test_compare_reports_medians_spreads_ratio_and_a_missed_target():
